@@ -1,0 +1,112 @@
+"""`python -m codegen` regenerates every generated file; `--check` fails on any drift instead.
+
+Generated: grainchain/_generated/ (models, features, providers), grainchain/_async/sandbox.py,
+grainchain/_sync/ (everything under _async/, through unasync), docs/feature-matrix.md.
+A stray file in a generated directory is drift too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from codegen.common import ROOT
+from codegen.models import render_models
+from codegen.render import render_facade, render_features, render_matrix, render_providers
+from codegen.sync import unasync_tree
+from grainchain.spec import load_spec, validate_spec
+
+GENERATED_DIRS = ("grainchain/_generated", "grainchain/_sync")
+FACADE = "grainchain/_async/sandbox.py"
+
+
+def generate() -> dict[str, str]:
+    spec = load_spec()
+    problems = validate_spec(spec)
+    if problems:
+        raise SystemExit("codegen: the spec is invalid:\n  " + "\n  ".join(problems))
+    files = {
+        "grainchain/_generated/__init__.py": '"""Generated from the capability spec by `python -m codegen`; do not edit."""\n',
+        "grainchain/_generated/models.py": render_models(spec),
+        "grainchain/_generated/features.py": render_features(spec),
+        "grainchain/_generated/providers.py": render_providers(spec),
+        FACADE: render_facade(spec),
+        "docs/feature-matrix.md": render_matrix(spec),
+    }
+    async_sources = {
+        str(p.relative_to(ROOT)): p.read_text()
+        for p in sorted((ROOT / "grainchain/_async").rglob("*.py"))
+        if str(p.relative_to(ROOT)) != FACADE
+    }
+    async_sources[FACADE] = files[FACADE]
+    files.update(unasync_tree(async_sources))
+    return _format(files)
+
+
+def _format(files: dict[str, str]) -> dict[str, str]:
+    """ruff (project settings) sorts imports and formats, so generated code looks like the rest."""
+    with tempfile.TemporaryDirectory(dir=ROOT, prefix=".codegen-") as tmp:
+        for rel, text in files.items():
+            path = Path(tmp, rel)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        py = [str(Path(tmp, rel)) for rel in files if rel.endswith(".py")]
+        ruff = [sys.executable, "-m", "ruff"]
+        subprocess.run(
+            [*ruff, "check", "--quiet", "--fix-only", "--select", "I,F401,UP", *py], cwd=ROOT, check=True
+        )
+        subprocess.run([*ruff, "format", "--quiet", *py], cwd=ROOT, check=True)
+        return {rel: Path(tmp, rel).read_text() for rel in files}
+
+
+def _on_disk() -> set[str]:
+    found = set()
+    for directory in GENERATED_DIRS:
+        for path in (ROOT / directory).rglob("*"):
+            if path.is_file() and "__pycache__" not in path.parts:
+                found.add(str(path.relative_to(ROOT)))
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m codegen", description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail on drift instead of writing")
+    args = parser.parse_args(argv)
+    files = generate()
+    stray = sorted(_on_disk() - set(files))
+    drift = [
+        rel for rel, text in files.items() if not (ROOT / rel).is_file() or (ROOT / rel).read_text() != text
+    ]
+    if args.check:
+        for rel in drift:
+            old = (ROOT / rel).read_text().splitlines() if (ROOT / rel).is_file() else []
+            diff = difflib.unified_diff(
+                old, files[rel].splitlines(), f"{rel} (on disk)", f"{rel} (generated)", lineterm=""
+            )
+            print("\n".join(list(diff)[:40]))
+        for rel in stray:
+            print(f"stray file in a generated directory: {rel}")
+        if drift or stray:
+            print(
+                f"codegen --check: {len(drift)} file(s) out of date, {len(stray)} stray; run `python -m codegen`"
+            )
+            return 1
+        print(f"codegen --check: {len(files)} generated files up to date")
+        return 0
+    for rel in stray:
+        (ROOT / rel).unlink()
+    for rel in drift:
+        (ROOT / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ROOT / rel).write_text(files[rel])
+    print(
+        f"codegen: wrote {len(drift)} file(s), removed {len(stray)} stray, {len(files) - len(drift)} unchanged"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

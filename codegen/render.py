@@ -1,0 +1,234 @@
+"""Renderers from the spec: Feature enum and tables, built-in provider table, async facade, feature matrix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codegen.common import header
+
+SPEC = "grainchain/spec/grainchain.yaml"
+
+
+def feature_member(name: str) -> str:
+    return name.replace(".", "_").upper()
+
+
+def render_features(spec: dict[str, Any]) -> str:
+    lines = [
+        header(SPEC),
+        '"""Features of the spec and what needs them."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from enum import StrEnum",
+        "from typing import Final",
+        "",
+        "",
+        "class Feature(StrEnum):",
+        '    """A capability a provider may support (see docs/feature-matrix.md)."""',
+        "",
+    ]
+    for name, feature in spec["features"].items():
+        lines += [f"    {feature_member(name)} = {name!r}", f'    """{feature["summary"]}."""', ""]
+    lines += ["", "FEATURE_SUMMARIES: Final[dict[Feature, str]] = {"]
+    lines += [f"    Feature.{feature_member(n)}: {f['summary']!r}," for n, f in spec["features"].items()]
+    lines += ["}", "", "# A SandboxConfig field that is set needs this feature.", ""]
+    lines += ["CONFIG_REQUIREMENTS: Final[dict[str, Feature]] = {"]
+    lines += [
+        f"    {field!r}: Feature.{feature_member(f)}," for field, f in spec["config_requirements"].items()
+    ]
+    lines += ["}", "", "# Every feature an operation may need (some only for certain arguments).", ""]
+    lines += ["OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {"]
+    for name, op in {**spec["operations"], **spec["lifecycle"]}.items():
+        needed = [r["feature"] if isinstance(r, dict) else r for r in op["requires"]]
+        unique = list(dict.fromkeys(needed))
+        members = "".join(f"Feature.{feature_member(f)}, " for f in unique)
+        lines.append(f"    {name!r}: ({members}),")
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
+def render_providers(spec: dict[str, Any]) -> str:
+    lines = [
+        header(SPEC),
+        '"""The built-in providers as the spec declares them."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from typing import Final",
+        "",
+        "from grainchain._generated.features import Feature",
+        "from grainchain._generated.models import SupportLevel",
+        "from grainchain._provider_info import ProviderInfo",
+        "",
+        "BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {",
+    ]
+    for name, provider in spec["providers"].items():
+        available = provider["status"] == "available"
+        cls = f"{name.capitalize()}Adapter"
+        async_path = f"grainchain._async.providers.{name}:Async{cls}" if available else None
+        sync_path = f"grainchain._sync.providers.{name}:{cls}" if available else None
+        lines += [
+            f"    {name!r}: ProviderInfo(",
+            f"        name={name!r},",
+            f"        summary={provider['summary']!r},",
+            f"        status={provider['status']!r},",
+            f"        async_adapter={async_path!r},",
+            f"        sync_adapter={sync_path!r},",
+            f"        extra={provider['extra']!r},",
+            f"        sdk_module={provider['sdk_module']!r},",
+            f"        credentials_env={tuple(provider['credentials_env'])!r},",
+            "        features={",
+        ]
+        lines += [
+            f"            Feature.{feature_member(f)}: SupportLevel.{level},"
+            for f, level in provider["features"].items()
+        ]
+        lines += ["        },", "    ),"]
+    lines += ["}", ""]
+    return "\n".join(lines)
+
+
+_CHECK_FUNCTIONS = {
+    "non_empty": "check_non_empty",
+    "positive": "check_positive",
+    "env_names": "check_env_names",
+    "write_mode": "check_write_mode",
+}
+
+
+def _default(value: Any) -> str:
+    return "None" if value is None else repr(value)
+
+
+def _param_default(param: dict[str, Any]) -> str:
+    if "default" not in param:
+        return ""
+    value = param["default"]
+    if param["type"] == "SnapshotKind":
+        return f" = SnapshotKind.{value}"
+    return f" = {_default(value)}"
+
+
+def _requirement_lines(op_name: str, op: dict[str, Any]) -> list[str]:
+    always = [r["feature"] for r in op["requires"] if "when_set" not in r and "when_equals" not in r]
+    lines = [f"        features = [{', '.join(f'Feature.{feature_member(f)}' for f in always)}]"]
+    for req in op["requires"]:
+        member = f"Feature.{feature_member(req['feature'])}"
+        if "when_set" in req:
+            lines += [f"        if {req['when_set']} is not None:", f"            features.append({member})"]
+        elif "when_equals" in req:
+            ((param, value),) = req["when_equals"].items()
+            kind = op["params"][param]["type"]
+            expected = f"{kind}.{value}" if kind == "SnapshotKind" else repr(value)
+            lines += [f"        if {param} == {expected}:", f"            features.append({member})"]
+    lines.append(f"        adapter = self._gate({op_name!r}, *features)")
+    return lines
+
+
+def _docstring(op: dict[str, Any]) -> list[str]:
+    lines = [f'        """{op["summary"]}', ""]
+    documented = [(n, p) for n, p in op["params"].items() if p.get("doc")]
+    if documented:
+        lines.append("        Args:")
+        lines += [f"            {n}: {p['doc']}" for n, p in documented]
+        lines.append("")
+    needs = []
+    for req in op["requires"]:
+        cond = ""
+        if "when_set" in req:
+            cond = f" when {req['when_set']} is set"
+        elif "when_equals" in req:
+            ((param, value),) = req["when_equals"].items()
+            cond = f" when {param}={value}"
+        needs.append(f"{req['feature']}{cond}")
+    lines.append(f"        Needs: {'; '.join(needs)} (else CapabilityError).")
+    if op.get("raises"):
+        lines.append(f"        Raises: {', '.join(op['raises'])}.")
+    lines.append('        """')
+    return lines
+
+
+def render_facade(spec: dict[str, Any]) -> str:
+    lines = [
+        header(SPEC, tool="codegen/render.py"),
+        '"""The sandbox facade: one method per operation of the spec (checks, capability gate, adapter call)."""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from grainchain._async.base import AsyncSandboxBase",
+        "from grainchain._async.process import AsyncProcessHandle",
+        "from grainchain._checks import check_env_names, check_non_empty, check_positive, check_write_mode",
+        "from grainchain._generated.features import Feature",
+        "from grainchain._types import OutputCallback",
+        "from grainchain.models import ExecutionResult, FileInfo, SnapshotInfo, SnapshotKind",
+        "",
+        "",
+        "class AsyncSandbox(AsyncSandboxBase):",
+        '    """A sandbox of any provider; use it as a context manager, which creates and closes it."""',
+        "",
+    ]
+    for name, op in spec["operations"].items():
+        params = "".join(
+            f", {p}: {spec_p['type']}{_param_default(spec_p)}" for p, spec_p in op["params"].items()
+        )
+        lines.append(f"    async def {name}(self{params}) -> {op['returns']}:")
+        lines += _docstring(op)
+        for param, spec_p in op["params"].items():
+            for check in spec_p.get("check", []):
+                lines.append(f"        {_CHECK_FUNCTIONS[check]}({name!r}, {param!r}, {param})")
+        lines += _requirement_lines(name, op)
+        args = ", ".join(f"{p}={p}" for p in op["params"])
+        call = f"await adapter.{name}({args})"
+        lines.append(f"        with self._errors({name!r}):")
+        lines.append(f"            {'return ' if op['returns'] != 'None' else ''}{call}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_LEVEL_MARK = {"native": "✅ native", "emulated": "◐ emulated", "unsupported": "❌"}
+
+
+def render_matrix(spec: dict[str, Any]) -> str:
+    providers = spec["providers"]
+    names = list(providers)
+    lines = [
+        header(SPEC, comment="<!--").replace("\n", " -->\n"),
+        "# Feature matrix",
+        "",
+        "What each provider declares in the capability spec. An unsupported feature raises `CapabilityError`",
+        "before the provider is called; a provider may narrow a level at run time (e.g. Docker without CRIU),",
+        "never widen it. `planned` providers have no adapter yet.",
+        "",
+        "| Feature | " + " | ".join(f"{n} ({providers[n]['status']})" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for feature in spec["features"]:
+        marks = " | ".join(_LEVEL_MARK[providers[n]["features"][feature]] for n in names)
+        lines.append(f"| `{feature}` | {marks} |")
+    lines += ["", "## Features", ""]
+    lines += [f"- `{name}`: {f['summary']}." for name, f in spec["features"].items()]
+    lines += ["", "## Operations and the features they need", "", "| Operation | Needs |", "|---|---|"]
+    for name, op in spec["operations"].items():
+        needs = []
+        for req in op["requires"]:
+            cond = ""
+            if "when_set" in req:
+                cond = f" (when `{req['when_set']}` is set)"
+            elif "when_equals" in req:
+                ((param, value),) = req["when_equals"].items()
+                cond = f" (when `{param}={value}`)"
+            needs.append(f"`{req['feature']}`{cond}")
+        lines.append(f"| `{name}` | {', '.join(needs)} |")
+    for name, entry in spec["lifecycle"].items():
+        lines.append(
+            f"| {name}: {entry['summary']} | {', '.join(f'`{f}`' for f in entry['requires']) or '—'} |"
+        )
+    lines.append("")
+    lines += [
+        "SandboxConfig fields that need a feature when set: "
+        + ", ".join(f"`{field}` → `{f}`" for field, f in spec["config_requirements"].items())
+        + ".",
+        "",
+    ]
+    return "\n".join(lines)

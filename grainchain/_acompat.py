@@ -1,0 +1,143 @@
+"""The only place where the async and the sync world differ.
+
+Code under grainchain/_async/ imports its primitives from here (never asyncio or threading) and codegen's
+unasync step renames them for grainchain/_sync/: each async name on the left has a sync twin on the right.
+
+    aselect        -> select          wait until some file descriptors are readable
+    astart_task    -> start_task      run a function concurrently (task / daemon thread)
+    AsyncTask      -> Task
+    arun_blocking  -> run_blocking    blocking I/O off the event loop (sync: just call it)
+    AFLAVOUR       -> FLAVOUR         "async" / "sync": which adapter class a provider loads
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import select as _select
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, ParamSpec, TypeVar
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+_POLL_READABLE = _select.POLLIN | _select.POLLHUP | _select.POLLERR | _select.POLLNVAL
+
+
+# --------------------------------------------------------------------------------------------- async
+
+AFLAVOUR = "async"
+
+
+async def aselect(fds: Iterable[int], timeout: float | None) -> list[int]:
+    """The descriptors of `fds` that are readable (or closed), waiting at most `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    ready: list[int] = []
+    woken: asyncio.Future[None] = loop.create_future()
+    watched = list(fds)
+
+    def on_readable(fd: int) -> None:
+        ready.append(fd)
+        if not woken.done():
+            woken.set_result(None)
+
+    for fd in watched:
+        loop.add_reader(fd, on_readable, fd)
+    try:
+        await asyncio.wait_for(woken, timeout)
+    except TimeoutError:
+        pass
+    finally:
+        for fd in watched:
+            loop.remove_reader(fd)
+    return sorted(set(ready))
+
+
+class AsyncTask:
+    """A function running concurrently as an asyncio task."""
+
+    def __init__(self, fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._task = asyncio.get_running_loop().create_task(fn())
+
+    def done(self) -> bool:
+        return self._task.done()
+
+    async def join(self, timeout: float | None = None) -> bool:
+        """Wait for the function to finish; False if it still runs after `timeout` seconds."""
+        done, _ = await asyncio.wait({self._task}, timeout=timeout)
+        if done:
+            self._task.result()  # re-raise what the function raised
+        return bool(done)
+
+
+def astart_task(fn: Callable[[], Coroutine[Any, Any, None]]) -> AsyncTask:
+    return AsyncTask(fn)
+
+
+async def arun_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run blocking I/O (file copies, directory walks) in a worker thread, off the event loop."""
+    return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+
+# ---------------------------------------------------------------------------------------------- sync
+
+FLAVOUR = "sync"
+
+
+def select(fds: Iterable[int], timeout: float | None) -> list[int]:
+    """The descriptors of `fds` that are readable (or closed), waiting at most `timeout` seconds."""
+    poller = _select.poll()  # poll, not select.select: no limit on descriptor numbers
+    for fd in fds:
+        poller.register(fd, _POLL_READABLE)
+    events = poller.poll(None if timeout is None else max(0.0, timeout) * 1000)
+    return sorted({fd for fd, _ in events})
+
+
+class Task:
+    """A function running concurrently in a daemon thread."""
+
+    def __init__(self, fn: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), daemon=True, name="grainchain-task")
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # handed to whoever joins, like an asyncio task does
+            self._error = exc
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait for the function to finish; False if it still runs after `timeout` seconds."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+
+def start_task(fn: Callable[[], None]) -> Task:
+    return Task(fn)
+
+
+def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return fn(*args, **kwargs)
+
+
+__all__ = [
+    "AFLAVOUR",
+    "FLAVOUR",
+    "AsyncTask",
+    "Task",
+    "arun_blocking",
+    "aselect",
+    "astart_task",
+    "run_blocking",
+    "select",
+    "start_task",
+]

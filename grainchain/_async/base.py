@@ -1,0 +1,207 @@
+"""The hand-written half of the facade: lifecycle, provider resolution and the capability gate.
+
+The generated half (grainchain/_async/sandbox.py) adds one method per operation of the spec; each checks its
+arguments, passes the gate and calls the adapter inside `_errors()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from types import TracebackType
+from typing import Self
+
+from grainchain._acompat import AFLAVOUR
+from grainchain._async.adapter import AsyncSandboxAdapter
+from grainchain._generated.features import CONFIG_REQUIREMENTS, Feature
+from grainchain._provider_info import ProviderInfo
+from grainchain.errors import CapabilityError, GrainchainError, SandboxNotRunningError
+from grainchain.models import SandboxConfig, SandboxInfo, SandboxStatus, SupportLevel
+from grainchain.registry import get_provider, providers_supporting
+from grainchain.settings import Settings, load_settings, resolve_config
+
+_LEVEL_ORDER = [SupportLevel.unsupported, SupportLevel.emulated, SupportLevel.native]
+
+
+class AsyncSandboxBase:
+    """A sandbox of one provider. Use `async with AsyncSandbox(...) as sandbox:`."""
+
+    def __init__(
+        self,
+        provider: str | None = None,
+        config: SandboxConfig | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> None:
+        self._settings = settings or load_settings()
+        self._provider = get_provider(provider or self._settings.default_provider)
+        self._config = resolve_config(config, self._settings)
+        self._adapter: AsyncSandboxAdapter | None = None
+        self._status = SandboxStatus.creating
+        self._capabilities: dict[Feature, SupportLevel] = dict(self._provider.features)
+
+    # -- attributes -----------------------------------------------------------------------------------
+
+    @property
+    def provider_name(self) -> str:
+        return self._provider.name
+
+    @property
+    def provider(self) -> ProviderInfo:
+        return self._provider
+
+    @property
+    def config(self) -> SandboxConfig:
+        return self._config
+
+    @property
+    def status(self) -> SandboxStatus:
+        return self._status
+
+    @property
+    def sandbox_id(self) -> str:
+        return self._running("sandbox_id").sandbox_id
+
+    @property
+    def capabilities(self) -> Mapping[Feature, SupportLevel]:
+        """The support level of every feature: the provider's declaration, narrowed by what its backend
+        lacks once the sandbox has started."""
+        return dict(self._capabilities)
+
+    def supports(self, feature: Feature | str) -> bool:
+        return (
+            self._capabilities.get(Feature(feature), SupportLevel.unsupported) is not SupportLevel.unsupported
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> Self:
+        """Create the sandbox. Idempotent while it runs."""
+        if self._adapter is not None and self._status is SandboxStatus.running:
+            return self
+        if self._status is SandboxStatus.closed:
+            raise SandboxNotRunningError(
+                "the sandbox is closed; create a new one", provider=self.provider_name
+            )
+        adapter_cls = self._adapter_class()
+        self._narrow(adapter_cls)
+        for field, feature in CONFIG_REQUIREMENTS.items():
+            if getattr(self._config, field) is not None:
+                self._check(feature, "create", hint=f"SandboxConfig.{field} is set")
+        with self._errors("create"):
+            self._adapter = await adapter_cls.create(self._config, self._settings)
+        self._status = SandboxStatus.running
+        return self
+
+    async def __aenter__(self) -> Self:
+        return await self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._config.keep_alive:
+            await self.detach()
+        else:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop every process and clean up (per SandboxConfig.auto_cleanup). Safe to call twice."""
+        adapter, self._adapter = self._adapter, None
+        self._status = SandboxStatus.closed
+        if adapter is not None:
+            with self._errors("close"):
+                await adapter.aclose()
+
+    async def detach(self) -> None:
+        """Let go of a running sandbox without stopping it; `connect(sandbox_id)` picks it up again."""
+        adapter, self._adapter = self._adapter, None
+        self._status = SandboxStatus.closed
+        if adapter is not None:
+            with self._errors("detach"):
+                await adapter.detach()
+
+    @classmethod
+    async def connect(
+        cls,
+        sandbox_id: str,
+        provider: str | None = None,
+        config: SandboxConfig | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> Self:
+        """Attach to a sandbox that is still there (kept alive, or kept by auto_cleanup=False)."""
+        sandbox = cls(provider, config, settings=settings)
+        adapter_cls = sandbox._adapter_class()
+        sandbox._narrow(adapter_cls)
+        sandbox._check(Feature.LIFECYCLE_RECONNECT, "connect")
+        with sandbox._errors("connect"):
+            sandbox._adapter = await adapter_cls.connect(sandbox_id, sandbox._config, sandbox._settings)
+            sandbox._config = sandbox._adapter.config
+        sandbox._status = SandboxStatus.running
+        return sandbox
+
+    @classmethod
+    async def list_sandboxes(
+        cls, provider: str | None = None, *, settings: Settings | None = None
+    ) -> list[SandboxInfo]:
+        """The provider's sandboxes that are still there."""
+        probe = cls(provider, settings=settings)
+        adapter_cls = probe._adapter_class()
+        probe._check(Feature.LIFECYCLE_RECONNECT, "list_sandboxes")
+        with probe._errors("list_sandboxes"):
+            found: list[SandboxInfo] = await adapter_cls.list_sandboxes(probe._settings)
+            return found
+
+    # -- plumbing for the generated methods -----------------------------------------------------------
+
+    def _adapter_class(self) -> type[AsyncSandboxAdapter]:
+        adapter_cls: type[AsyncSandboxAdapter] = self._provider.load_adapter(AFLAVOUR)
+        return adapter_cls
+
+    def _narrow(self, adapter_cls: type[AsyncSandboxAdapter]) -> None:
+        """Apply the backend's narrowing; a level can go down, never up."""
+        for feature, level in adapter_cls.narrowed_features().items():
+            declared = self._capabilities.get(feature, SupportLevel.unsupported)
+            self._capabilities[feature] = min(declared, level, key=_LEVEL_ORDER.index)
+
+    def _check(self, feature: Feature, operation: str, hint: str | None = None) -> None:
+        if self._capabilities.get(feature, SupportLevel.unsupported) is SupportLevel.unsupported:
+            raise CapabilityError(
+                feature.value,
+                self.provider_name,
+                operation=operation,
+                supported_by=providers_supporting(feature),
+                hint=hint,
+            )
+
+    def _running(self, operation: str) -> AsyncSandboxAdapter:
+        if self._adapter is None:
+            state = (
+                "closed"
+                if self._status is SandboxStatus.closed
+                else "not started (use `async with` or start())"
+            )
+            raise SandboxNotRunningError(
+                f"the sandbox is {state}", provider=self.provider_name, operation=operation
+            )
+        return self._adapter
+
+    def _gate(self, operation: str, *features: Feature) -> AsyncSandboxAdapter:
+        """Raise CapabilityError for the first unsupported feature, before any provider call."""
+        for feature in features:
+            self._check(feature, operation)
+        return self._running(operation)
+
+    @contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        """Name the provider and operation on every grainchain error raised inside."""
+        try:
+            yield
+        except GrainchainError as exc:
+            exc.provider = exc.provider or self.provider_name
+            exc.operation = exc.operation or operation
+            raise
+
+    def __repr__(self) -> str:
+        sandbox_id = self._adapter.sandbox_id if self._adapter else None
+        return f"<{type(self).__name__} provider={self.provider_name!r} id={sandbox_id!r} status={self._status.value}>"

@@ -1,0 +1,1 @@
+"""Generated from the capability spec by `python -m codegen`; do not edit."""

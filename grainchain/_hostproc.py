@@ -1,0 +1,122 @@
+"""Host processes for the local provider: spawn with a scrubbed environment, find and kill whole trees.
+
+Every process gets marker variables (GRAINCHAIN_SANDBOX_ID, GRAINCHAIN_EXEC_ID) that its descendants inherit.
+Killing a tree kills the process group and then every process that still carries the marker, which catches
+children that left the group with setsid (daemons, `nohup … &`). A process that wipes its own environment
+can escape this; the namespace isolation of the local provider closes that gap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MINIMAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SANDBOX_MARKER = "GRAINCHAIN_SANDBOX_ID"
+EXEC_MARKER = "GRAINCHAIN_EXEC_ID"
+SHELL = "/bin/sh"
+
+
+def scrubbed_environment(*layers: Mapping[str, str]) -> dict[str, str]:
+    """A minimal environment (PATH, LANG) overlaid by each layer in turn; nothing comes from the host."""
+    env = {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8"}
+    for layer in layers:
+        env.update(layer)
+    return env
+
+
+@dataclass
+class HostProcess:
+    popen: subprocess.Popen[bytes]
+    marker: str  # "NAME=value" entry every descendant inherits
+    exit_fd: int | None = field(default=None)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def stdout_fd(self) -> int:
+        assert self.popen.stdout is not None
+        return self.popen.stdout.fileno()
+
+    @property
+    def stderr_fd(self) -> int:
+        assert self.popen.stderr is not None
+        return self.popen.stderr.fileno()
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def kill_tree(self) -> None:
+        """SIGKILL the process, its group and every process carrying its marker; reap the process."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        kill_marked(self.marker)
+        self.popen.wait()
+
+    def close(self) -> None:
+        """Release the pipes and the pidfd (the process itself must have been reaped or killed)."""
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+        if self.exit_fd is not None:
+            os.close(self.exit_fd)
+            self.exit_fd = None
+
+
+def spawn(command: str, *, cwd: Path, env: Mapping[str, str], marker: tuple[str, str]) -> HostProcess:
+    """Start `sh -c command` in a new session (its own process group) with exactly `env` plus the marker."""
+    name, value = marker
+    popen = subprocess.Popen(
+        [SHELL, "-c", command],
+        cwd=cwd,
+        env={**env, name: value},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        close_fds=True,
+    )
+    exit_fd = None
+    with contextlib.suppress(AttributeError, OSError):  # no pidfd: callers poll instead
+        exit_fd = os.pidfd_open(popen.pid)
+    return HostProcess(popen, f"{name}={value}", exit_fd)
+
+
+def marked_pids(marker: str) -> list[int]:
+    """PIDs of the processes whose environment holds the `NAME=value` marker (Linux /proc; else empty)."""
+    entry = marker.encode()
+    found = []
+    try:
+        names = os.listdir("/proc")
+    except FileNotFoundError:
+        return []
+    me = os.getpid()
+    for name in names:
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if entry in environ.split(b"\0"):
+            found.append(int(name))
+    return found
+
+
+def kill_marked(marker: str, *, rounds: int = 5) -> None:
+    """SIGKILL every process carrying the marker, again while new ones appear (a tree may fork meanwhile)."""
+    for _ in range(rounds):
+        pids = marked_pids(marker)
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)

@@ -1,0 +1,245 @@
+"""Every error grainchain raises.
+
+    GrainchainError
+    ├── ConfigurationError            bad SandboxConfig / settings / config file
+    ├── InvalidArgumentError          bad argument to an operation (also a ValueError)
+    ├── ProviderNotFoundError         unknown provider name (lists the known ones)
+    ├── ProviderUnavailableError      provider's SDK or backend is missing (says what to install)
+    ├── AuthenticationError
+    ├── CapabilityError               the provider does not support the feature (names who does)
+    ├── SandboxNotFoundError
+    ├── SandboxNotRunningError        closed or terminated sandbox
+    ├── CommandTimeoutError           carries the partial stdout/stderr
+    ├── OutputLimitExceededError      output over SandboxConfig.output_limit
+    ├── FileNotFoundInSandboxError    (also a FileNotFoundError)
+    ├── PathOutsideSandboxError       path escapes the sandbox by `..` or a symlink
+    ├── SnapshotNotFoundError
+    ├── RateLimitError
+    └── ProviderError                 anything else the provider reported; the original is `__cause__`
+
+Each carries `provider` and `operation` (filled in by the facade when the adapter did not) and
+`retryable`: True (trying again may work), False (it will not) or None (unknown).
+A non-zero exit code is not an error: it is an ExecutionResult with `success == False`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypedDict, Unpack
+
+
+class ErrorContext(TypedDict, total=False):
+    """Where an error happened; every error accepts these keywords."""
+
+    provider: str | None
+    operation: str | None
+    retryable: bool | None
+
+
+class GrainchainError(Exception):
+    """Base of every grainchain error."""
+
+    retryable: bool | None = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        operation: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.operation = operation
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __str__(self) -> str:
+        where = ", ".join(
+            f"{key}={value}"
+            for key, value in (("provider", self.provider), ("operation", self.operation))
+            if value
+        )
+        return f"{self.message} [{where}]" if where else self.message
+
+
+class ConfigurationError(GrainchainError):
+    """The configuration (SandboxConfig, environment, config file) is invalid."""
+
+    retryable = False
+
+
+class InvalidArgumentError(GrainchainError, ValueError):
+    """An argument of an operation is invalid; the message names it and what is accepted."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, argument: str, **context: Unpack[ErrorContext]) -> None:
+        super().__init__(message, **context)
+        self.argument = argument
+
+
+class ProviderNotFoundError(GrainchainError):
+    """No provider is registered under this name."""
+
+    retryable = False
+
+    def __init__(self, name: str, known: Iterable[str]) -> None:
+        self.known = sorted(known)
+        super().__init__(
+            f"unknown provider {name!r}; known providers: {', '.join(self.known) or '(none)'}",
+            provider=name,
+        )
+
+
+class ProviderUnavailableError(GrainchainError):
+    """The provider is known but cannot be used here (SDK not installed, backend missing)."""
+
+    retryable = False
+
+
+class AuthenticationError(GrainchainError):
+    """The provider rejected the credentials, or none were found."""
+
+    retryable = False
+
+
+class CapabilityError(GrainchainError):
+    """The provider does not support a feature. Raised before the provider is called."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        feature: str,
+        provider: str,
+        *,
+        operation: str | None = None,
+        supported_by: Iterable[str] = (),
+        hint: str | None = None,
+    ) -> None:
+        self.feature = feature
+        self.supported_by = sorted(supported_by)
+        self.hint = hint
+        message = f"provider {provider!r} does not support {feature!r}"
+        if self.supported_by:
+            message += f"; providers that do: {', '.join(self.supported_by)}"
+        if hint:
+            message += f" ({hint})"
+        super().__init__(message, provider=provider, operation=operation)
+
+
+class SandboxNotFoundError(GrainchainError):
+    """No sandbox with this id exists (any more)."""
+
+    retryable = False
+
+
+class SandboxNotRunningError(GrainchainError):
+    """The sandbox is closed, terminated or not started yet."""
+
+    retryable = False
+
+
+class CommandTimeoutError(GrainchainError, TimeoutError):
+    """A command ran longer than its timeout; it was killed with all its processes."""
+
+    retryable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: str,
+        timeout: float,
+        stdout: str = "",
+        stderr: str = "",
+        **context: Unpack[ErrorContext],
+    ) -> None:
+        super().__init__(message, **context)
+        self.command = command
+        self.timeout = timeout
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class OutputLimitExceededError(GrainchainError):
+    """A command wrote more output than SandboxConfig.output_limit; it was killed."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int,
+        stdout: str = "",
+        stderr: str = "",
+        **context: Unpack[ErrorContext],
+    ) -> None:
+        super().__init__(message, **context)
+        self.limit = limit
+        self.stdout = stdout
+        self.stderr = stderr
+
+
+class FileNotFoundInSandboxError(GrainchainError, FileNotFoundError):
+    """The path does not exist in the sandbox."""
+
+    retryable = False
+
+    def __init__(self, path: str, **context: Unpack[ErrorContext]) -> None:
+        super().__init__(f"no such file or directory in the sandbox: {path!r}", **context)
+        self.path = path
+
+
+class PathOutsideSandboxError(GrainchainError, PermissionError):
+    """The path leaves the sandbox (by `..`, an absolute path elsewhere, or a symlink)."""
+
+    retryable = False
+
+    def __init__(self, path: str, reason: str, **context: Unpack[ErrorContext]) -> None:
+        super().__init__(f"path {path!r} is outside the sandbox: {reason}", **context)
+        self.path = path
+
+
+class SnapshotNotFoundError(GrainchainError):
+    """No snapshot with this id exists for the provider."""
+
+    retryable = False
+
+    def __init__(self, snapshot_id: str, **context: Unpack[ErrorContext]) -> None:
+        super().__init__(f"no snapshot with id {snapshot_id!r}", **context)
+        self.snapshot_id = snapshot_id
+
+
+class RateLimitError(GrainchainError):
+    """The provider asked us to slow down."""
+
+    retryable = True
+
+
+class ProviderError(GrainchainError):
+    """The provider failed in a way no other error describes; the original exception is `__cause__`."""
+
+
+__all__ = [
+    "AuthenticationError",
+    "CapabilityError",
+    "CommandTimeoutError",
+    "ConfigurationError",
+    "FileNotFoundInSandboxError",
+    "GrainchainError",
+    "InvalidArgumentError",
+    "OutputLimitExceededError",
+    "PathOutsideSandboxError",
+    "ProviderError",
+    "ProviderNotFoundError",
+    "ProviderUnavailableError",
+    "RateLimitError",
+    "SandboxNotFoundError",
+    "SandboxNotRunningError",
+    "SnapshotNotFoundError",
+]

@@ -1,0 +1,107 @@
+"""User settings: explicit arguments > environment (GRAINCHAIN_*) > config file > defaults.
+
+The config file is TOML at $GRAINCHAIN_CONFIG, else the user config dir (~/.config/grainchain/config.toml):
+
+    default_provider = "local"
+    state_dir = "/var/lib/grainchain"
+
+    [sandbox]            # defaults for every SandboxConfig field the caller leaves unset
+    timeout = 120
+    memory_limit = "2GB"
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from grainchain._generated.models import SandboxConfig
+from grainchain.errors import ConfigurationError
+
+ENV_PREFIX = "GRAINCHAIN_"
+
+
+def config_file_path() -> Path:
+    explicit = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    return Path(explicit) if explicit else platformdirs.user_config_path("grainchain") / "config.toml"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    default_provider: str = Field("local", description="Provider used when none is named.")
+    state_dir: Path = Field(
+        default_factory=lambda: platformdirs.user_state_path("grainchain"),
+        description="Where providers keep workspaces and snapshots.",
+    )
+    sandbox: dict[str, Any] = Field(default_factory=dict, description="Defaults for SandboxConfig fields.")
+
+    @field_validator("default_provider")
+    @classmethod
+    def _provider_name(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must name a provider, e.g. 'local'")
+        return value.strip()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # No .env loading: the original project leaked a .env into every sandbox.
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file_path()))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """The settings in force now; invalid ones raise ConfigurationError naming each field and source."""
+    path = config_file_path()
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigurationError(
+            _explain(exc, f"environment ({ENV_PREFIX}*) or config file {path}")
+        ) from None
+    except (OSError, ValueError) as exc:  # unreadable or malformed TOML
+        raise ConfigurationError(f"cannot read config file {path}: {exc}") from None
+
+
+def resolve_config(config: SandboxConfig | None, settings: Settings) -> SandboxConfig:
+    """The caller's config, with the config file's [sandbox] defaults for every field the caller left unset."""
+    if not settings.sandbox:
+        return config or SandboxConfig()
+    explicit = config.model_dump(include=config.model_fields_set) if config else {}
+    try:
+        return SandboxConfig.model_validate({**settings.sandbox, **explicit})
+    except ValidationError as exc:
+        raise ConfigurationError(_explain(exc, f"[sandbox] of {config_file_path()}")) from None
+
+
+def validate_config(data: dict[str, Any]) -> SandboxConfig:
+    """Build a SandboxConfig from plain data, raising ConfigurationError with one line per problem."""
+    try:
+        return SandboxConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigurationError(_explain(exc, "SandboxConfig")) from None
+
+
+def _explain(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid settings in {source}:"]
+    for error in exc.errors():
+        field = ".".join(str(p) for p in error["loc"]) or "(top)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field}: {message} (got {error.get('input')!r})")
+    return "\n".join(lines)
