@@ -1,0 +1,97 @@
+"""Shared fixtures. Every test gets its own grainchain state dir and no config file, and fails if it leaves
+a sandbox process running."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from grainchain import AsyncSandbox, SandboxConfig
+from grainchain._hostproc import SANDBOX_MARKER
+from grainchain.sync import ProcessHandle
+from grainchain.sync import Sandbox as SyncSandbox
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    state = tmp_path / "state"
+    monkeypatch.setenv("GRAINCHAIN_STATE_DIR", str(state))
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(tmp_path / "no-config.toml"))
+    monkeypatch.delenv("GRAINCHAIN_DEFAULT_PROVIDER", raising=False)
+    return state
+
+
+def sandbox_processes() -> list[int]:
+    """PIDs of live processes started by any grainchain sandbox (they carry the sandbox marker)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/environ", "rb") as f:
+                if any(e.startswith(SANDBOX_MARKER.encode() + b"=") for e in f.read().split(b"\0")):
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes() -> Any:
+    before = set(sandbox_processes())
+    yield
+    deadline = time.monotonic() + 2
+    while (left := set(sandbox_processes()) - before) and time.monotonic() < deadline:
+        time.sleep(0.02)  # killed processes may take a moment to be reaped
+    assert not left, f"sandbox processes left running after the test: {sorted(left)}"
+
+
+class AwaitableSync:
+    """The blocking client behind `await`, so one async test body checks both clients."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self.flavour = "sync"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            return AwaitableSync(result) if isinstance(result, ProcessHandle) else result
+
+        return call
+
+
+SandboxFactory = Callable[..., Awaitable[Any]]
+
+
+@pytest.fixture(params=["async", "sync"])
+async def make_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[SandboxFactory]:
+    """make_sandbox(config=None, provider="local") → a started sandbox of the parametrized client."""
+    opened: list[Any] = []
+
+    async def make(config: SandboxConfig | None = None, provider: str = "local") -> Any:
+        if request.param == "async":
+            sandbox: Any = await AsyncSandbox(provider, config).start()
+            sandbox.flavour = "async"
+        else:
+            sandbox = AwaitableSync(SyncSandbox(provider, config).start())
+        opened.append(sandbox)
+        return sandbox
+
+    yield make
+    for sandbox in opened:
+        await sandbox.aclose() if getattr(sandbox, "flavour", "") == "async" else await sandbox.close()
+
+
+@pytest.fixture
+async def sandbox(make_sandbox: SandboxFactory) -> Any:
+    return await make_sandbox()
