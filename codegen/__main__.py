@@ -14,9 +14,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from codegen.common import ROOT
+from codegen.common import ROOT, header
 from codegen.models import render_models
-from codegen.render import render_facade, render_features, render_matrix, render_providers
+from codegen.render import SPEC, render_facade, render_features, render_matrix, render_providers
 from codegen.sync import unasync_tree
 from grainchain.spec import load_spec, validate_spec
 
@@ -30,7 +30,7 @@ def generate() -> dict[str, str]:
     if problems:
         raise SystemExit("codegen: the spec is invalid:\n  " + "\n  ".join(problems))
     files = {
-        "grainchain/_generated/__init__.py": '"""Generated from the capability spec by `python -m codegen`; do not edit."""\n',
+        "grainchain/_generated/__init__.py": header(SPEC) + '"""What codegen derives from the capability spec."""\n',
         "grainchain/_generated/models.py": render_models(spec),
         "grainchain/_generated/features.py": render_features(spec),
         "grainchain/_generated/providers.py": render_providers(spec),

@@ -1,0 +1,101 @@
+"""Settings precedence (argument > environment > config file > default) and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from grainchain import AsyncSandbox, ConfigurationError, ProviderNotFoundError, SandboxConfig
+from grainchain._types import parse_byte_size
+from grainchain.settings import load_settings, validate_config
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("4GB", 4_000_000_000),
+        ("512MB", 512_000_000),
+        ("1.5GiB", 1_610_612_736),
+        ("256m", 256_000_000),
+        ("2 GiB", 2 * 1024**3),
+        (1024, 1024),
+    ],
+)
+def test_byte_sizes_are_parsed(text: str | int, expected: int) -> None:
+    assert parse_byte_size(text) == expected
+    assert SandboxConfig(memory_limit=text).memory_limit == expected
+
+
+@pytest.mark.parametrize("bad", ["4 gigs", "GB", "-1GB", "", "1e9", True, 0])
+def test_bad_byte_sizes_say_what_is_accepted(bad: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        SandboxConfig(memory_limit=bad)
+    message = str(info.value)
+    assert "memory_limit" in message
+    assert "accepted" in message or "positive" in message
+
+
+def test_validate_config_raises_configuration_error_naming_field() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        validate_config({"memory_limit": "4 gigs"})
+    assert "memory_limit: cannot read '4 gigs' as a size; accepted:" in str(info.value)
+
+
+def test_unknown_config_field_is_rejected() -> None:
+    with pytest.raises(ValidationError, match="memory_limt"):
+        SandboxConfig(memory_limt="4GB")  # type: ignore[call-arg]
+
+
+def test_default_provider_is_local() -> None:
+    assert AsyncSandbox().provider_name == "local"
+
+
+def test_environment_overrides_default_and_argument_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRAINCHAIN_DEFAULT_PROVIDER", "nope")
+    with pytest.raises(ProviderNotFoundError, match="known providers: .*local"):
+        AsyncSandbox()
+    assert AsyncSandbox("local").provider_name == "local"
+
+
+def test_config_file_supplies_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('default_provider = "local"\n[sandbox]\ntimeout = 7\nenvironment_vars = {A = "1"}\n')
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))
+    sandbox = AsyncSandbox(config=SandboxConfig(environment_vars={"B": "2"}))
+    assert sandbox.config.timeout == 7  # from the file
+    assert sandbox.config.environment_vars == {"B": "2"}  # the caller's field wins whole
+
+
+def test_environment_beats_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('default_provider = "from-file"\n')
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))
+    assert load_settings().default_provider == "from-file"
+    monkeypatch.setenv("GRAINCHAIN_DEFAULT_PROVIDER", "local")
+    assert load_settings().default_provider == "local"
+
+
+def test_malformed_config_file_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text("default_provider = \n")
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))
+    with pytest.raises(ConfigurationError, match=str(config)):
+        load_settings()
+
+
+def test_bad_sandbox_defaults_in_config_file_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[sandbox]\nmemory_limit = "lots"\n')
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))
+    with pytest.raises(ConfigurationError, match=r"(?s)\[sandbox\] of .*memory_limit: cannot read 'lots'"):
+        AsyncSandbox()
+
+
+def test_unknown_setting_in_environment_file_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('default_provder = "local"\n')
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))
+    with pytest.raises(ConfigurationError, match="default_provder"):
+        load_settings()
