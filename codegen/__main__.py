@@ -30,7 +30,8 @@ def generate() -> dict[str, str]:
     if problems:
         raise SystemExit("codegen: the spec is invalid:\n  " + "\n  ".join(problems))
     files = {
-        "grainchain/_generated/__init__.py": header(SPEC) + '"""What codegen derives from the capability spec."""\n',
+        "grainchain/_generated/__init__.py": header(SPEC)
+        + '"""What codegen derives from the capability spec."""\n',
         "grainchain/_generated/models.py": render_models(spec),
         "grainchain/_generated/features.py": render_features(spec),
         "grainchain/_generated/providers.py": render_providers(spec),

@@ -31,12 +31,16 @@ def test_errors_fit_builtin_exceptions() -> None:
 
 def test_message_names_provider_and_operation() -> None:
     err = FileNotFoundInSandboxError("/x", provider="local", operation="download_file")
-    assert str(err) == "no such file or directory in the sandbox: '/x' [provider=local, operation=download_file]"
+    assert (
+        str(err) == "no such file or directory in the sandbox: '/x' [provider=local, operation=download_file]"
+    )
     assert err.retryable is False
 
 
 def test_capability_error_names_feature_provider_and_who_supports_it() -> None:
-    err = CapabilityError("snapshot.memory", "local", operation="create_snapshot", supported_by=["morph", "docker"])
+    err = CapabilityError(
+        "snapshot.memory", "local", operation="create_snapshot", supported_by=["morph", "docker"]
+    )
     assert err.feature == "snapshot.memory"
     assert err.supported_by == ["docker", "morph"]
     assert "providers that do: docker, morph" in str(err)

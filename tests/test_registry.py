@@ -74,7 +74,9 @@ def test_plugin_without_sync_adapter_says_so_for_the_blocking_client(plugin_dir:
 
 def test_broken_plugin_names_itself(plugin_dir: Path) -> None:
     _install_plugin(plugin_dir, "bad", "raise RuntimeError('boom')\n", "bad_plugin:PROVIDER")
-    with pytest.raises(ProviderError, match=r"provider plugin 'bad' \(bad_plugin:PROVIDER\) failed to load: boom"):
+    with pytest.raises(
+        ProviderError, match=r"provider plugin 'bad' \(bad_plugin:PROVIDER\) failed to load: boom"
+    ):
         registry.all_providers()
 
 

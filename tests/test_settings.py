@@ -52,7 +52,9 @@ def test_default_provider_is_local() -> None:
     assert AsyncSandbox().provider_name == "local"
 
 
-def test_environment_overrides_default_and_argument_overrides_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_overrides_default_and_argument_overrides_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("GRAINCHAIN_DEFAULT_PROVIDER", "nope")
     with pytest.raises(ProviderNotFoundError, match="known providers: .*local"):
         AsyncSandbox()
@@ -85,7 +87,9 @@ def test_malformed_config_file_names_the_file(tmp_path: Path, monkeypatch: pytes
         load_settings()
 
 
-def test_bad_sandbox_defaults_in_config_file_are_explained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_sandbox_defaults_in_config_file_are_explained(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[sandbox]\nmemory_limit = "lots"\n')
     monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))
@@ -93,7 +97,9 @@ def test_bad_sandbox_defaults_in_config_file_are_explained(tmp_path: Path, monke
         AsyncSandbox()
 
 
-def test_unknown_setting_in_environment_file_is_rejected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_unknown_setting_in_environment_file_is_rejected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "config.toml"
     config.write_text('default_provder = "local"\n')
     monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))

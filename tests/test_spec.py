@@ -22,7 +22,14 @@ def test_packaged_spec_is_valid(spec: dict[str, Any]) -> None:
 
 
 def test_spec_names_every_operation_of_the_api_document(spec: dict[str, Any]) -> None:
-    documented = {"execute", "upload_file", "download_file", "list_files", "create_snapshot", "restore_snapshot"}
+    documented = {
+        "execute",
+        "upload_file",
+        "download_file",
+        "list_files",
+        "create_snapshot",
+        "restore_snapshot",
+    }
     documented |= {"terminate", "wake_up"}
     assert documented <= set(spec["operations"])
     assert {"create", "close", "connect", "list_sandboxes"} <= set(spec["lifecycle"])
@@ -41,7 +48,9 @@ def _broken(spec: dict[str, Any], edit: Any) -> list[str]:
 
 
 def test_unknown_feature_in_an_operation_is_reported(spec: dict[str, Any]) -> None:
-    problems = _broken(spec, lambda s: s["operations"]["execute"]["requires"].append({"feature": "warp.drive"}))
+    problems = _broken(
+        spec, lambda s: s["operations"]["execute"]["requires"].append({"feature": "warp.drive"})
+    )
     assert problems == ["operations/execute/requires: unknown feature 'warp.drive'"]
 
 
