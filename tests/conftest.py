@@ -26,27 +26,34 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return state
 
 
-def sandbox_processes() -> list[int]:
-    """PIDs of live processes started by any grainchain sandbox (they carry the sandbox marker)."""
+def sandbox_processes(state: Path | None = None) -> list[int]:
+    """PIDs of live processes started by grainchain sandboxes (they carry the sandbox marker); with `state`,
+    only those of sandboxes under that state dir (their HOME or TMPDIR lies there), so that concurrent test
+    runs on the same machine do not count."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
-                if any(e.startswith(SANDBOX_MARKER.encode() + b"=") for e in f.read().split(b"\0")):
-                    found.append(int(name))
+                environ = f.read().split(b"\0")
         except OSError:
             continue
+        if not any(e.startswith(SANDBOX_MARKER.encode() + b"=") for e in environ):
+            continue
+        if state is not None:
+            prefixes = [f"{var}={state}".encode() for var in ("HOME", "TMPDIR")]
+            if not any(e.startswith(p) for e in environ for p in prefixes):
+                continue
+        found.append(int(name))
     return found
 
 
 @pytest.fixture(autouse=True)
-def no_leftover_processes() -> Any:
-    before = set(sandbox_processes())
+def no_leftover_processes(state_dir: Path) -> Any:
     yield
     deadline = time.monotonic() + 2
-    while (left := set(sandbox_processes()) - before) and time.monotonic() < deadline:
+    while (left := sandbox_processes(state_dir)) and time.monotonic() < deadline:
         time.sleep(0.02)  # killed processes may take a moment to be reaped
     assert not left, f"sandbox processes left running after the test: {sorted(left)}"
 

@@ -1,0 +1,514 @@
+"""The `grainchain` command.
+
+    grainchain run [--provider P] [--timeout S] [--workdir DIR] [--env KEY=VALUE ...] -- CMD [ARGS]...
+    grainchain providers [--json]
+    grainchain spec check [FILE]
+    grainchain spec show [--path]
+    grainchain --version
+
+Exit status: `run` passes the command's exit code through (128+N when a signal N killed it); it exits 124
+when the command timed out (as coreutils `timeout` does), 130 on Ctrl-C, 143 on SIGTERM and 141 when its
+stdout is closed (the command is killed and the sandbox closed in each case). Otherwise: 0 on success, 2 for
+usage errors, 1 for every other error. An error is one line on stderr, never a traceback.
+
+`import grainchain` never imports this module: typer and rich load only for the command.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any, NoReturn, Protocol, TextIO, cast
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from grainchain import __version__
+from grainchain._generated.features import Feature
+from grainchain._provider_info import ProviderInfo
+from grainchain.errors import CommandTimeoutError, ConfigurationError, GrainchainError, ProviderNotFoundError
+from grainchain.models import SupportLevel
+from grainchain.registry import all_providers, get_provider
+from grainchain.settings import ENV_PREFIX, Settings, config_file_path, load_settings, validate_config
+from grainchain.spec import default_spec_path, load_spec, validate_spec
+from grainchain.sync import Sandbox
+
+PROG_NAME = "grainchain"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124  # coreutils `timeout`
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+app = typer.Typer(
+    name=PROG_NAME,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+spec_app = typer.Typer(
+    help="The capability spec (grainchain.yaml) that the SDK is generated from.", no_args_is_help=True
+)
+app.add_typer(spec_app, name="spec")
+
+
+def _click_exception(name: str) -> type[Exception]:
+    """A click exception class, found through typer's public API: recent typer releases vendor click as
+    the private typer._click, older ones use click itself."""
+    for cls in typer.BadParameter.__mro__:
+        if cls.__name__ == name and issubclass(cls, Exception):
+            return cls
+    raise ImportError(f"typer {typer.__version__}: no {name} above typer.BadParameter")
+
+
+_UsageError = _click_exception("UsageError")
+_ClickException = _click_exception("ClickException")
+
+
+class _ClickError(Protocol):
+    """What main() uses of a click exception."""
+
+    exit_code: int
+    ctx: Any
+
+    def format_message(self) -> str: ...
+
+
+# -- output helpers -------------------------------------------------------------------------------------
+
+
+def _stdout() -> Console:
+    return Console(highlight=False)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _one_line(message: str) -> str:
+    """Fold a multi-line message (settings errors list one field per line) into one line."""
+    first, *rest = [line.strip() for line in message.splitlines() if line.strip()] or [""]
+    return f"{first} {'; '.join(rest)}" if rest else first
+
+
+def _print_error(message: str, *, prefix: str = "error") -> None:
+    text = Text(f"{prefix}: ", style="bold red" if prefix == "error" else "bold yellow")
+    text.append(_one_line(message))
+    _stderr().print(text)
+
+
+def _fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    _print_error(message)
+    raise typer.Exit(code)
+
+
+class _RawWriter:
+    """Copies chunks of a command's output to a stream as they arrive: no markup, flushed at once.
+
+    The SDK decodes output as UTF-8 (invalid bytes replaced); writing it back as UTF-8 bytes passes valid
+    UTF-8 through byte for byte, whatever the terminal's locale.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, chunk: str) -> None:
+        buffer = getattr(self._stream, "buffer", None)
+        if buffer is None:
+            self._stream.write(chunk)
+            self._stream.flush()
+        else:
+            buffer.write(chunk.encode("utf-8", errors="replace"))
+            buffer.flush()
+
+
+class _Terminated(BaseException):
+    """SIGTERM/SIGHUP while a command runs: unwind so that the sandbox is closed and its processes killed.
+
+    A BaseException, like KeyboardInterrupt, so that no `except Exception` on the way swallows it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextmanager
+def _signals_unwind() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> NoReturn:
+        raise _Terminated(signum)
+
+    signals = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s]
+    previous = {sig: signal.signal(sig, handler) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# -- root -------------------------------------------------------------------------------------------------
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"{PROG_NAME} {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_show_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Run commands in sandboxes of any provider, and inspect what each provider supports."""
+
+
+# -- run --------------------------------------------------------------------------------------------------
+
+
+def _provider_names() -> list[str]:
+    try:
+        return list(all_providers())
+    except GrainchainError:
+        return []
+
+
+def _check_timeout(value: float | None) -> float | None:
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise typer.BadParameter(f"must be a positive number of seconds, got {value:g}")
+    return value
+
+
+def _parse_env(values: list[str] | None) -> dict[str, str]:
+    environment: dict[str, str] = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="'--env'")
+        if not _ENV_NAME.match(name):
+            raise typer.BadParameter(
+                f"{name!r} is not a valid variable name (letters, digits and _, not starting with a digit)",
+                param_hint="'--env'",
+            )
+        if "\0" in value:
+            raise typer.BadParameter(f"the value of {name} contains a NUL character", param_hint="'--env'")
+        environment[name] = value
+    return environment
+
+
+def _resolve_provider(name: str | None, settings: Settings) -> ProviderInfo:
+    """The named provider (unknown: usage error), else the configured default (unknown: config error)."""
+    if name is not None:
+        try:
+            return get_provider(name)
+        except ProviderNotFoundError as exc:
+            _fail(exc.message, EXIT_USAGE)
+    try:
+        return get_provider(settings.default_provider)
+    except ProviderNotFoundError as exc:
+        variable = f"{ENV_PREFIX}DEFAULT_PROVIDER"
+        from_env = any(key.upper() == variable for key in os.environ)
+        source = variable if from_env else f"default_provider in {config_file_path()}"
+        raise ConfigurationError(f"{exc.message} (default provider set by {source})") from None
+
+
+@app.command(context_settings={"allow_interspersed_args": False})
+def run(
+    command: Annotated[
+        list[str],
+        typer.Argument(
+            metavar="CMD",
+            help="The command and its arguments, best after `--`. They are quoted with shlex.join; "
+            "for pipes and redirections run a shell: -- sh -c 'a | b'.",
+            show_default=False,
+        ),
+    ],
+    provider: Annotated[
+        str | None,
+        typer.Option(
+            "--provider",
+            "-p",
+            help="Provider to use (see `grainchain providers`). Default: the configured default_provider.",
+            autocompletion=_provider_names,
+            show_default=False,
+        ),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            "-t",
+            metavar="SECONDS",
+            callback=_check_timeout,
+            help="Kill the command after this many seconds and exit with 124. "
+            "Default: SandboxConfig.timeout (300 unless the config file sets another).",
+            show_default=False,
+        ),
+    ] = None,
+    workdir: Annotated[
+        str | None,
+        typer.Option(
+            "--workdir",
+            "-w",
+            metavar="DIR",
+            help="Directory to run in, relative to the sandbox's workspace (created if missing).",
+            show_default=False,
+        ),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--env",
+            "-e",
+            metavar="KEY=VALUE",
+            help="Set an environment variable of the command; repeat for more.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run a command in a fresh sandbox, streaming its output, and exit with its exit code.
+
+    Example: grainchain run --timeout 60 -- python3 -c 'print(6*7)'
+    """
+    environment = _parse_env(env)
+    settings = load_settings()  # ConfigurationError: main() reports it in one line
+    info = _resolve_provider(provider, settings)
+    config = validate_config({"working_directory": workdir}) if workdir is not None else None
+    line = shlex.join(command)
+    try:
+        with Sandbox(info.name, config, settings=settings) as sandbox, _signals_unwind():
+            result = sandbox.execute(
+                line,
+                timeout=timeout,
+                environment=environment or None,
+                on_stdout=_RawWriter(sys.stdout),
+                on_stderr=_RawWriter(sys.stderr),
+            )
+    except CommandTimeoutError as exc:
+        _fail(f"command timed out after {exc.timeout:g}s and was killed: {line}", EXIT_TIMEOUT)
+    except BrokenPipeError:
+        # The reader of our stdout went away (`grainchain run -- yes | head`): the command was killed; exit
+        # as a process killed by SIGPIPE would, without a second error when Python flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise typer.Exit(128 + 13) from None
+    except _Terminated as exc:
+        raise typer.Exit(128 + exc.signum) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    raise typer.Exit(result.return_code)
+
+
+# -- providers --------------------------------------------------------------------------------------------
+
+_MARKS = {
+    SupportLevel.native: ("✓", "green"),
+    SupportLevel.emulated: ("~", "yellow"),
+    SupportLevel.unsupported: ("✗", "dim red"),
+}
+_ASCII_MARKS = {SupportLevel.native: "+", SupportLevel.emulated: "~", SupportLevel.unsupported: "-"}
+
+
+def _default_provider_or_none() -> str | None:
+    """The configured default provider; a broken configuration is a warning here, not a failure."""
+    try:
+        return load_settings().default_provider
+    except ConfigurationError as exc:
+        _print_error(f"ignoring the settings: {exc}", prefix="warning")
+        return None
+
+
+def _provider_record(info: ProviderInfo, default: str | None) -> dict[str, Any]:
+    missing = info.missing_credentials()
+    return {
+        "name": info.name,
+        "status": info.status,
+        "default": info.name == default,
+        "summary": info.summary,
+        "installed": info.is_installed(),
+        "sdk_module": info.sdk_module,
+        "install_hint": info.install_hint,
+        "configured": not missing,
+        "credentials_env": list(info.credentials_env),
+        "missing_credentials": missing,
+        "features": {feature.value: info.level(feature).value for feature in Feature},
+    }
+
+
+def _status_cell(record: dict[str, Any]) -> Text:
+    if record["status"] == "available":
+        return Text("available", style="green")
+    if record["status"] == "planned":
+        return Text("planned", style="yellow")
+    return Text(str(record["status"]))
+
+
+def _installed_cell(record: dict[str, Any]) -> Text:
+    if record["installed"]:
+        return Text("yes", style="green")
+    return Text(f"no: {record['install_hint']}", style="red")
+
+
+def _configured_cell(record: dict[str, Any]) -> Text:
+    if not record["credentials_env"]:
+        return Text("yes (none needed)", style="green")
+    if record["configured"]:
+        return Text("yes", style="green")
+    return Text(f"no: set {', '.join(record['missing_credentials'])}", style="red")
+
+
+@app.command()
+def providers(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")
+    ] = False,
+) -> None:
+    """List the providers: status, whether their SDK is installed and configured, and their features."""
+    default = _default_provider_or_none()
+    infos = sorted(all_providers().values(), key=lambda i: (i.status != "available", i.name))
+    records = [_provider_record(info, default) for info in infos]
+    if as_json:
+        sys.stdout.write(json.dumps(records, indent=2) + "\n")
+        return
+
+    console = _stdout()
+    unicode = console.encoding.lower().startswith("utf")
+    overview = Table(title="Providers", title_justify="left")
+    overview.add_column("provider", style="bold", no_wrap=True)
+    overview.add_column("status", no_wrap=True)
+    overview.add_column("installed")
+    overview.add_column("configured")
+    for record in records:
+        name = Text(record["name"], style="bold")
+        if record["default"]:
+            name.append(" (default)", style="dim")
+        overview.add_row(name, _status_cell(record), _installed_cell(record), _configured_cell(record))
+    console.print(overview)
+
+    matrix = Table(title="Feature support", title_justify="left")
+    matrix.add_column("feature", no_wrap=True)
+    for record in records:
+        matrix.add_column(record["name"], justify="center", no_wrap=True)
+    for feature in Feature:
+        cells: list[Text | str] = [feature.value]
+        for record in records:
+            level = SupportLevel(record["features"][feature.value])
+            mark, style = _MARKS[level]
+            cells.append(Text(mark if unicode else _ASCII_MARKS[level], style=style))
+        matrix.add_row(*cells)
+    console.print(matrix)
+    legend = " ".join(
+        f"{mark if unicode else _ASCII_MARKS[level]} {level.value}" for level, (mark, _) in _MARKS.items()
+    )
+    console.print(Text(legend, style="dim"))
+
+
+# -- spec -------------------------------------------------------------------------------------------------
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    try:
+        return load_spec(path)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        _fail(f"{where}: invalid YAML: {exc.problem or exc.context}")
+    except (yaml.YAMLError, ValueError, OSError) as exc:
+        message = str(exc)
+        _fail(message if str(path) in message else f"{path}: {message}")
+
+
+@spec_app.command("check")
+def spec_check(
+    file: Annotated[
+        Path | None,
+        typer.Argument(
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            help="Spec file to check. Default: the spec packaged with grainchain.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Validate a spec against its JSON Schema and cross-check its references."""
+    path = file or default_spec_path()
+    spec = _read_spec(path)
+    problems = validate_spec(spec)
+    if problems:
+        for problem in problems:
+            sys.stdout.write(f"{path}: {problem}\n")
+        _fail(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
+    counts = (len(spec[key]) for key in ("features", "operations", "providers"))
+    sys.stdout.write("spec OK: {} features, {} operations, {} providers\n".format(*counts))
+
+
+@spec_app.command("show")
+def spec_show(
+    path_only: Annotated[
+        bool, typer.Option("--path", help="Print where the packaged spec is instead of its content.")
+    ] = False,
+) -> None:
+    """Print the packaged spec (YAML)."""
+    path = default_spec_path()
+    if path_only:
+        sys.stdout.write(f"{path}\n")
+    else:
+        sys.stdout.write(path.read_text(encoding="utf-8"))
+
+
+# -- entry point ------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: run the command line, report errors as one line, return the exit status."""
+    command = typer.main.get_command(app)
+    try:
+        result = command.main(args=argv, prog_name=PROG_NAME, standalone_mode=False)
+    except _UsageError as caught:
+        exc = cast(_ClickError, caught)
+        if type(caught).__name__ == "NoArgsIsHelpError":
+            return exc.exit_code  # the help was printed already
+        hint = f" (see '{exc.ctx.command_path} --help')" if exc.ctx is not None else ""
+        _print_error(exc.format_message() + hint)
+        return EXIT_USAGE
+    except _ClickException as caught:
+        exc = cast(_ClickError, caught)
+        _print_error(exc.format_message())
+        return exc.exit_code
+    except typer.Abort:
+        return EXIT_INTERRUPTED
+    except GrainchainError as exc:
+        _print_error(str(exc))
+        return EXIT_ERROR
+    except OSError as exc:
+        _print_error(str(exc))
+        return EXIT_ERROR
+    return result if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

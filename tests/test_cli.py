@@ -1,0 +1,282 @@
+"""The `grainchain` command, run as the installed console script in a subprocess.
+
+The autouse fixtures of conftest.py point GRAINCHAIN_STATE_DIR at a temporary directory and GRAINCHAIN_CONFIG
+at a missing file in os.environ, which every call here passes on; they also fail a test that leaves sandbox
+processes behind, so each test checks that the command cleaned up after itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+import grainchain
+from grainchain.spec import default_spec_path, load_spec
+
+ALL_PROVIDERS = {"local", "docker", "e2b", "morph", "daytona", "modal"}
+
+
+def _script() -> str:
+    beside_python = Path(sys.executable).with_name("grainchain")
+    found = str(beside_python) if beside_python.exists() else shutil.which("grainchain")
+    if found is None:
+        pytest.fail("the grainchain console script is not installed: pip install -e .")
+    return found
+
+
+def grainchain_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_script(), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    """The command failed with `code` and said why in exactly one line on stderr, without a traceback."""
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# -- run --------------------------------------------------------------------------------------------------
+
+
+def test_run_prints_the_output_and_exits_zero() -> None:
+    result = grainchain_cli("run", "--", "python3", "-c", "print(6*7)")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "42\n", "")
+
+
+def test_run_passes_the_exit_code_through_and_keeps_stderr_apart() -> None:
+    result = grainchain_cli("run", "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (result.returncode, result.stdout, result.stderr) == (7, "out\n", "err\n")
+
+
+def test_run_reports_death_by_signal_as_128_plus_n() -> None:
+    assert grainchain_cli("run", "--", "sh", "-c", "kill -9 $$").returncode == 128 + 9
+
+
+def test_run_without_double_dash_passes_the_command_options_through() -> None:
+    result = grainchain_cli("run", "python3", "-c", "import sys; print(sys.argv[1:])", "-h", "--x")
+    assert (result.returncode, result.stdout) == (0, "['-h', '--x']\n")
+
+
+def test_run_sets_environment_and_working_directory() -> None:
+    result = grainchain_cli(
+        "run", "--env", "GREETING=hello there", "-e", "EQ=a=b", "--workdir", "sub/dir", "--",
+        "sh", "-c", 'echo "$GREETING|$EQ"; pwd',
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    greeting, cwd = result.stdout.splitlines()
+    assert greeting == "hello there|a=b"
+    assert cwd.endswith("/sub/dir")
+
+
+def test_run_streams_output_while_the_command_runs() -> None:
+    with subprocess.Popen(
+        [_script(), "run", "--", "sh", "-c", "echo first; sleep 1; echo second"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ),
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "first\n"
+        assert proc.poll() is None, "the first line arrived only when the command had ended"
+        rest, stderr = proc.communicate(timeout=30)
+    assert (proc.returncode, rest, stderr) == (0, "second\n", "")
+
+
+def test_run_timeout_kills_the_command_and_exits_124() -> None:
+    started = time.monotonic()
+    result = grainchain_cli("run", "--timeout", "1", "--", "sleep", "30")
+    assert time.monotonic() - started < 5
+    assert "timed out after 1s" in assert_one_line_error(result, 124)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + 15)])
+def test_run_cleans_up_when_interrupted(signum: int, code: int) -> None:
+    with subprocess.Popen(
+        [_script(), "run", "--", "sh", "-c", "echo started; sleep 30"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"started\n"
+        proc.send_signal(signum)
+        assert proc.wait(timeout=10) == code
+        _, stderr = proc.communicate()
+    assert b"Traceback" not in stderr  # no_leftover_processes checks that `sleep 30` is gone
+
+
+def test_run_stops_when_its_reader_goes_away() -> None:
+    with subprocess.Popen(
+        [_script(), "run", "--", "yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ)
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"y\n"
+        proc.stdout.close()
+        assert proc.wait(timeout=10) == 128 + 13  # as if killed by SIGPIPE
+        _, stderr = proc.communicate()
+    assert stderr == b""
+
+
+# -- errors -----------------------------------------------------------------------------------------------
+
+
+def test_unknown_provider_is_a_usage_error_naming_the_known_ones() -> None:
+    line = assert_one_line_error(grainchain_cli("run", "--provider", "nope", "--", "true"), 2)
+    assert "unknown provider 'nope'" in line
+    assert all(name in line for name in ALL_PROVIDERS)
+
+
+def test_bad_default_provider_from_the_environment_is_a_clear_error() -> None:
+    result = grainchain_cli("run", "--", "true", env={"GRAINCHAIN_DEFAULT_PROVIDER": "nope"})
+    line = assert_one_line_error(result, 1)
+    assert "unknown provider 'nope'" in line
+    assert "GRAINCHAIN_DEFAULT_PROVIDER" in line
+    assert "local" in line
+
+
+def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('default_provider = "local"\n[sandbox]\ntimeout = -1\n')
+    line = assert_one_line_error(
+        grainchain_cli("run", "--", "true", env={"GRAINCHAIN_CONFIG": str(config)}), 1
+    )
+    assert str(config) in line
+    assert "timeout" in line
+
+
+def test_planned_provider_says_it_has_no_adapter() -> None:
+    line = assert_one_line_error(grainchain_cli("run", "--provider", "e2b", "--", "true"), 1)
+    assert "planned" in line
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["run"], "Missing argument"),
+        (["run", "--env", "NOVALUE", "--", "true"], "expected KEY=VALUE, got 'NOVALUE'"),
+        (["run", "--env", "1BAD=x", "--", "true"], "'1BAD' is not a valid variable name"),
+        (["run", "--timeout", "0", "--", "true"], "must be a positive number"),
+        (["run", "--timeout", "soon", "--", "true"], "--timeout"),
+        (["run", "--bogus", "--", "true"], "No such option: --bogus"),
+        (["launch"], "No such command 'launch'"),
+    ],
+)
+def test_usage_errors_are_one_line_with_exit_code_2(args: list[str], expected: str) -> None:
+    assert expected in assert_one_line_error(grainchain_cli(*args), 2)
+
+
+# -- providers --------------------------------------------------------------------------------------------
+
+
+def test_providers_table_lists_every_provider() -> None:
+    result = grainchain_cli("providers")
+    assert result.returncode == 0, result.stderr
+    assert all(re.search(rf"\b{name}\b", result.stdout) for name in ALL_PROVIDERS), result.stdout
+    assert "available" in result.stdout
+    assert "planned" in result.stdout
+    assert "exec.streaming" in result.stdout
+
+
+def test_providers_json(tmp_path: Path) -> None:
+    result = grainchain_cli(
+        "providers", "--json", env={"E2B_API_KEY": "", "MODAL_TOKEN_ID": "x", "MODAL_TOKEN_SECRET": ""}
+    )
+    assert result.returncode == 0, result.stderr
+    records = {record["name"]: record for record in json.loads(result.stdout)}
+    assert set(records) == ALL_PROVIDERS
+    local = records["local"]
+    assert (local["status"], local["installed"], local["configured"], local["default"]) == (
+        "available",
+        True,
+        True,
+        True,
+    )
+    assert local["features"]["exec"] == "native"
+    assert local["features"]["snapshot.memory"] == "unsupported"
+    assert records["e2b"]["status"] == "planned"
+    assert records["e2b"]["missing_credentials"] == ["E2B_API_KEY"]  # empty counts as missing
+    assert records["modal"]["missing_credentials"] == ["MODAL_TOKEN_SECRET"]
+
+
+# -- spec -------------------------------------------------------------------------------------------------
+
+
+def test_spec_check_passes_on_the_packaged_spec() -> None:
+    spec = load_spec()
+    result = grainchain_cli("spec", "check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == (
+        f"spec OK: {len(spec['features'])} features, {len(spec['operations'])} operations, "
+        f"{len(spec['providers'])} providers\n"
+    )
+
+
+def test_spec_check_lists_the_problems_of_a_broken_spec(tmp_path: Path) -> None:
+    spec = load_spec()
+    del spec["providers"]["local"]["features"]["ports"]
+    spec["operations"]["execute"]["requires"].append({"feature": "teleport"})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(spec))
+    result = grainchain_cli("spec", "check", str(broken))
+    assert result.returncode == 1
+    assert f"{broken}: providers/local/features: no level declared for 'ports'" in result.stdout
+    assert f"{broken}: operations/execute/requires: unknown feature 'teleport'" in result.stdout
+    assert "2 problems" in assert_one_line_error(result, 1)
+
+
+def test_spec_check_reports_invalid_yaml_in_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("features: [exec,\n")
+    assert "invalid YAML" in assert_one_line_error(grainchain_cli("spec", "check", str(broken)), 1)
+
+
+def test_spec_show() -> None:
+    assert grainchain_cli("spec", "show", "--path").stdout == f"{default_spec_path()}\n"
+    assert grainchain_cli("spec", "show").stdout == default_spec_path().read_text(encoding="utf-8")
+
+
+# -- entry points -----------------------------------------------------------------------------------------
+
+
+def test_version() -> None:
+    result = grainchain_cli("--version")
+    assert (result.returncode, result.stdout) == (0, f"grainchain {grainchain.__version__}\n")
+
+
+def test_python_dash_m_runs_the_same_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "grainchain", "run", "--", "python3", "-c", "print(6*7)"],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout) == (0, "42\n")
+
+
+def test_importing_grainchain_does_not_load_the_cli() -> None:
+    code = "import sys, grainchain, grainchain.sync; print(sorted({'grainchain.cli', 'typer', 'rich'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout == "[]\n"
