@@ -33,25 +33,32 @@ AFLAVOUR = "async"
 async def aselect(fds: Iterable[int], timeout: float | None) -> list[int]:
     """The descriptors of `fds` that are readable (or closed), waiting at most `timeout` seconds."""
     loop = asyncio.get_running_loop()
-    ready: list[int] = []
+    ready: set[int] = set()
     woken: asyncio.Future[None] = loop.create_future()
     watched = list(fds)
 
-    def on_readable(fd: int) -> None:
-        ready.append(fd)
+    def wake() -> None:
         if not woken.done():
             woken.set_result(None)
 
-    for fd in watched:
-        loop.add_reader(fd, on_readable, fd)
+    def on_readable(fd: int) -> None:
+        ready.add(fd)
+        wake()
+
+    # Not asyncio.wait_for(woken, timeout): on Python 3.11 it returns normally, swallowing a cancellation,
+    # when the future is already done as the cancellation arrives (bpo-42130) — with a chatty command that
+    # is every other cancel(), and the command would then run on.
+    timer = None if timeout is None else loop.call_later(max(0.0, timeout), wake)
     try:
-        await asyncio.wait_for(woken, timeout)
-    except TimeoutError:
-        pass
+        for fd in watched:
+            loop.add_reader(fd, on_readable, fd)
+        await woken
     finally:
+        if timer is not None:
+            timer.cancel()
         for fd in watched:
             loop.remove_reader(fd)
-    return sorted(set(ready))
+    return sorted(ready)
 
 
 class AsyncTask:

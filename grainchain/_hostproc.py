@@ -2,8 +2,10 @@
 
 Every process gets marker variables (GRAINCHAIN_SANDBOX_ID, GRAINCHAIN_EXEC_ID) that its descendants inherit.
 Killing a tree kills the process group and then every process that still carries the marker, which catches
-children that left the group with setsid (daemons, `nohup … &`). A process that wipes its own environment
-can escape this; the namespace isolation of the local provider closes that gap.
+children that left the group with setsid (daemons, `nohup … &`) and those that wiped their environment but
+stayed in the group. Not caught: a process that both leaves the group and wipes its environment, and, once
+its command has exited normally, a child that wiped its environment (closing the sandbox finds processes
+by the sandbox marker only). The local provider is not an isolation boundary.
 """
 
 from __future__ import annotations
@@ -53,11 +55,16 @@ class HostProcess:
     def poll(self) -> int | None:
         return self.popen.poll()
 
-    def kill_tree(self) -> None:
-        """SIGKILL the process, its group and every process carrying its marker; reap the process."""
+    def signal_tree(self) -> None:
+        """SIGKILL the process, its group and every process carrying its marker. Does not wait: whoever
+        drains the process reaps it (so another thread may call this while a pump runs)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         kill_marked(self.marker)
+
+    def kill_tree(self) -> None:
+        """signal_tree(), then reap the process (a brief blocking wait: SIGKILL cannot be ignored)."""
+        self.signal_tree()
         self.popen.wait()
 
     def close(self) -> None:

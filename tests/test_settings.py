@@ -56,7 +56,7 @@ def test_environment_overrides_default_and_argument_overrides_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("GRAINCHAIN_DEFAULT_PROVIDER", "nope")
-    with pytest.raises(ProviderNotFoundError, match="known providers: .*local"):
+    with pytest.raises(ProviderNotFoundError, match=r"known providers: .*local"):
         AsyncSandbox()
     assert AsyncSandbox("local").provider_name == "local"
 

@@ -8,10 +8,11 @@ the caller's thread or in a daemon thread (see grainchain/_acompat.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
-from grainchain._acompat import Task, select, start_task
+from grainchain._acompat import Task, run_blocking, select, start_task
 from grainchain._hostproc import HostProcess
 from grainchain._output import OutputCollector, Stream
 from grainchain._sync.process import ProcessHandle
@@ -60,13 +61,13 @@ def pump(child: HostProcess, output: OutputCollector, deadline: float | None) ->
                 del streams[fd]
 
 
-def _result(command: str, return_code: int, output: OutputCollector, started: float) -> ExecutionResult:
+def _result(command: str, return_code: int, output: OutputCollector, elapsed: float) -> ExecutionResult:
     return ExecutionResult(
         command=command,
         return_code=return_code,
         stdout=output.stdout,
         stderr=output.stderr,
-        execution_time=time.monotonic() - started,
+        execution_time=elapsed,
     )
 
 
@@ -76,10 +77,19 @@ def _exit_code(child: HostProcess) -> int:
     return 128 - code if code < 0 else code  # killed by signal N: 128+N, as shells report it
 
 
+def _reap(child: HostProcess) -> None:
+    """Wait until the (killed) process has exited and collect it, without blocking the event loop."""
+    while child.poll() is None:
+        select([] if child.exit_fd is None else [child.exit_fd], POLL_TICK)
+
+
 def _stop(child: HostProcess, output: OutputCollector) -> None:
-    """Kill the whole tree, then collect what it wrote before dying."""
-    child.kill_tree()
-    pump(child, output, time.monotonic() + 1.0)
+    """Kill the whole tree, reap it, then collect what it wrote before dying (after an overflow the rest
+    would be thrown away: skip it)."""
+    run_blocking(child.signal_tree)  # it scans /proc: off the event loop
+    _reap(child)
+    if not output.overflowed:
+        pump(child, output, None)
 
 
 def _overflow_error(command: str, output: OutputCollector) -> OutputLimitExceededError:
@@ -97,25 +107,27 @@ def run_to_completion(
 ) -> ExecutionResult:
     """Wait for `child`; on timeout or overflow kill its tree and raise with the partial output."""
     started = time.monotonic()
+    settled = False  # exited by itself, or killed and reaped by _stop
     try:
-        finished = pump(child, output, None if timeout is None else started + timeout)
-        if not finished:
-            _stop(child, output)
+        if pump(child, output, None if timeout is None else started + timeout):
+            settled = True
             output.finish()
-            if output.overflowed:
-                raise _overflow_error(command, output)
-            assert timeout is not None
-            raise CommandTimeoutError(
-                f"command {command!r} timed out after {timeout:g}s; it was killed with all its processes",
-                command=command,
-                timeout=timeout,
-                stdout=output.stdout,
-                stderr=output.stderr,
-            )
+            return _result(command, _exit_code(child), output, time.monotonic() - started)
+        _stop(child, output)
+        settled = True
         output.finish()
-        return _result(command, _exit_code(child), output, started)
+        if output.overflowed:
+            raise _overflow_error(command, output)
+        assert timeout is not None
+        raise CommandTimeoutError(
+            f"command {command!r} timed out after {timeout:g}s; it was killed with all its processes",
+            command=command,
+            timeout=timeout,
+            stdout=output.stdout,
+            stderr=output.stderr,
+        )
     finally:
-        if child.poll() is None:  # interrupted (cancelled, a callback raised …): leave nothing running
+        if not settled:  # interrupted (cancelled, a callback raised …): leave nothing of it running
             child.kill_tree()
         child.close()
 
@@ -129,15 +141,21 @@ class HostProcessHandle(ProcessHandle):
         self._child = child
         self._output = output
         self._started = time.monotonic()
+        self._elapsed = 0.0  # set when the process has exited
         self._task: Task = start_task(self._follow)
 
     def _follow(self) -> None:
+        """The only code that reads the pipes, reaps the process and closes them; kill() just signals."""
+        settled = False
         try:
             if not pump(self._child, self._output, None):  # overflow
                 _stop(self._child, self._output)
-            self._child.popen.wait()
+            settled = True
+            self._elapsed = time.monotonic() - self._started
             self._output.finish()
         finally:
+            if not settled:  # a callback raised, or the task was cancelled: leave nothing running
+                self._child.kill_tree()
             self._child.close()
 
     @property
@@ -167,9 +185,10 @@ class HostProcessHandle(ProcessHandle):
             )
         if self._output.overflowed:
             raise _overflow_error(self.command, self._output)
-        return _result(self.command, _exit_code(self._child), self._output, self._started)
+        return _result(self.command, _exit_code(self._child), self._output, self._elapsed)
 
     def kill(self) -> None:
         if not self._task.done():
-            self._child.kill_tree()
-        self._task.join()
+            run_blocking(self._child.signal_tree)  # _follow sees the exit, drains and reaps
+        with contextlib.suppress(Exception):  # a callback's error is for wait() to report, not kill()
+            self._task.join()
