@@ -6,11 +6,15 @@
     <state_dir>/local/snapshots/<snapshot_id>/meta.json    SnapshotInfo
                                              /tree/        copy of the workspace
 
-Writes that must not be seen half-done (new snapshot, restore) go to a temporary sibling and are renamed.
+Writes that must not be seen half-done (new snapshot, restore, snapshot deletion) go to a temporary sibling
+and are renamed, so a crash at any point leaves either the old or the new state (plus leftovers that
+`SandboxDir.recover` and the listings ignore or remove): never a half-copied workspace or snapshot.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
@@ -29,14 +33,60 @@ from grainchain.errors import (
 from grainchain.models import FileInfo, SandboxConfig, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind
 
 PROVIDER = "local"
-_SANDBOX_ID = re.compile(r"^local-[0-9a-f]{32}$")
-_SNAPSHOT_ID = re.compile(r"^snap-[0-9a-f]{32}$")
+_SANDBOX_ID = re.compile(r"local-[0-9a-f]{32}")  # always fullmatch(): no separators, no "\n"
+_SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]{32}")
+# Temporary siblings of a sandbox's workspace while a restore swaps it (see restore_snapshot).
+_RESTORE_COPYING, _RESTORE_READY, _RESTORE_OUTGOING = ".restore-", ".ready-", ".old-"
 
 
 def _write_json(path: Path, data: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
     tmp.write_text(data, encoding="utf-8")
     tmp.replace(path)
+
+
+def _add_owner_rwx(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.chmod(path, stat.S_IMODE(os.lstat(path).st_mode) | stat.S_IRWXU)
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory tree; a missing one is fine.
+
+    Read-only directories inside (`chmod -w`, Go's module cache) would make a plain rmtree fail half-way for
+    a non-root user, so on failure directories get u+rwx (never through a symlink) and it is tried again.
+    """
+    if not os.path.lexists(path):
+        return
+    try:
+        shutil.rmtree(path)
+    except OSError:
+        if not os.path.lexists(path):
+            return
+        _add_owner_rwx(str(path))
+        for dirpath, dirnames, _ in os.walk(path):  # top-down: a directory is fixed before it is entered
+            for name in dirnames:
+                child = os.path.join(dirpath, name)
+                if not os.path.islink(child):
+                    _add_owner_rwx(child)
+        shutil.rmtree(path)
+
+
+def _copy_entry(src: str, dst: str) -> str:
+    """copytree's copy function: regular files with their metadata, named pipes recreated; sockets and
+    device nodes hold no data that could be captured and are left out (a plain copy would fail or hang)."""
+    st = os.lstat(src)
+    if stat.S_ISREG(st.st_mode):
+        return str(shutil.copy2(src, dst))
+    if stat.S_ISFIFO(st.st_mode):
+        os.mkfifo(dst, stat.S_IMODE(st.st_mode))
+        shutil.copystat(src, dst)
+    return dst
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    """Copy a tree exactly: contents, modes, mtimes, symlinks as symlinks (also dangling ones)."""
+    shutil.copytree(src, dst, symlinks=True, copy_function=_copy_entry)
 
 
 class SandboxDir:
@@ -61,7 +111,7 @@ class SandboxDir:
     @classmethod
     def open(cls, state_dir: Path, sandbox_id: str) -> SandboxDir:
         box = cls(state_dir.resolve(), sandbox_id)
-        if not _SANDBOX_ID.match(sandbox_id) or not box.meta.is_file():
+        if not _SANDBOX_ID.fullmatch(sandbox_id) or not box.meta.is_file():
             raise SandboxNotFoundError(f"no local sandbox with id {sandbox_id!r}", provider=PROVIDER)
         return box
 
@@ -83,7 +133,29 @@ class SandboxDir:
         _write_json(self.meta, json.dumps(payload, indent=2))
 
     def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)
+        """Best effort: closing must not fail because a file could not be deleted."""
+        with contextlib.suppress(OSError):
+            remove_tree(self.root)
+
+    def recover(self) -> None:
+        """Finish or undo a restore that a crash interrupted, then drop the restore's leftovers.
+
+        A present workspace is authoritative. A missing one means the crash came between the two renames
+        of restore_snapshot: the complete new copy (.ready-*) wins, else the old tree (.old-*) goes back.
+        """
+        if not os.path.lexists(self.workspace):
+            ready = sorted(self.root.glob(f"{_RESTORE_READY}*"))
+            outgoing = sorted(self.root.glob(f"{_RESTORE_OUTGOING}*"))
+            if ready:
+                ready[-1].rename(self.workspace)
+            elif outgoing:
+                outgoing[-1].rename(self.workspace)
+            else:
+                self.workspace.mkdir(mode=0o700)
+        for prefix in (_RESTORE_COPYING, _RESTORE_READY, _RESTORE_OUTGOING):
+            for leftover in self.root.glob(f"{prefix}*"):
+                remove_tree(leftover)
+        self.tmp.mkdir(mode=0o700, exist_ok=True)
 
 
 def list_sandboxes(state_dir: Path) -> list[SandboxInfo]:
@@ -105,7 +177,7 @@ def list_sandboxes(state_dir: Path) -> list[SandboxInfo]:
 def file_info(path: Path) -> FileInfo:
     try:
         st = path.lstat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise FileNotFoundInSandboxError(str(path), provider=PROVIDER) from None
     is_link = stat.S_ISLNK(st.st_mode)
     is_dir = stat.S_ISDIR(path.stat().st_mode if is_link and path.exists() else st.st_mode)
@@ -126,6 +198,8 @@ def list_directory(path: Path) -> list[FileInfo]:
     except FileNotFoundError:
         raise FileNotFoundInSandboxError(str(path), provider=PROVIDER) from None
     except NotADirectoryError:
+        if not os.path.lexists(path):  # a file on the way: "file.txt/x"
+            raise FileNotFoundInSandboxError(str(path), provider=PROVIDER) from None
         raise InvalidArgumentError(f"{path} is not a directory", argument="path", provider=PROVIDER) from None
     infos = []
     for name in names:
@@ -136,24 +210,62 @@ def list_directory(path: Path) -> list[FileInfo]:
     return infos
 
 
+def _not_regular(path: Path, st: os.stat_result, operation: str) -> InvalidArgumentError:
+    what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+    hint = (
+        "; list_files() lists it" if stat.S_ISDIR(st.st_mode) else f" (only regular files can be {operation})"
+    )
+    return InvalidArgumentError(f"{path} is {what}{hint}", argument="path", provider=PROVIDER)
+
+
 def write_file(path: Path, data: bytes, *, append: bool) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with open(path, "ab" if append else "wb") as f:
-            f.write(data)
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InvalidArgumentError(
+            f"{path.parent} (or a parent) exists and is not a directory", argument="path", provider=PROVIDER
+        ) from None
+    # O_NONBLOCK: opening a named pipe nobody reads must fail, not hang; no O_TRUNC before the type check.
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_APPEND if append else 0)
+    try:
+        fd = os.open(path, flags, 0o666)
     except IsADirectoryError:
         raise InvalidArgumentError(f"{path} is a directory", argument="path", provider=PROVIDER) from None
+    except OSError as exc:
+        if exc.errno != errno.ENXIO:  # ENXIO: a named pipe without a reader
+            raise
+        raise InvalidArgumentError(
+            f"{path} is not a regular file (only regular files can be written)",
+            argument="path",
+            provider=PROVIDER,
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st, "written")
+        if not append:
+            os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def read_file(path: Path) -> bytes:
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a named pipe must not hang us
+    except (FileNotFoundError, NotADirectoryError):
         raise FileNotFoundInSandboxError(str(path), provider=PROVIDER) from None
-    except IsADirectoryError:
-        raise InvalidArgumentError(
-            f"{path} is a directory; list_files() lists it", argument="path", provider=PROVIDER
-        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(path, st, "read")
+    except BaseException:
+        os.close(fd)
+        raise
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
 
 
 def delete(path: Path, root: Path) -> None:
@@ -162,7 +274,7 @@ def delete(path: Path, root: Path) -> None:
             "cannot delete the sandbox's root directory", argument="path", provider=PROVIDER
         )
     if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+        remove_tree(path)
     elif path.is_symlink() or path.exists():
         path.unlink()
     else:
@@ -187,9 +299,14 @@ def _snapshots(state_dir: Path) -> Path:
 
 def _snapshot_dir(state_dir: Path, snapshot_id: str) -> Path:
     path = _snapshots(state_dir) / snapshot_id
-    if not _SNAPSHOT_ID.match(snapshot_id) or not (path / "meta.json").is_file():
+    if not _SNAPSHOT_ID.fullmatch(snapshot_id) or not (path / "meta.json").is_file():
         raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER)
     return path
+
+
+def snapshot_tree(state_dir: Path, snapshot_id: str) -> Path:
+    """The captured tree of a snapshot; SnapshotNotFoundError for an unknown or malformed id."""
+    return _snapshot_dir(state_dir, snapshot_id) / "tree"
 
 
 def _tree_size(root: Path) -> int:
@@ -197,12 +314,14 @@ def _tree_size(root: Path) -> int:
 
 
 def create_snapshot(state_dir: Path, box: SandboxDir) -> SnapshotInfo:
+    """Copy the workspace into `.staging-<id>` and rename it to `<id>` once complete (meta.json included),
+    so a snapshot id is never visible before all of it is on disk."""
     snapshot_id = f"snap-{uuid.uuid4().hex}"
     final = _snapshots(state_dir) / snapshot_id
     staging = final.with_name(f".staging-{snapshot_id}")
     staging.mkdir(parents=True, mode=0o700)
     try:
-        shutil.copytree(box.workspace, staging / "tree", symlinks=True)
+        _copy_tree(box.workspace, staging / "tree")
         info = SnapshotInfo(
             snapshot_id=snapshot_id,
             provider=PROVIDER,
@@ -214,23 +333,42 @@ def create_snapshot(state_dir: Path, box: SandboxDir) -> SnapshotInfo:
         (staging / "meta.json").write_text(info.model_dump_json(indent=2), encoding="utf-8")
         staging.rename(final)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            remove_tree(staging)
         raise
     return info
 
 
 def restore_snapshot(state_dir: Path, box: SandboxDir, snapshot_id: str) -> None:
-    """Make the workspace exactly the snapshot's tree (same path, so commands keep finding it)."""
-    source = _snapshot_dir(state_dir, snapshot_id) / "tree"
-    incoming = box.root / f".restore-{uuid.uuid4().hex}"
-    outgoing = box.root / f".old-{uuid.uuid4().hex}"
+    """Make the workspace exactly the snapshot's tree (same path, so commands keep finding it).
+
+    The copy is made beside the workspace (.restore-*), renamed .ready-* once complete, then swapped in by
+    two renames (workspace -> .old-*, .ready-* -> workspace). An error rolls back; a crash is finished or
+    undone by SandboxDir.recover(). The old tree is deleted only after the new one is in place.
+    """
+    source = snapshot_tree(state_dir, snapshot_id)
+    box.recover()
+    token = uuid.uuid4().hex
+    copying = box.root / f"{_RESTORE_COPYING}{token}"
+    ready = box.root / f"{_RESTORE_READY}{token}"
+    outgoing = box.root / f"{_RESTORE_OUTGOING}{token}"
     try:
-        shutil.copytree(source, incoming, symlinks=True)
-        box.workspace.rename(outgoing)
-        incoming.rename(box.workspace)
-    finally:
-        shutil.rmtree(incoming, ignore_errors=True)
-        shutil.rmtree(outgoing, ignore_errors=True)
+        _copy_tree(source, copying)
+        copying.rename(ready)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            remove_tree(copying)
+        raise
+    box.workspace.rename(outgoing)
+    try:
+        ready.rename(box.workspace)
+    except BaseException:
+        outgoing.rename(box.workspace)
+        with contextlib.suppress(OSError):
+            remove_tree(ready)
+        raise
+    with contextlib.suppress(OSError):  # the restore is done; a leftover is dropped by the next recover()
+        remove_tree(outgoing)
 
 
 def list_snapshots(state_dir: Path) -> list[SnapshotInfo]:
@@ -246,9 +384,17 @@ def list_snapshots(state_dir: Path) -> list[SnapshotInfo]:
                 )
             )
         except (SnapshotNotFoundError, OSError, ValueError):
-            continue  # staging directory or foreign file
+            continue  # staging or deleting directory, or a foreign file
     return sorted(infos, key=lambda s: s.created_at)
 
 
 def delete_snapshot(state_dir: Path, snapshot_id: str) -> None:
-    shutil.rmtree(_snapshot_dir(state_dir, snapshot_id))
+    """Rename the snapshot away first (one atomic step: it is gone for every reader), then delete the files;
+    a crash half-way leaves an ignored `.deleting-*` directory, never a restorable half-deleted snapshot."""
+    path = _snapshot_dir(state_dir, snapshot_id)
+    doomed = path.with_name(f".deleting-{snapshot_id}-{uuid.uuid4().hex}")
+    try:
+        path.rename(doomed)
+    except FileNotFoundError:  # deleted by someone else meanwhile
+        raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER) from None
+    remove_tree(doomed)

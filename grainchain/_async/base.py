@@ -37,6 +37,7 @@ class AsyncSandboxBase:
         self._provider = get_provider(provider or self._settings.default_provider)
         self._config = resolve_config(config, self._settings)
         self._adapter: AsyncSandboxAdapter | None = None
+        self._sandbox_id: str | None = None  # kept after close/detach: connect(sandbox_id) needs it then
         self._status = SandboxStatus.creating
         self._capabilities: dict[Feature, SupportLevel] = dict(self._provider.features)
 
@@ -60,7 +61,10 @@ class AsyncSandboxBase:
 
     @property
     def sandbox_id(self) -> str:
-        return self._running("sandbox_id").sandbox_id
+        """The provider's id of the sandbox; still readable after close or detach (to reconnect)."""
+        if self._sandbox_id is None:
+            return self._running("sandbox_id").sandbox_id  # not started: SandboxNotRunningError
+        return self._sandbox_id
 
     @property
     def capabilities(self) -> Mapping[Feature, SupportLevel]:
@@ -90,6 +94,7 @@ class AsyncSandboxBase:
                 self._check(feature, "create", hint=f"SandboxConfig.{field} is set")
         with self._errors("create"):
             self._adapter = await adapter_cls.create(self._config, self._settings)
+        self._sandbox_id = self._adapter.sandbox_id
         self._status = SandboxStatus.running
         return self
 
@@ -137,6 +142,7 @@ class AsyncSandboxBase:
         with sandbox._errors("connect"):
             sandbox._adapter = await adapter_cls.connect(sandbox_id, sandbox._config, sandbox._settings)
             sandbox._config = sandbox._adapter.config
+        sandbox._sandbox_id = sandbox._adapter.sandbox_id
         sandbox._status = SandboxStatus.running
         return sandbox
 
@@ -203,5 +209,4 @@ class AsyncSandboxBase:
             raise
 
     def __repr__(self) -> str:
-        sandbox_id = self._adapter.sandbox_id if self._adapter else None
-        return f"<{type(self).__name__} provider={self.provider_name!r} id={sandbox_id!r} status={self._status.value}>"
+        return f"<{type(self).__name__} provider={self.provider_name!r} id={self._sandbox_id!r} status={self._status.value}>"

@@ -39,6 +39,7 @@ class SandboxBase:
         self._provider = get_provider(provider or self._settings.default_provider)
         self._config = resolve_config(config, self._settings)
         self._adapter: SandboxAdapter | None = None
+        self._sandbox_id: str | None = None  # kept after close/detach: connect(sandbox_id) needs it then
         self._status = SandboxStatus.creating
         self._capabilities: dict[Feature, SupportLevel] = dict(self._provider.features)
 
@@ -62,7 +63,10 @@ class SandboxBase:
 
     @property
     def sandbox_id(self) -> str:
-        return self._running("sandbox_id").sandbox_id
+        """The provider's id of the sandbox; still readable after close or detach (to reconnect)."""
+        if self._sandbox_id is None:
+            return self._running("sandbox_id").sandbox_id  # not started: SandboxNotRunningError
+        return self._sandbox_id
 
     @property
     def capabilities(self) -> Mapping[Feature, SupportLevel]:
@@ -92,6 +96,7 @@ class SandboxBase:
                 self._check(feature, "create", hint=f"SandboxConfig.{field} is set")
         with self._errors("create"):
             self._adapter = adapter_cls.create(self._config, self._settings)
+        self._sandbox_id = self._adapter.sandbox_id
         self._status = SandboxStatus.running
         return self
 
@@ -139,6 +144,7 @@ class SandboxBase:
         with sandbox._errors("connect"):
             sandbox._adapter = adapter_cls.connect(sandbox_id, sandbox._config, sandbox._settings)
             sandbox._config = sandbox._adapter.config
+        sandbox._sandbox_id = sandbox._adapter.sandbox_id
         sandbox._status = SandboxStatus.running
         return sandbox
 
@@ -205,5 +211,4 @@ class SandboxBase:
             raise
 
     def __repr__(self) -> str:
-        sandbox_id = self._adapter.sandbox_id if self._adapter else None
-        return f"<{type(self).__name__} provider={self.provider_name!r} id={sandbox_id!r} status={self._status.value}>"
+        return f"<{type(self).__name__} provider={self.provider_name!r} id={self._sandbox_id!r} status={self._status.value}>"

@@ -7,6 +7,7 @@ filesystem snapshots that outlive the process. Blocking disk work lives in grain
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Self
@@ -74,6 +75,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     @classmethod
     async def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
         box = await arun_blocking(fs.SandboxDir.open, settings.state_dir, sandbox_id)
+        await arun_blocking(box.recover)  # a restore its last owner did not finish (crash)
         stored = await arun_blocking(box.config)
         adapter = cls(box, stored, settings)
         await arun_blocking(box.save, SandboxStatus.running, stored)
@@ -153,8 +155,8 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     # -- files ----------------------------------------------------------------------------------------
 
-    def _path(self, path: str) -> Path:
-        return resolve_inside(self._box.workspace, self._cwd, path)
+    def _path(self, path: str, *, follow_symlinks: bool = True) -> Path:
+        return resolve_inside(self._box.workspace, self._cwd, path, follow_symlinks=follow_symlinks)
 
     async def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
         target = self._path(path)
@@ -166,15 +168,18 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     async def list_files(self, path: str = ".") -> list[FileInfo]:
         return await arun_blocking(fs.list_directory, self._path(path))
 
+    # These act on a symlink itself, not on what it points to, so a link leading out of the workspace can
+    # still be inspected and removed (its target is never touched).
+
     async def get_file_info(self, path: str) -> FileInfo:
-        return await arun_blocking(fs.file_info, self._path(path))
+        return await arun_blocking(fs.file_info, self._path(path, follow_symlinks=False))
 
     async def file_exists(self, path: str) -> bool:
-        target = self._path(path)
-        return await arun_blocking(lambda: target.exists() or target.is_symlink())
+        target = self._path(path, follow_symlinks=False)
+        return await arun_blocking(os.path.lexists, target)
 
     async def delete_file(self, path: str) -> None:
-        await arun_blocking(fs.delete, self._path(path), self._box.workspace)
+        await arun_blocking(fs.delete, self._path(path, follow_symlinks=False), self._box.workspace)
 
     async def make_directory(self, path: str) -> None:
         await arun_blocking(fs.make_directory, self._path(path))
@@ -186,6 +191,8 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         return info.snapshot_id
 
     async def restore_snapshot(self, snapshot_id: str) -> None:
+        # An unknown id must fail before anything is touched (processes included).
+        await arun_blocking(fs.snapshot_tree, self._state_dir, snapshot_id)
         # A filesystem snapshot holds no processes: stop them so the tree is exactly the snapshot's.
         await self._kill_all()
         await arun_blocking(fs.restore_snapshot, self._state_dir, self._box, snapshot_id)

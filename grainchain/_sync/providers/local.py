@@ -9,6 +9,7 @@ filesystem snapshots that outlive the process. Blocking disk work lives in grain
 
 from __future__ import annotations
 
+import os
 import uuid
 from pathlib import Path
 from typing import Self
@@ -76,6 +77,7 @@ class LocalAdapter(SandboxAdapter):
     @classmethod
     def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
         box = run_blocking(fs.SandboxDir.open, settings.state_dir, sandbox_id)
+        run_blocking(box.recover)  # a restore its last owner did not finish (crash)
         stored = run_blocking(box.config)
         adapter = cls(box, stored, settings)
         run_blocking(box.save, SandboxStatus.running, stored)
@@ -155,8 +157,8 @@ class LocalAdapter(SandboxAdapter):
 
     # -- files ----------------------------------------------------------------------------------------
 
-    def _path(self, path: str) -> Path:
-        return resolve_inside(self._box.workspace, self._cwd, path)
+    def _path(self, path: str, *, follow_symlinks: bool = True) -> Path:
+        return resolve_inside(self._box.workspace, self._cwd, path, follow_symlinks=follow_symlinks)
 
     def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
         target = self._path(path)
@@ -168,15 +170,18 @@ class LocalAdapter(SandboxAdapter):
     def list_files(self, path: str = ".") -> list[FileInfo]:
         return run_blocking(fs.list_directory, self._path(path))
 
+    # These act on a symlink itself, not on what it points to, so a link leading out of the workspace can
+    # still be inspected and removed (its target is never touched).
+
     def get_file_info(self, path: str) -> FileInfo:
-        return run_blocking(fs.file_info, self._path(path))
+        return run_blocking(fs.file_info, self._path(path, follow_symlinks=False))
 
     def file_exists(self, path: str) -> bool:
-        target = self._path(path)
-        return run_blocking(lambda: target.exists() or target.is_symlink())
+        target = self._path(path, follow_symlinks=False)
+        return run_blocking(os.path.lexists, target)
 
     def delete_file(self, path: str) -> None:
-        run_blocking(fs.delete, self._path(path), self._box.workspace)
+        run_blocking(fs.delete, self._path(path, follow_symlinks=False), self._box.workspace)
 
     def make_directory(self, path: str) -> None:
         run_blocking(fs.make_directory, self._path(path))
@@ -188,6 +193,8 @@ class LocalAdapter(SandboxAdapter):
         return info.snapshot_id
 
     def restore_snapshot(self, snapshot_id: str) -> None:
+        # An unknown id must fail before anything is touched (processes included).
+        run_blocking(fs.snapshot_tree, self._state_dir, snapshot_id)
         # A filesystem snapshot holds no processes: stop them so the tree is exactly the snapshot's.
         self._kill_all()
         run_blocking(fs.restore_snapshot, self._state_dir, self._box, snapshot_id)

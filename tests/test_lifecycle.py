@@ -1,0 +1,328 @@
+"""Lifecycle, provider resolution and the capability gate, for both clients: status and ids, closing,
+keep_alive + reconnect, list_sandboxes, unknown and planned providers, and CapabilityError for what the
+local provider does not do (raised before anything runs, leaving the sandbox usable)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _support import FLAVOURS, close, connect, list_sandboxes, new_sandbox, opened, run_ok, workspace_of
+
+from grainchain import (
+    CapabilityError,
+    Feature,
+    ProviderNotFoundError,
+    ProviderUnavailableError,
+    SandboxConfig,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+    SandboxStatus,
+    SnapshotKind,
+    SupportLevel,
+)
+
+SANDBOX_ID = re.compile(r"local-[0-9a-f]{32}")
+
+
+@pytest.fixture(params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def sandbox_dirs(state_dir: Path) -> list[str]:
+    base = state_dir / "local" / "sandboxes"
+    return sorted(p.name for p in base.iterdir()) if base.is_dir() else []
+
+
+# -- status, id, close -----------------------------------------------------------------------------------
+
+
+async def test_status_and_id_through_the_lifecycle(flavour: str) -> None:
+    sandbox = new_sandbox(flavour)
+    assert sandbox.status is SandboxStatus.creating
+    assert sandbox.provider_name == "local"
+    with pytest.raises(SandboxNotRunningError):
+        sandbox.sandbox_id  # noqa: B018 - the property raises before the sandbox exists
+    with pytest.raises(SandboxNotRunningError) as caught:
+        await sandbox.execute("echo too early")
+    assert caught.value.operation == "execute"
+
+    await sandbox.start()
+    try:
+        assert sandbox.status is SandboxStatus.running
+        assert SANDBOX_ID.fullmatch(sandbox.sandbox_id)
+        await sandbox.start()  # idempotent while running
+        assert sandbox.status is SandboxStatus.running
+        sandbox_id = sandbox.sandbox_id
+    finally:
+        await close(sandbox)
+
+    assert sandbox.status is SandboxStatus.closed
+    assert sandbox.sandbox_id == sandbox_id  # still readable, e.g. for logs or connect()
+    assert sandbox_id in repr(getattr(sandbox, "_target", sandbox))  # unwrapped: the client's own repr
+
+
+async def test_every_operation_after_close_raises_not_running(sandbox: Any) -> None:
+    snapshot_id = await sandbox.create_snapshot()
+    await close(sandbox)
+
+    calls = {
+        "execute": lambda: sandbox.execute("echo hi"),
+        "start_process": lambda: sandbox.start_process("sleep 1"),
+        "upload_file": lambda: sandbox.upload_file("f.txt", "x"),
+        "download_file": lambda: sandbox.download_file("f.txt"),
+        "list_files": lambda: sandbox.list_files(),
+        "get_file_info": lambda: sandbox.get_file_info("f.txt"),
+        "file_exists": lambda: sandbox.file_exists("f.txt"),
+        "delete_file": lambda: sandbox.delete_file("f.txt"),
+        "make_directory": lambda: sandbox.make_directory("d"),
+        "create_snapshot": lambda: sandbox.create_snapshot(),
+        "restore_snapshot": lambda: sandbox.restore_snapshot(snapshot_id),
+        "list_snapshots": lambda: sandbox.list_snapshots(),
+        "delete_snapshot": lambda: sandbox.delete_snapshot(snapshot_id),
+    }
+    for operation, call in calls.items():
+        with pytest.raises(SandboxNotRunningError) as caught:
+            await call()
+        assert caught.value.operation == operation
+        assert caught.value.provider == "local"
+        assert "closed" in str(caught.value)
+
+    await close(sandbox)  # closing twice is fine
+    assert sandbox.status is SandboxStatus.closed
+    with pytest.raises(SandboxNotRunningError):
+        await sandbox.start()  # a closed sandbox does not come back; create a new one
+
+
+async def test_context_manager_creates_and_closes(flavour: str, state_dir: Path) -> None:
+    async with opened(flavour) as sandbox:
+        assert sandbox.status is SandboxStatus.running
+        ws = await workspace_of(sandbox)
+        await sandbox.upload_file("f.txt", "x")
+        assert sandbox_dirs(state_dir) == [sandbox.sandbox_id]
+
+    assert sandbox.status is SandboxStatus.closed
+    assert not ws.exists()
+    assert sandbox_dirs(state_dir) == []
+
+
+async def test_context_manager_closes_when_the_body_raises(flavour: str, state_dir: Path) -> None:
+    seen: dict[str, Any] = {}
+
+    async def body() -> None:
+        async with opened(flavour) as sandbox:
+            seen.update(sandbox=sandbox, ws=await workspace_of(sandbox))
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        await body()
+
+    assert seen["sandbox"].status is SandboxStatus.closed
+    assert not seen["ws"].exists()
+    assert sandbox_dirs(state_dir) == []
+
+
+async def test_close_stops_background_processes(sandbox: Any) -> None:
+    background = await sandbox.start_process("sleep 30")
+    await run_ok(sandbox, "nohup sleep 30 >/dev/null 2>&1 &")
+    await close(sandbox)
+    assert not background.is_running
+    # the leftover-process guard of conftest checks the nohup'ed one
+
+
+# -- keep_alive, auto_cleanup, reconnect ------------------------------------------------------------------
+
+
+async def test_keep_alive_leaves_the_sandbox_for_connect(flavour: str, state_dir: Path) -> None:
+    config = SandboxConfig(keep_alive=True, environment_vars={"GREETING": "hello again"})
+    async with opened(flavour, config=config) as sandbox:
+        ws = await workspace_of(sandbox)
+        await sandbox.upload_file("notes/kept.txt", "kept across connections")
+        sandbox_id = sandbox.sandbox_id
+
+    assert ws.is_dir()  # leaving `async with` did not remove it
+    listed = {info.sandbox_id: info for info in await list_sandboxes(flavour)}
+    assert listed[sandbox_id].status is SandboxStatus.running
+    assert listed[sandbox_id].provider == "local"
+
+    again = await connect(flavour, sandbox_id)
+    try:
+        assert again.sandbox_id == sandbox_id
+        assert again.status is SandboxStatus.running
+        assert again.config.keep_alive
+        assert await again.download_file("notes/kept.txt") == b"kept across connections"
+        assert (await run_ok(again, "cat notes/kept.txt")).stdout == "kept across connections"
+        assert (await run_ok(again, 'echo "$GREETING"')).stdout == "hello again\n"  # its config came back
+        assert await workspace_of(again) == ws
+    finally:
+        await close(again)  # an explicit close ends it for good
+
+    assert not ws.exists()
+    assert sandbox_id not in {info.sandbox_id for info in await list_sandboxes(flavour)}
+    with pytest.raises(SandboxNotFoundError):
+        await connect(flavour, sandbox_id)
+
+
+async def test_connect_by_the_provider_name(flavour: str) -> None:
+    async with opened(flavour, "local", SandboxConfig(keep_alive=True)) as sandbox:
+        sandbox_id = sandbox.sandbox_id
+    again = await connect(flavour, sandbox_id, provider="local")
+    assert again.provider_name == "local"
+    await close(again)
+
+
+async def test_auto_cleanup_false_keeps_a_closed_sandbox(flavour: str) -> None:
+    async with opened(flavour, config=SandboxConfig(auto_cleanup=False)) as sandbox:
+        ws = await workspace_of(sandbox)
+        await sandbox.upload_file("result.txt", "keep")
+        sandbox_id = sandbox.sandbox_id
+
+    assert (ws / "result.txt").read_text() == "keep"
+    listed = {info.sandbox_id: info for info in await list_sandboxes(flavour)}
+    assert listed[sandbox_id].status is SandboxStatus.closed
+
+    again = await connect(flavour, sandbox_id)
+    assert await again.download_file("result.txt") == b"keep"
+    await close(again)
+    assert ws.is_dir()  # still auto_cleanup=False
+
+
+async def test_list_sandboxes(make_sandbox: Any) -> None:
+    one, two = await make_sandbox(), await make_sandbox()
+    flavour = "async" if getattr(one, "flavour", "") == "async" else "sync"
+
+    listed = await list_sandboxes(flavour)
+
+    assert sorted(info.sandbox_id for info in listed) == sorted([one.sandbox_id, two.sandbox_id])
+    assert all(info.status is SandboxStatus.running and info.provider == "local" for info in listed)
+    await close(one)
+    assert [info.sandbox_id for info in await list_sandboxes(flavour)] == [two.sandbox_id]
+
+
+@pytest.mark.parametrize(
+    "sandbox_id", ["local-" + "0" * 32, "nope", "../../etc", "local-" + "0" * 32 + "\n", ""]
+)
+async def test_connect_to_an_unknown_sandbox(flavour: str, sandbox_id: str) -> None:
+    with pytest.raises(SandboxNotFoundError) as caught:
+        await connect(flavour, sandbox_id)
+    assert caught.value.provider == "local"
+    assert caught.value.operation == "connect"
+
+
+# -- providers -------------------------------------------------------------------------------------------
+
+
+async def test_unknown_provider_lists_the_known_ones(flavour: str) -> None:
+    with pytest.raises(ProviderNotFoundError) as caught:
+        new_sandbox(flavour, "no-such-provider")
+    assert "no-such-provider" in str(caught.value)
+    assert "local" in caught.value.known
+    assert "known providers:" in str(caught.value)
+    assert "local" in str(caught.value)
+
+
+@pytest.mark.parametrize("provider", ["e2b", "morph", "daytona", "modal", "docker"])
+async def test_planned_provider_is_unavailable(flavour: str, provider: str, state_dir: Path) -> None:
+    sandbox = new_sandbox(flavour, provider)
+    assert sandbox.provider_name == provider
+    with pytest.raises(ProviderUnavailableError) as caught:
+        await sandbox.start()
+    assert caught.value.provider == provider
+    assert f"provider {provider!r} is planned but has no adapter yet" in str(caught.value)
+    with pytest.raises(ProviderUnavailableError):
+        async with opened(flavour, provider):
+            pass
+    assert sandbox_dirs(state_dir) == []
+
+
+async def test_default_provider_comes_from_the_settings(
+    flavour: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert new_sandbox(flavour).provider_name == "local"
+    monkeypatch.setenv("GRAINCHAIN_DEFAULT_PROVIDER", "e2b")
+    assert new_sandbox(flavour).provider_name == "e2b"
+
+
+# -- the capability gate ---------------------------------------------------------------------------------
+
+
+def assert_capability_error(error: CapabilityError, feature: str, operation: str) -> None:
+    assert error.feature == feature
+    assert error.provider == "local"
+    assert error.operation == operation
+    assert error.retryable is False
+    # only providers with an adapter are offered; none besides local exists yet, and local lacks it
+    assert error.supported_by == []
+    assert f"provider 'local' does not support {feature!r}" in str(error)
+
+
+async def test_memory_snapshot_is_refused_and_the_sandbox_stays_usable(sandbox: Any) -> None:
+    await sandbox.upload_file("f.txt", "x")
+    for kind in ("memory", SnapshotKind.memory):
+        with pytest.raises(CapabilityError) as caught:
+            await sandbox.create_snapshot(kind=kind)
+        assert_capability_error(caught.value, "snapshot.memory", "create_snapshot")
+
+    assert await sandbox.list_snapshots() == []  # nothing half-made
+    assert sandbox.status is SandboxStatus.running
+    assert (await run_ok(sandbox, "cat f.txt")).stdout == "x"
+    snapshot_id = await sandbox.create_snapshot(kind="filesystem")
+    assert [s.snapshot_id for s in await sandbox.list_snapshots()] == [snapshot_id]
+
+
+async def test_terminate_and_wake_up_are_refused(sandbox: Any) -> None:
+    snapshot_id = await sandbox.create_snapshot()
+    calls = {
+        "terminate": lambda: sandbox.terminate(),
+        "wake_up": lambda: sandbox.wake_up(),
+    }
+    for operation, call in calls.items():
+        with pytest.raises(CapabilityError) as caught:
+            await call()
+        assert_capability_error(caught.value, "lifecycle.terminate_wake", operation)
+    with pytest.raises(CapabilityError):
+        await sandbox.wake_up(snapshot_id)
+
+    assert sandbox.status is SandboxStatus.running
+    assert (await run_ok(sandbox, "echo alive")).stdout == "alive\n"
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "feature"),
+    [
+        ("memory_limit", "4GB", "limits.memory"),
+        ("cpu_limit", 2.0, "limits.cpu"),
+        ("image", "python:3.11", "image.custom"),
+    ],
+)
+async def test_config_the_provider_cannot_honour_fails_at_creation(
+    flavour: str, field: str, value: Any, feature: str, state_dir: Path
+) -> None:
+    config = SandboxConfig(**{field: value})
+    sandbox = new_sandbox(flavour, "local", config)
+
+    with pytest.raises(CapabilityError) as caught:
+        await sandbox.start()
+    assert_capability_error(caught.value, feature, "create")
+    assert caught.value.hint is not None
+    assert f"SandboxConfig.{field}" in caught.value.hint
+    assert f"SandboxConfig.{field}" in str(caught.value)
+    assert sandbox.status is SandboxStatus.creating
+    with pytest.raises(CapabilityError):
+        async with opened(flavour, config=config):
+            pass
+    assert sandbox_dirs(state_dir) == []  # nothing was created
+
+
+async def test_capabilities_of_the_local_provider(sandbox: Any) -> None:
+    sandbox = getattr(sandbox, "_target", sandbox)  # supports() is a plain method in both clients
+    capabilities = sandbox.capabilities
+    assert capabilities[Feature.SNAPSHOT_FILESYSTEM] is SupportLevel.native
+    assert capabilities[Feature.SNAPSHOT_MEMORY] is SupportLevel.unsupported
+    assert capabilities[Feature.LIFECYCLE_TERMINATE_WAKE] is SupportLevel.unsupported
+    assert sandbox.supports("files")
+    assert sandbox.supports(Feature.LIFECYCLE_RECONNECT)
+    assert not sandbox.supports("snapshot.memory")
