@@ -19,6 +19,7 @@ from _procs import alive, close, env_of, eventually, pids_in, sandbox_pids, stat
 from grainchain import AsyncSandbox, SandboxConfig
 from grainchain.errors import (
     CommandTimeoutError,
+    FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
     OutputLimitExceededError,
@@ -362,3 +363,10 @@ async def test_wait_for_timeout_kills_the_tree() -> None:
             await asyncio.wait_for(sandbox.execute("sleep 30 & sleep 30"), 0.3)
         assert time.monotonic() - started < 1
         assert not wait_gone(sandbox_pids(sandbox.sandbox_id), within=0.5)
+
+
+async def test_missing_working_dir_is_reported_as_not_found(sandbox):
+    with pytest.raises(FileNotFoundInSandboxError, match="missing"):
+        await sandbox.execute("pwd", working_dir="missing")
+    await sandbox.make_directory("there")
+    assert (await sandbox.execute("pwd", working_dir="there")).stdout.rstrip().endswith("/there")

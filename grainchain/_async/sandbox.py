@@ -35,7 +35,7 @@ class AsyncSandbox(AsyncSandboxBase):
             on_stderr: Called with each decoded chunk of stderr.
 
         Needs: exec; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set (else CapabilityError).
-        Raises: CommandTimeoutError, OutputLimitExceededError.
+        Raises: CommandTimeoutError, OutputLimitExceededError, PathOutsideSandboxError, FileNotFoundInSandboxError.
         """
         check_non_empty("execute", "command", command)
         check_positive("execute", "timeout", timeout)
@@ -67,6 +67,7 @@ class AsyncSandbox(AsyncSandboxBase):
         """Start a command in the background and return a handle (pid, output so far, wait, kill).
 
         Needs: process.background; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set (else CapabilityError).
+        Raises: PathOutsideSandboxError, FileNotFoundInSandboxError.
         """
         check_non_empty("start_process", "command", command)
         check_env_names("start_process", "environment", environment)

@@ -27,7 +27,7 @@ from grainchain._hostproc import (
 from grainchain._output import OutputCollector
 from grainchain._paths import resolve_inside
 from grainchain._types import OutputCallback
-from grainchain.errors import ConfigurationError, PathOutsideSandboxError
+from grainchain.errors import ConfigurationError, FileNotFoundInSandboxError
 from grainchain.models import (
     ExecutionResult,
     FileInfo,
@@ -112,8 +112,8 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         cwd = (
             self._cwd if working_dir is None else resolve_inside(self._box.workspace, self._cwd, working_dir)
         )
-        if not cwd.is_dir():
-            raise PathOutsideSandboxError(working_dir or str(cwd), "it is not an existing directory")
+        if not cwd.is_dir():  # also a working directory deleted since the sandbox started
+            raise FileNotFoundInSandboxError(str(cwd), provider=self.provider_name)
         env = scrubbed_environment(
             {"HOME": str(self._box.workspace), "TMPDIR": str(self._box.tmp)},
             self.config.environment_vars,
