@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
 
 
 def stat_fields(pid: int) -> tuple[int, int, int]:
@@ -48,20 +47,22 @@ async def eventually(condition: Callable[[], object], within: float = 5) -> None
         await asyncio.sleep(0.01)
 
 
-def sandbox_pids(sandbox_id: str) -> list[int]:
-    """Live processes started by the sandbox `sandbox_id` (they carry GRAINCHAIN_SANDBOX_ID=<id>)."""
-    entry = f"GRAINCHAIN_SANDBOX_ID={sandbox_id}".encode()
-    found = []
+def process_environments() -> Iterator[tuple[int, list[bytes]]]:
+    """(pid, environment entries) of every process we may read."""
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/environ", "rb") as f:
-                if entry in f.read().split(b"\0"):
-                    found.append(int(name))
+                yield int(name), f.read().split(b"\0")
         except OSError:
             continue
-    return [p for p in found if alive(p)]
+
+
+def sandbox_pids(sandbox_id: str) -> list[int]:
+    """Live processes started by the sandbox `sandbox_id` (they carry GRAINCHAIN_SANDBOX_ID=<id>)."""
+    entry = f"GRAINCHAIN_SANDBOX_ID={sandbox_id}".encode()
+    return [pid for pid, environ in process_environments() if entry in environ and alive(pid)]
 
 
 def pids_in(text: str) -> dict[str, int]:
@@ -77,11 +78,3 @@ def pids_in(text: str) -> dict[str, int]:
 def env_of(text: str) -> dict[str, str]:
     """The output of `env` as a dict."""
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-async def close(sandbox: Any) -> None:
-    """Close a sandbox of either client."""
-    if getattr(sandbox, "flavour", "") == "async":
-        await sandbox.aclose()
-    else:
-        await sandbox.close()

@@ -11,12 +11,30 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from conftest import AwaitableSync
-
 from grainchain import AsyncSandbox, ExecutionResult, SandboxConfig, SandboxInfo
+from grainchain.sync import ProcessHandle
 from grainchain.sync import Sandbox as SyncSandbox
 
 FLAVOURS = ["async", "sync"]
+
+
+class AwaitableSync:
+    """The blocking client behind `await`, so one async test body checks both clients."""
+
+    def __init__(self, target: Any) -> None:
+        self._target = target
+        self.flavour = "sync"
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._target, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            return AwaitableSync(result) if isinstance(result, ProcessHandle) else result
+
+        return call
 
 
 def flavour_of(sandbox: Any) -> str:

@@ -3,17 +3,17 @@ a sandbox process running."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _procs import process_environments
+from _support import AwaitableSync, close
 
 from grainchain import AsyncSandbox, SandboxConfig
 from grainchain._hostproc import SANDBOX_MARKER
-from grainchain.sync import ProcessHandle
 from grainchain.sync import Sandbox as SyncSandbox
 
 
@@ -31,21 +31,14 @@ def sandbox_processes(state: Path | None = None) -> list[int]:
     only those of sandboxes under that state dir (their HOME or TMPDIR lies there), so that concurrent test
     runs on the same machine do not count."""
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            continue
+    for pid, environ in process_environments():
         if not any(e.startswith(SANDBOX_MARKER.encode() + b"=") for e in environ):
             continue
         if state is not None:
             prefixes = [f"{var}={state}".encode() for var in ("HOME", "TMPDIR")]
             if not any(e.startswith(p) for e in environ for p in prefixes):
                 continue
-        found.append(int(name))
+        found.append(pid)
     return found
 
 
@@ -56,25 +49,6 @@ def no_leftover_processes(state_dir: Path) -> Any:
     while (left := sandbox_processes(state_dir)) and time.monotonic() < deadline:
         time.sleep(0.02)  # killed processes may take a moment to be reaped
     assert not left, f"sandbox processes left running after the test: {sorted(left)}"
-
-
-class AwaitableSync:
-    """The blocking client behind `await`, so one async test body checks both clients."""
-
-    def __init__(self, target: Any) -> None:
-        self._target = target
-        self.flavour = "sync"
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._target, name)
-        if not callable(attr):
-            return attr
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            result = attr(*args, **kwargs)
-            return AwaitableSync(result) if isinstance(result, ProcessHandle) else result
-
-        return call
 
 
 SandboxFactory = Callable[..., Awaitable[Any]]
@@ -96,7 +70,7 @@ async def make_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[SandboxF
 
     yield make
     for sandbox in opened:
-        await sandbox.aclose() if getattr(sandbox, "flavour", "") == "async" else await sandbox.close()
+        await close(sandbox)
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ import tracemalloc
 from typing import Any
 
 import pytest
-from _procs import alive, close, env_of, eventually, pids_in, sandbox_pids, stat_fields, wait_gone
+from _procs import alive, env_of, eventually, pids_in, sandbox_pids, stat_fields, wait_gone
+from _support import close
 
 from grainchain import AsyncSandbox, SandboxConfig
 from grainchain.errors import (

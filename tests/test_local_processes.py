@@ -8,7 +8,8 @@ import time
 from typing import Any
 
 import pytest
-from _procs import alive, close, eventually, pids_in, stat_fields, wait_gone
+from _procs import alive, eventually, pids_in, stat_fields, wait_gone
+from _support import close
 
 from grainchain import AsyncSandbox, SandboxConfig
 from grainchain.errors import (
