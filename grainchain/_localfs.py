@@ -103,9 +103,13 @@ class SandboxDir:
     def create(cls, state_dir: Path, config: SandboxConfig) -> SandboxDir:
         box = cls(state_dir.resolve(), f"local-{uuid.uuid4().hex}")
         box.root.mkdir(parents=True, mode=0o700)
-        box.workspace.mkdir(mode=0o700)
-        box.tmp.mkdir(mode=0o700)
-        box.save(SandboxStatus.running, config, created_at=datetime.now(UTC))
+        try:
+            box.workspace.mkdir(mode=0o700)
+            box.tmp.mkdir(mode=0o700)
+            box.save(SandboxStatus.running, config, created_at=datetime.now(UTC))
+        except BaseException:
+            box.remove()  # nothing half-made stays behind
+            raise
         return box
 
     @classmethod

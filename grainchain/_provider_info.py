@@ -30,12 +30,17 @@ class ProviderInfo:
     extra: str | None = None  # pip extra that installs the provider's SDK
     sdk_module: str | None = None  # importable when the SDK is installed
     credentials_env: tuple[str, ...] = field(default_factory=tuple)
+    # conformance test name -> why it cannot apply to this provider; reported, never skipped silently
+    conformance_exclusions: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Accept plain strings from third parties: {"exec": "native"}; unknown names fail here, loudly.
         object.__setattr__(
             self, "features", {Feature(k): SupportLevel(v) for k, v in dict(self.features).items()}
         )
+        for test, reason in self.conformance_exclusions.items():
+            if not str(reason).strip():
+                raise ValueError(f"provider {self.name!r}: the exclusion of {test!r} needs a reason")
 
     def level(self, feature: Feature) -> SupportLevel:
         return self.features.get(feature, SupportLevel.unsupported)

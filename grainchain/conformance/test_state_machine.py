@@ -1,0 +1,277 @@
+"""Random sequences of operations, each observation checked against a model of the sandbox.
+
+Rules for features the provider lacks are never enabled (their CapabilityError is checked by a rule of its
+own and by test_unsupported.py). On failure Hypothesis prints the shrunk sequence of calls that reproduces it.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import shlex
+import uuid
+from collections.abc import Callable
+from typing import ClassVar, TypeVar
+
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
+
+from grainchain._generated.features import Feature
+from grainchain.conformance.model import SAFE_NAME_ALPHABET, TreeModel
+from grainchain.conformance.probes import SANDBOX_PROBES
+from grainchain.conformance.target import ConformanceTarget
+from grainchain.errors import CapabilityError, SnapshotNotFoundError
+from grainchain.models import SnapshotKind
+
+NAMES = st.text(SAFE_NAME_ALPHABET, min_size=1, max_size=16).filter(
+    lambda n: n not in (".", "..") and not n.startswith("-")
+)
+CONTENT = st.binary(max_size=3000)
+TEXT = st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=200)
+
+
+RuleT = TypeVar("RuleT", bound=Callable[..., None])
+
+
+def _needs(*features: Feature) -> Callable[[RuleT], RuleT]:
+    """Enable a rule only where the provider supports every one of `features`."""
+    decorator: Callable[[RuleT], RuleT] = precondition(
+        lambda self: all(self.target.supports(f) for f in features)
+    )
+    return decorator
+
+
+class SandboxMachine(RuleBasedStateMachine):
+    target: ClassVar[ConformanceTarget]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.model = TreeModel()
+        self.snapshots: dict[str, TreeModel] = {}
+        self._stack = contextlib.ExitStack()
+        self.sandbox = self._stack.enter_context(self.target.sandbox())
+        self.base = f"gc-conformance-{uuid.uuid4().hex[:8]}"
+        if self.target.supports(Feature.FILES):
+            self.sandbox.make_directory(self.base)
+        else:
+            self.sandbox.execute(f"mkdir -p {shlex.quote(self.base)}")
+
+    def teardown(self) -> None:
+        try:
+            if self.target.supports(Feature.SNAPSHOT_FILESYSTEM):
+                for snapshot_id in self.snapshots:
+                    with contextlib.suppress(SnapshotNotFoundError):
+                        self.sandbox.delete_snapshot(snapshot_id)
+        finally:
+            self._stack.close()
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def path(self, rel: str) -> str:
+        return f"{self.base}/{rel}" if rel else self.base
+
+    def draw_new_path(self, data: st.DataObject) -> str:
+        parent = data.draw(st.sampled_from(["", *sorted(self.model.dirs)]), label="parent")
+        name = data.draw(NAMES, label="name")
+        return f"{parent}/{name}" if parent else name
+
+    def sandbox_tree(self, rel: str = "") -> dict[str, tuple[bool, int]]:
+        """The sandbox's tree under the base directory, read with list_files."""
+        tree: dict[str, tuple[bool, int]] = {}
+        for info in self.sandbox.list_files(self.path(rel)):
+            child = f"{rel}/{info.name}" if rel else info.name
+            tree[child] = (info.is_directory, 0 if info.is_directory else info.size)
+            if info.is_directory:
+                tree.update(self.sandbox_tree(child))
+        return tree
+
+    def assert_tree_matches(self) -> None:
+        assert self.sandbox_tree() == self.model.tree(), "the sandbox's files differ from the model"
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    @_needs(Feature.FILES)
+    @rule(data=st.data(), content=CONTENT)
+    def upload_new_file(self, data: st.DataObject, content: bytes) -> None:
+        rel = self.draw_new_path(data)
+        if self.model.can_write_file(rel):
+            self.sandbox.upload_file(self.path(rel), content, mode="wb")
+            self.model.write(rel, content)
+
+    @_needs(Feature.FILES)
+    @precondition(lambda self: self.model.files)
+    @rule(data=st.data(), text=TEXT)
+    def overwrite_with_text(self, data: st.DataObject, text: str) -> None:
+        rel = data.draw(st.sampled_from(sorted(self.model.files)))
+        self.sandbox.upload_file(self.path(rel), text)  # mode "w": str is written as UTF-8
+        self.model.write(rel, text.encode("utf-8"))
+
+    @_needs(Feature.FILES)
+    @precondition(lambda self: self.model.files)
+    @rule(data=st.data(), content=CONTENT)
+    def append_bytes(self, data: st.DataObject, content: bytes) -> None:
+        rel = data.draw(st.sampled_from(sorted(self.model.files)))
+        self.sandbox.upload_file(self.path(rel), content, mode="ab")
+        self.model.write(rel, content, append=True)
+
+    @_needs(Feature.FILES)
+    @rule(data=st.data())
+    def make_directory(self, data: st.DataObject) -> None:
+        rel = self.draw_new_path(data)
+        if self.model.can_make_dir(rel):
+            self.sandbox.make_directory(self.path(rel))
+            self.model.make_dir(rel)
+
+    @_needs(Feature.FILES)
+    @precondition(lambda self: self.model.files or self.model.dirs)
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        rel = data.draw(st.sampled_from(sorted([*self.model.files, *self.model.dirs])))
+        self.sandbox.delete_file(self.path(rel))
+        self.model.delete(rel)
+        assert not self.sandbox.file_exists(self.path(rel))
+
+    @_needs(Feature.FILES)
+    @precondition(lambda self: self.model.files)
+    @rule(data=st.data())
+    def download_matches(self, data: st.DataObject) -> None:
+        rel = data.draw(st.sampled_from(sorted(self.model.files)))
+        assert self.sandbox.download_file(self.path(rel)) == self.model.files[rel]
+
+    @_needs(Feature.FILES)
+    @rule(data=st.data())
+    def listing_matches(self, data: st.DataObject) -> None:
+        rel = data.draw(st.sampled_from(["", *sorted(self.model.dirs)]))
+        listed = {
+            i.name: (i.is_directory, 0 if i.is_directory else i.size)
+            for i in self.sandbox.list_files(self.path(rel))
+        }
+        assert listed == self.model.listing(rel)
+
+    @_needs(Feature.FILES)
+    @rule()
+    def whole_tree_matches(self) -> None:
+        self.assert_tree_matches()
+
+    # -- commands -------------------------------------------------------------------------------------
+
+    @_needs(Feature.FILES, Feature.EXEC)
+    @precondition(lambda self: self.model.files)
+    @rule(data=st.data())
+    def command_reads_what_files_wrote(self, data: st.DataObject) -> None:
+        rel = data.draw(st.sampled_from(sorted(self.model.files)))
+        result = self.sandbox.execute(f"base64 < {shlex.quote(self.path(rel))}")
+        assert result.return_code == 0, result.stderr
+        assert base64.b64decode(result.stdout) == self.model.files[rel]
+
+    @_needs(Feature.FILES, Feature.EXEC)
+    @rule(data=st.data(), text=TEXT)
+    def files_read_what_command_wrote(self, data: st.DataObject, text: str) -> None:
+        rel = self.draw_new_path(data)
+        if not self.model.can_write_file(rel) or any(
+            a not in self.model.dirs for a in self.model.ancestors(rel)
+        ):
+            return
+        result = self.sandbox.execute(f"printf '%s' {shlex.quote(text)} > {shlex.quote(self.path(rel))}")
+        assert result.return_code == 0, result.stderr
+        self.model.write(rel, text.encode("utf-8"))
+        assert self.sandbox.download_file(self.path(rel)) == text.encode("utf-8")
+
+    @_needs(Feature.EXEC)
+    @rule(name=st.from_regex(r"[A-Z][A-Z0-9_]{0,10}", fullmatch=True), value=TEXT)
+    def environment_is_passed(self, name: str, value: str) -> None:
+        result = self.sandbox.execute(f'printf "%s" "${name}"', environment={name: value})
+        assert result.stdout == value
+
+    @_needs(Feature.EXEC)
+    @rule(out=TEXT, err=TEXT, code=st.integers(0, 125))
+    def exit_code_and_streams_are_kept(self, out: str, err: str, code: int) -> None:
+        result = self.sandbox.execute(
+            f"printf '%s' {shlex.quote(out)}; printf '%s' {shlex.quote(err)} >&2; exit {code}"
+        )
+        assert (result.return_code, result.stdout, result.stderr) == (code, out, err)
+        assert result.success is (code == 0)
+
+    @_needs(Feature.EXEC, Feature.FILES)
+    @rule(data=st.data())
+    def working_dir_is_honoured(self, data: st.DataObject) -> None:
+        rel = data.draw(st.sampled_from(["", *sorted(self.model.dirs)]))
+        result = self.sandbox.execute("pwd", working_dir=self.path(rel))
+        assert result.stdout.rstrip("\n") == self.sandbox.get_file_info(self.path(rel)).path
+
+    @_needs(Feature.EXEC_STREAMING)
+    @rule(lines=st.lists(st.text(SAFE_NAME_ALPHABET, max_size=30), min_size=1, max_size=5))
+    def streaming_delivers_everything(self, lines: list[str]) -> None:
+        chunks: list[str] = []
+        script = "; ".join(f"printf '%s\\n' {shlex.quote(line)}" for line in lines)
+        result = self.sandbox.execute(script, on_stdout=chunks.append)
+        assert "".join(chunks) == result.stdout == "".join(f"{line}\n" for line in lines)
+
+    @_needs(Feature.PROCESS_BACKGROUND)
+    @rule(out=TEXT, code=st.integers(0, 125))
+    def background_process_reports_its_result(self, out: str, code: int) -> None:
+        handle = self.sandbox.start_process(f"printf '%s' {shlex.quote(out)}; exit {code}")
+        result = handle.wait(timeout=30)
+        assert (result.return_code, result.stdout) == (code, out)
+
+    # -- snapshots and lifecycle ----------------------------------------------------------------------
+
+    @_needs(Feature.SNAPSHOT_FILESYSTEM)
+    @rule()
+    def create_snapshot(self) -> None:
+        snapshot_id = self.sandbox.create_snapshot()
+        assert snapshot_id not in self.snapshots, "snapshot ids must be unique"
+        self.snapshots[snapshot_id] = self.model.copy()
+
+    @_needs(Feature.SNAPSHOT_MEMORY)
+    @rule()
+    def create_memory_snapshot(self) -> None:
+        snapshot_id = self.sandbox.create_snapshot(kind=SnapshotKind.memory)
+        assert snapshot_id not in self.snapshots, "snapshot ids must be unique"
+        self.snapshots[snapshot_id] = self.model.copy()
+
+    @_needs(Feature.SNAPSHOT_FILESYSTEM)
+    @precondition(lambda self: self.snapshots)
+    @rule(data=st.data())
+    def restore_snapshot(self, data: st.DataObject) -> None:
+        snapshot_id = data.draw(st.sampled_from(sorted(self.snapshots)))
+        self.sandbox.restore_snapshot(snapshot_id)
+        self.model = self.snapshots[snapshot_id].copy()
+        if self.target.supports(Feature.FILES):
+            self.assert_tree_matches()
+
+    @_needs(Feature.SNAPSHOT_FILESYSTEM)
+    @precondition(lambda self: self.snapshots)
+    @rule(data=st.data())
+    def deleted_snapshot_is_gone(self, data: st.DataObject) -> None:
+        snapshot_id = data.draw(st.sampled_from(sorted(self.snapshots)))
+        self.sandbox.delete_snapshot(snapshot_id)
+        del self.snapshots[snapshot_id]
+        with pytest.raises(SnapshotNotFoundError):
+            self.sandbox.restore_snapshot(snapshot_id)
+
+    @_needs(Feature.LIFECYCLE_TERMINATE_WAKE)
+    @rule(data=st.data())
+    def terminate_and_wake_up(self, data: st.DataObject) -> None:
+        snapshot_id = data.draw(st.sampled_from([None, *sorted(self.snapshots)]))
+        self.sandbox.terminate()
+        self.sandbox.wake_up(snapshot_id)
+        if snapshot_id is not None:
+            self.model = self.snapshots[snapshot_id].copy()
+        if self.target.supports(Feature.FILES):
+            self.assert_tree_matches()
+
+    @precondition(lambda self: any(not self.target.supports(f) for f in SANDBOX_PROBES))
+    @rule(data=st.data())
+    def unsupported_feature_raises(self, data: st.DataObject) -> None:
+        feature = data.draw(st.sampled_from([f for f in SANDBOX_PROBES if not self.target.supports(f)]))
+        with pytest.raises(CapabilityError) as info:
+            SANDBOX_PROBES[feature](self.sandbox)
+        assert (info.value.feature, info.value.provider) == (feature.value, self.target.name)
+
+
+@pytest.mark.covers(*Feature)
+def test_sandbox_behaves_like_its_model(conformance: ConformanceTarget) -> None:
+    machine = type("SandboxMachine", (SandboxMachine,), {"target": conformance})
+    run_state_machine_as_test(machine, settings=conformance.hypothesis_settings())
