@@ -2,27 +2,32 @@
 
     grainchain run [--provider P] [--timeout S] [--workdir DIR] [--env KEY=VALUE ...] -- CMD [ARGS]...
     grainchain providers [--json]
+    grainchain conformance PROVIDER [--thorough] [--config JSON] [-- PYTEST ARGS...]
     grainchain spec check [FILE]
     grainchain spec show [--path]
     grainchain --version
 
 Exit status: `run` passes the command's exit code through (128+N when a signal N killed it); it exits 124
 when the command timed out (as coreutils `timeout` does), 130 on Ctrl-C, 143 on SIGTERM and 141 when its
-stdout is closed (the command is killed and the sandbox closed in each case). Otherwise: 0 on success, 2 for
-usage errors, 1 for every other error. An error is one line on stderr, never a traceback.
+stdout is closed (the command is killed and the sandbox closed in each case). `conformance` exits 0 when the
+suite passes and 1 when it fails. Otherwise: 0 on success, 2 for usage errors, 1 for every other error. An
+error is one line on stderr, never a traceback.
 
 `import grainchain` never imports this module: typer and rich load only for the command.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
 import re
 import shlex
 import signal
+import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -32,6 +37,7 @@ from typing import Annotated, Any, NoReturn, Protocol, TextIO, cast
 
 import typer
 import yaml
+from rich import box
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -424,6 +430,199 @@ def providers(
         f"{mark if unicode else _ASCII_MARKS[level]} {level.value}" for level, (mark, _) in _MARKS.items()
     )
     console.print(Text(legend, style="dim"))
+
+
+# -- conformance ------------------------------------------------------------------------------------------
+
+CONFORMANCE_INSTALL_HINT = "pip install 'grainchain[conformance]'"
+# pytest.ExitCode.USAGE_ERROR and NO_TESTS_COLLECTED
+_PYTEST_USAGE_ERROR = 4
+_PYTEST_NO_TESTS = 5
+
+
+def _missing_conformance_dependency() -> str | None:
+    """The first of the suite's dependencies that cannot be imported, if any."""
+    for module in ("pytest", "hypothesis"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            return module
+    return None
+
+
+def _conformance_command(provider: str, config: str | None, thorough: bool, report: Path) -> list[str]:
+    command = [sys.executable, "-m", "pytest", "--pyargs", "grainchain.conformance"]
+    command += ["--grainchain-provider", provider, "--grainchain-report", str(report)]
+    command += ["--grainchain-no-table", "-p", "no:cacheprovider", "-q"]
+    if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        command += ["-p", "grainchain.conformance.plugin"]  # not loaded through its entry point then
+    if config is not None:
+        command += ["--grainchain-config", config]
+    if thorough:
+        command.append("--grainchain-thorough")
+    return command
+
+
+def _run_pytest(command: list[str]) -> int:
+    """Run the suite, its output passing straight through; Ctrl-C and SIGTERM let it close its sandboxes."""
+    child = subprocess.Popen(command)
+    try:
+        with _signals_unwind():
+            return child.wait()
+    except (KeyboardInterrupt, _Terminated) as exc:
+        signum = exc.signum if isinstance(exc, _Terminated) else signal.SIGINT
+        if isinstance(exc, _Terminated):
+            # pytest unwinds on SIGINT (closing its sandboxes), not on SIGTERM; a Ctrl-C reached it already
+            child.send_signal(signal.SIGINT)
+        try:
+            child.wait(timeout=30)
+        except (KeyboardInterrupt, subprocess.TimeoutExpired):
+            child.kill()
+            child.wait()
+        raise typer.Exit(128 + signum) from None
+
+
+def _level_cell(level: str | None, unicode: bool) -> Text:
+    if level is None:
+        return Text("not declared", style="red")
+    mark, style = _MARKS[SupportLevel(level)]
+    return Text(f"{mark if unicode else _ASCII_MARKS[SupportLevel(level)]} {level}", style=style)
+
+
+def _result_cell(counts: dict[str, int]) -> Text:
+    if counts.get("failed", 0):
+        return Text("FAILED", style="bold red")
+    if counts.get("passed", 0):
+        return Text("passed", style="green")
+    return Text("not tested", style="dim")
+
+
+def _print_conformance_report(report: dict[str, Any]) -> None:
+    """Per feature: declared level and test outcomes; then the totals and the failed tests."""
+    console = _stdout()
+    unicode = console.encoding.lower().startswith("utf")
+    levels: dict[str, str] = report.get("capabilities", {})
+    tally: dict[str, dict[str, int]] = report["features"]
+    table = Table(  # fits 80 columns: no vertical rules
+        title=f"Conformance of {report['provider']!r} ({report['budget']} budget)",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+    )
+    table.add_column("feature", no_wrap=True)
+    table.add_column("declared", no_wrap=True)
+    for outcome in ("passed", "failed", "skipped"):
+        table.add_column(outcome, justify="right")
+    table.add_column("result", no_wrap=True)
+    features = [f.value for f in Feature]
+    for name in features + sorted(set(tally) - set(features)):  # "(general)": tests of no one feature
+        counts = tally.get(name, {})
+        level = levels.get(name) if name in features else "-"
+        table.add_row(
+            name,
+            _level_cell(level, unicode) if level != "-" else Text("-", style="dim"),
+            *(str(counts.get(outcome, 0)) for outcome in ("passed", "failed", "skipped")),
+            _result_cell(counts),
+        )
+    console.print(table)
+
+    supported = sum(1 for f in features if levels.get(f, SupportLevel.unsupported.value) != "unsupported")
+    run = [f for f in features if tally.get(f, {}).get("passed", 0) + tally.get(f, {}).get("failed", 0)]
+    failed_features = [f for f in run if tally[f].get("failed", 0)]
+    console.print(
+        f"features declared: {supported} supported / {len(features) - supported} unsupported; "
+        f"tested: {len(run)}; passed: {len(run) - len(failed_features)}; failed: {len(failed_features)}",
+        soft_wrap=True,
+    )
+    if report["failed"]:
+        console.print(Text(f"failed tests ({len(report['failed'])}):", style="bold red"))
+        for nodeid in report["failed"]:
+            console.print(Text(f"  {nodeid}", style="red"), soft_wrap=True)  # never wrapped
+
+
+@app.command()
+def conformance(
+    provider: Annotated[
+        str,
+        typer.Argument(
+            metavar="PROVIDER",
+            help="Provider to check (see `grainchain providers`); plugins registered under the "
+            "grainchain.providers entry point too.",
+            autocompletion=_provider_names,
+            show_default=False,
+        ),
+    ],
+    pytest_args: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="-- PYTEST_ARGS",
+            help="Passed on to pytest (after `--`), e.g. -- -x -k state_machine",
+            show_default=False,
+        ),
+    ] = None,
+    thorough: Annotated[
+        bool,
+        typer.Option("--thorough", help="Release-check budget: many more Hypothesis examples, longer runs."),
+    ] = False,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            metavar="JSON",
+            help='SandboxConfig of the sandboxes the suite creates, as JSON, e.g. \'{"image": "alpine"}\'.',
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Run the conformance suite against a provider and summarise the results per feature.
+
+    Runs pytest --pyargs grainchain.conformance --grainchain-provider PROVIDER,
+    showing its progress and failures (with Hypothesis's shrunk steps) as they
+    happen, then a table: per feature, the declared level and the tests passed,
+    failed and skipped. Exits 0 when the suite passes, 1 when it fails.
+
+    Example: grainchain conformance local -- -x -k state_machine
+    (see docs/writing-a-provider.md)
+    """
+    if missing := _missing_conformance_dependency():
+        _fail(f"the conformance suite needs {missing}: {CONFORMANCE_INSTALL_HINT}")
+    try:
+        info = get_provider(provider)
+    except ProviderNotFoundError as exc:
+        _fail(exc.message, EXIT_USAGE)
+    if config is not None:
+        try:
+            data = json.loads(config)
+        except json.JSONDecodeError as exc:
+            _fail(f"--config is not valid JSON: {exc}", EXIT_USAGE)
+        try:
+            validate_config(data)
+        except ConfigurationError as exc:
+            _fail(f"--config: {exc.message}", EXIT_USAGE)
+    info.load_adapter("sync")  # the suite drives the blocking client: ProviderUnavailableError here, once
+
+    budget = "thorough" if thorough else "ci"
+    _stdout().print(Text(f"grainchain conformance: provider {info.name!r}, {budget} budget", style="bold"))
+    sys.stdout.flush()
+    with tempfile.TemporaryDirectory(prefix="grainchain-conformance-") as tmp:
+        report_path = Path(tmp, "report.json")
+        status = _run_pytest(
+            [*_conformance_command(info.name, config, thorough, report_path), *(pytest_args or [])]
+        )
+        report = json.loads(report_path.read_text(encoding="utf-8")) if report_path.exists() else None
+    if report is None:
+        if status == _PYTEST_NO_TESTS:
+            _fail("no conformance test was selected (pytest exit status 5)")
+        code = EXIT_USAGE if status == _PYTEST_USAGE_ERROR else EXIT_ERROR
+        _fail(f"the suite did not run to the end (pytest exit status {status}; its output is above)", code)
+    sys.stdout.write("\n")
+    _print_conformance_report(report)
+    if status != 0:
+        _stdout().print(
+            Text(f"conformance of {info.name!r}: FAILED (pytest exit status {status})", style="bold red")
+        )
+        raise typer.Exit(EXIT_ERROR)
+    _stdout().print(Text(f"conformance of {info.name!r}: passed", style="bold green"))
 
 
 # -- spec -------------------------------------------------------------------------------------------------

@@ -2,7 +2,9 @@
 installed; it stays inert unless conformance tests are collected).
 
 Options: --grainchain-provider NAME (default: $GRAINCHAIN_CONFORMANCE_PROVIDER, else local),
---grainchain-config JSON (SandboxConfig of the sandboxes the suite creates), --grainchain-thorough.
+--grainchain-config JSON (SandboxConfig of the sandboxes the suite creates), --grainchain-thorough,
+--grainchain-report PATH (the per-feature results as JSON), --grainchain-no-table. A provider that cannot be
+used (unknown, no adapter, sandbox creation fails) or a bad config stops the run as a pytest usage error.
 
 Each conformance test is marked with the features it checks. A test whose feature the provider declares
 unsupported is skipped with that reason (test_unsupported checks the CapabilityError instead); a test the
@@ -49,6 +51,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="also write the per-feature results as JSON to PATH (used by `grainchain conformance`)",
     )
     group.addoption(
+        "--grainchain-no-table",
+        action="store_true",
+        default=False,
+        help="do not print the per-feature table (`grainchain conformance` prints its own)",
+    )
+    group.addoption(
         "--grainchain-thorough",
         action="store_true",
         default=False,
@@ -75,6 +83,7 @@ def target_for(config: pytest.Config) -> ConformanceTarget:
     """The provider under test, built once per session (creating it checks the provider is usable)."""
     if _TARGET_KEY not in config.stash:
         from grainchain.conformance.target import ConformanceTarget
+        from grainchain.errors import GrainchainError
         from grainchain.registry import get_provider
         from grainchain.settings import validate_config
 
@@ -83,11 +92,15 @@ def target_for(config: pytest.Config) -> ConformanceTarget:
             data = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise pytest.UsageError(f"--grainchain-config is not valid JSON: {exc}") from None
-        config.stash[_TARGET_KEY] = ConformanceTarget(
-            provider=get_provider(config.getoption("--grainchain-provider")),
-            config=validate_config(data),
-            thorough=config.getoption("--grainchain-thorough"),
-        )
+        try:
+            config.stash[_TARGET_KEY] = ConformanceTarget(
+                provider=get_provider(config.getoption("--grainchain-provider")),
+                config=validate_config(data),
+                thorough=config.getoption("--grainchain-thorough"),
+            )
+        except GrainchainError as exc:  # unknown or unusable provider, bad config: one line, no INTERNALERROR
+            message = " ".join(str(exc).split())
+            raise pytest.UsageError(f"grainchain conformance cannot start: {message}") from None
     return config.stash[_TARGET_KEY]
 
 
@@ -159,6 +172,7 @@ def _report(config: pytest.Config) -> dict[str, Any]:
     return {
         "provider": target.name,
         "budget": "thorough" if target.thorough else "ci",
+        "capabilities": levels,  # every feature's level, tested or not
         "features": {
             feature: {"declared": levels.get(feature, "-"), **dict(counts)}
             for feature, counts in sorted(config.stash[_TALLY_KEY].items())
@@ -175,6 +189,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     if path := config.getoption("--grainchain-report"):
         with open(path, "w", encoding="utf-8") as f:
             json.dump(_report(config), f, indent=2)
+    if config.getoption("--grainchain-no-table"):
+        return
     write = terminalreporter.write_line
     terminalreporter.section(f"grainchain conformance: {target.name}")
     write(f"{'feature':28} {'declared':12} {'passed':>6} {'failed':>6} {'skipped':>7}")

@@ -1,0 +1,147 @@
+"""`grainchain conformance`, run as the installed console script in a subprocess.
+
+The autouse fixtures of conftest.py point GRAINCHAIN_STATE_DIR at a temporary directory (passed on through
+os.environ) and fail a test that leaves sandbox processes behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from grainchain._generated.features import Feature
+from grainchain.models import SupportLevel
+from grainchain.registry import get_provider
+
+
+def _script() -> str:
+    beside_python = Path(sys.executable).with_name("grainchain")
+    found = str(beside_python) if beside_python.exists() else shutil.which("grainchain")
+    if found is None:
+        pytest.fail("the grainchain console script is not installed: pip install -e .")
+    return found
+
+
+def conformance_cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
+    return subprocess.run(
+        [_script(), "conformance", *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, result
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def _table_rows(stdout: str) -> dict[str, list[str]]:
+    """feature -> [declared mark, level, passed, failed, skipped, result] from the summary table."""
+    features = {f.value for f in Feature} | {"(general)"}
+    return {
+        cells[0]: cells[1:]
+        for line in stdout.splitlines()
+        if (cells := line.split()) and cells[0] in features
+    }
+
+
+@pytest.mark.slow
+def test_conformance_of_local_passes_and_lists_every_feature() -> None:
+    result = conformance_cli("local")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    rows = _table_rows(result.stdout)
+    assert set(rows) == {f.value for f in Feature} | {"(general)"}
+    local = get_provider("local")
+    for feature in Feature:
+        _mark, level, passed, failed, _skipped, verdict = rows[feature.value]
+        assert level == local.level(feature).value
+        assert failed == "0"
+        assert verdict == ("passed" if int(passed) else "not tested")
+    supported = sum(local.level(f) is not SupportLevel.unsupported for f in Feature)
+    assert f"features declared: {supported} supported / {len(Feature) - supported} unsupported;" in (
+        result.stdout
+    )
+    assert result.stdout.rstrip().endswith("conformance of 'local': passed")
+
+
+def test_unknown_provider_is_a_usage_error_in_one_line() -> None:
+    line = assert_one_line_error(conformance_cli("nope"), 2)
+    assert "unknown provider 'nope'; known providers: daytona, docker, e2b, local" in line
+
+
+def test_provider_without_adapter_fails_in_one_line() -> None:
+    line = assert_one_line_error(conformance_cli("e2b"), 1)
+    assert "'e2b' is planned but has no adapter yet" in line
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [("{nope", "--config is not valid JSON"), ('{"memory_limit": "lots"}', "memory_limit")],
+)
+def test_bad_config_is_a_usage_error_in_one_line(config: str, message: str) -> None:
+    assert message in assert_one_line_error(conformance_cli("local", "--config", config), 2)
+
+
+def test_bad_pytest_argument_is_a_usage_error() -> None:
+    result = conformance_cli("local", "--", "--no-such-pytest-option")
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the suite did not run to the end")
+
+
+def test_missing_suite_dependencies_name_the_extra(tmp_path: Path) -> None:
+    (tmp_path / "hypothesis.py").write_text("raise ImportError('simulated: hypothesis is not installed')\n")
+    line = assert_one_line_error(conformance_cli("local", pythonpath=tmp_path), 1)
+    assert "needs hypothesis: pip install 'grainchain[conformance]'" in line
+
+
+HALF_DECLARED = """
+    from grainchain import ProviderInfo
+    from grainchain._async.providers.local import AsyncLocalAdapter
+    from grainchain._sync.providers.local import LocalAdapter
+
+    class AsyncHalfAdapter(AsyncLocalAdapter):
+        provider_name = "half"
+
+    class HalfAdapter(LocalAdapter):
+        provider_name = "half"
+
+    PROVIDER = ProviderInfo(
+        name="half",
+        features={"exec": "native", "files": "native"},  # no level for the other features
+        async_adapter="half_plugin:AsyncHalfAdapter",
+        sync_adapter="half_plugin:HalfAdapter",
+    )
+"""
+
+
+def test_failing_suite_exits_one_and_lists_the_failed_tests(tmp_path: Path) -> None:
+    # a plugin distribution on PYTHONPATH, as in tests/test_registry.py
+    (tmp_path / "half_plugin.py").write_text(textwrap.dedent(HALF_DECLARED))
+    dist = tmp_path / "half_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[grainchain.providers]\nhalf = half_plugin:PROVIDER\n")
+
+    result = conformance_cli("half", "--", "-k", "test_declaration", pythonpath=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    rows = _table_rows(result.stdout)
+    assert rows["(general)"] == ["-", "2", "1", "0", "FAILED"]  # declared, passed, failed, skipped, result
+    assert rows["snapshot.filesystem"][:2] == ["not", "declared"]
+    assert rows["exec"][1] == "native"
+    failed = result.stdout.split("failed tests (1):", 1)[1].split()
+    assert failed[0].endswith("test_declaration.py::test_declares_a_level_for_every_feature")
+    assert result.stdout.rstrip().endswith("conformance of 'half': FAILED (pytest exit status 1)")
