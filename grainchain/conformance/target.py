@@ -59,6 +59,9 @@ class ConformanceTarget:
             phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target, Phase.shrink],
             print_blob=True,
             database=None,
+            # Shrinking replays the machine hundreds of times, each on a fresh sandbox: in CI shrink only the
+            # first failure found (one lie often fails several rules); the thorough budget reports them all.
+            report_multiple_bugs=self.thorough,
             max_examples=budget.max_examples,
             stateful_step_count=budget.stateful_step_count,
         )

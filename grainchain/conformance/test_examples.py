@@ -1,8 +1,11 @@
-"""Example-based checks for what a state machine handles badly: timeouts, big data, concurrency, streaming
-timing, background processes. Each needs the features in its `feature` mark (else it is not applicable)."""
+"""Example-based checks for what a state machine handles badly or only by chance: timeouts, big data,
+concurrency, streaming timing, background processes, the sandbox-wide config fields, awkward names in a
+listing, snapshots across sandboxes. Each needs the features in its `feature` mark (else it is not
+applicable)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -11,8 +14,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from grainchain._generated.features import Feature
 from grainchain.conformance.target import ConformanceTarget
-from grainchain.errors import CommandTimeoutError, OutputLimitExceededError
+from grainchain.errors import CommandTimeoutError, OutputLimitExceededError, SnapshotNotFoundError
 from grainchain.sync import Sandbox
 
 GONE_CHECK = 'for p in $(cat {file}); do if kill -0 "$p" 2>/dev/null; then echo "alive $p"; fi; done'
@@ -55,6 +59,33 @@ def test_default_timeout_comes_from_the_config(conformance: ConformanceTarget) -
 
 
 @pytest.mark.feature("exec")
+def test_config_environment_reaches_every_command(conformance: ConformanceTarget) -> None:
+    config_env = {"GC_CONFORMANCE_FROM_CONFIG": "set for the whole sandbox"}
+    with conformance.sandbox(environment_vars=config_env) as sandbox:
+        shown = 'printf "%s|%s" "$GC_CONFORMANCE_FROM_CONFIG" "$GC_CONFORMANCE_PER_CALL"'
+        result = sandbox.execute(shown, environment={"GC_CONFORMANCE_PER_CALL": "and this call"})
+        assert result.stdout == "set for the whole sandbox|and this call"
+        if conformance.supports(Feature.PROCESS_BACKGROUND):
+            assert sandbox.start_process(shown).wait(timeout=30).stdout == "set for the whole sandbox|"
+
+
+@pytest.mark.feature("exec", "files")
+def test_commands_start_where_they_are_told(conformance: ConformanceTarget) -> None:
+    """SandboxConfig.working_directory is where commands and relative paths start; working_dir moves one
+    command (relative to that start, or absolute)."""
+    with conformance.sandbox(working_directory="gc-conformance-start") as sandbox:
+        start = sandbox.execute("pwd").stdout.rstrip("\n")
+        assert start.rsplit("/", 1)[-1] == "gc-conformance-start", f"commands start in {start}"
+        sandbox.make_directory("inner dir")
+        sandbox.upload_file("inner dir/note", "relative paths start there too")
+        assert sandbox.get_file_info("inner dir/note").path == f"{start}/inner dir/note"
+        inner = f"{start}/inner dir"
+        for working_dir in ("inner dir", inner):
+            result = sandbox.execute("pwd; cat note", working_dir=working_dir)
+            assert result.stdout == f"{inner}\nrelative paths start there too", f"working_dir={working_dir!r}"
+
+
+@pytest.mark.feature("exec")
 def test_large_output_arrives_whole(conformance: ConformanceTarget) -> None:
     size = 3_000_000
     with conformance.sandbox() as sandbox:
@@ -83,35 +114,85 @@ def test_large_file_round_trip_is_byte_identical(conformance: ConformanceTarget)
         assert sandbox.execute("wc -c < big.bin").stdout.strip() == str(len(data))
         assert sandbox.download_file("big.bin") == data
         assert sandbox.get_file_info("big.bin").size == len(data)
+        assert [i.size for i in sandbox.list_files(".") if i.name == "big.bin"] == [len(data)]
+
+
+# Names a listing must not lose (hidden, quoted, shell-special, non-ASCII, long), each with another size.
+LISTED_NAMES = [".hidden", "with space", "quote'\"", "$HOME", "[x]", "a;b", "éü中", "long-" + "n" * 120]
+LISTED_SIZES = [0, 1, 4097, 70_000]
+
+
+@pytest.mark.feature("files")
+def test_listing_shows_every_entry_with_its_size(conformance: ConformanceTarget) -> None:
+    expected = {name: (False, LISTED_SIZES[i % len(LISTED_SIZES)]) for i, name in enumerate(LISTED_NAMES)}
+    expected["sub dir"] = (True, 0)
+    with conformance.sandbox() as sandbox:
+        sandbox.make_directory("listing/sub dir")
+        for name, (_, size) in expected.items():
+            if name != "sub dir":
+                sandbox.upload_file(f"listing/{name}", os.urandom(size), mode="wb")
+        listing = sandbox.list_files("listing")
+        assert {i.name: (i.is_directory, 0 if i.is_directory else i.size) for i in listing} == expected
+        for info in listing:  # the same entry, however it is asked for
+            alone = sandbox.get_file_info(f"listing/{info.name}")
+            assert (alone.path, alone.is_directory, alone.size) == (info.path, info.is_directory, info.size)
 
 
 @pytest.mark.feature("files", "exec")
 def test_concurrent_sandboxes_are_independent(conformance: ConformanceTarget) -> None:
-    def work(index: int) -> tuple[str, bytes, str]:
+    def work(index: int) -> tuple[str, bytes, list[str]]:
         with conformance.sandbox() as sandbox:
-            sandbox.upload_file("who", f"sandbox {index}")
-            listing = sorted(i.name for i in sandbox.list_files("."))
-            return sandbox.execute("cat who").stdout, sandbox.download_file("who"), ",".join(listing)
+            sandbox.upload_file(f"who-{index}", f"sandbox {index}")
+            own = sorted(i.name for i in sandbox.list_files(".") if i.name.startswith("who-"))
+            return sandbox.execute(f"cat who-{index}").stdout, sandbox.download_file(f"who-{index}"), own
 
     with ThreadPoolExecutor(max_workers=4) as pool:
         results = list(pool.map(work, range(4)))
-    for index, (shown, downloaded, _) in enumerate(results):
+    for index, (shown, downloaded, own) in enumerate(results):
         assert shown == f"sandbox {index}"
         assert downloaded == f"sandbox {index}".encode()
+        assert own == [f"who-{index}"], "a sandbox sees another sandbox's files"
+
+
+@pytest.mark.feature("snapshot.filesystem", "files")
+def test_each_snapshot_restores_its_own_state_into_any_sandbox(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox() as first, conformance.sandbox() as second:
+        first.upload_file("state", "one")
+        one = first.create_snapshot()
+        first.upload_file("state", "two, longer")
+        first.upload_file("later", "written after the first snapshot")
+        two = first.create_snapshot()
+        try:
+            assert one != two, "every snapshot needs its own id"
+            first.restore_snapshot(one)
+            assert first.download_file("state") == b"one"
+            assert not first.file_exists("later")
+            second.upload_file("own", "what the other sandbox had before the restore")
+            second.restore_snapshot(two)  # taken by another sandbox of the same provider
+            assert second.download_file("state") == b"two, longer"
+            assert (second.file_exists("later"), second.file_exists("own")) == (True, False)
+        finally:
+            for snapshot_id in dict.fromkeys([one, two]):
+                with contextlib.suppress(SnapshotNotFoundError):
+                    first.delete_snapshot(snapshot_id)
 
 
 @pytest.mark.feature("exec.streaming")
 def test_streaming_delivers_output_before_the_command_ends(conformance: ConformanceTarget) -> None:
-    arrivals: list[tuple[float, str]] = []
+    out: list[tuple[float, str]] = []
+    err: list[tuple[float, str]] = []
     with conformance.sandbox() as sandbox:
         started = time.monotonic()
         result = sandbox.execute(
-            "echo first; sleep 1.5; echo second",
-            on_stdout=lambda chunk: arrivals.append((time.monotonic() - started, chunk)),
+            "echo first; echo first-err >&2; sleep 1.5; echo second; echo second-err >&2",
+            on_stdout=lambda chunk: out.append((time.monotonic() - started, chunk)),
+            on_stderr=lambda chunk: err.append((time.monotonic() - started, chunk)),
         )
         ended = time.monotonic() - started
-    assert "".join(chunk for _, chunk in arrivals) == result.stdout == "first\nsecond\n"
-    assert arrivals[0][0] < ended - 1.0, "the first line arrived only when the command ended"
+    assert "".join(chunk for _, chunk in out) == result.stdout == "first\nsecond\n"
+    assert "".join(chunk for _, chunk in err) == result.stderr == "first-err\nsecond-err\n"
+    assert out[0][0] < ended - 1.0, "the first line of stdout arrived only when the command ended"
+    assert err[0][0] < ended - 1.0, "the first line of stderr arrived only when the command ended"
 
 
 @pytest.mark.feature("process.background", "exec")
