@@ -50,9 +50,9 @@ def _table_rows(stdout: str) -> dict[str, list[str]]:
     """feature -> [declared mark, level, passed, failed, skipped, result] from the summary table."""
     features = {f.value for f in Feature} | {"(general)"}
     return {
-        cells[0]: cells[1:]
+        cells[0]: [cell.strip() for cell in cells[1:]]
         for line in stdout.splitlines()
-        if (cells := line.split()) and cells[0] in features
+        if (cells := line.split(maxsplit=6)) and cells[0] in features  # the result may be two words
     }
 
 
