@@ -29,6 +29,13 @@ REPLACEMENTS = {
     "AsyncProcessHandle": "ProcessHandle",
     "AsyncHostProcessHandle": "HostProcessHandle",
     "AsyncLocalAdapter": "LocalAdapter",
+    "AsyncDockerAdapter": "DockerAdapter",
+    "AsyncDockerProcessHandle": "DockerProcessHandle",
+    # httpx (the docker provider)
+    "AsyncClient": "Client",
+    "AsyncHTTPTransport": "HTTPTransport",
+    "aiter_raw": "iter_raw",
+    "aread": "read",
     "aclose": "close",
 }
 _ASYNC_NAME = re.compile(r"\bAsync[A-Z]\w*")

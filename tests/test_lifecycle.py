@@ -224,7 +224,7 @@ async def test_unknown_provider_lists_the_known_ones(flavour: str) -> None:
     assert "local" in str(caught.value)
 
 
-@pytest.mark.parametrize("provider", ["e2b", "morph", "daytona", "modal", "docker"])
+@pytest.mark.parametrize("provider", ["e2b", "morph", "daytona", "modal"])
 async def test_planned_provider_is_unavailable(flavour: str, provider: str, state_dir: Path) -> None:
     sandbox = new_sandbox(flavour, provider)
     assert sandbox.provider_name == provider
@@ -254,8 +254,9 @@ def assert_capability_error(error: CapabilityError, feature: str, operation: str
     assert error.provider == "local"
     assert error.operation == operation
     assert error.retryable is False
-    # only providers with an adapter are offered; none besides local exists yet, and local lacks it
-    assert error.supported_by == []
+    # only providers with an adapter are offered: docker has the limits and custom images, nobody else yet
+    docker_features = {"limits.memory", "limits.cpu", "image.custom"}
+    assert error.supported_by == (["docker"] if feature in docker_features else [])
     assert f"provider 'local' does not support {feature!r}" in str(error)
 
 

@@ -1,0 +1,854 @@
+"""The docker provider: each sandbox is a container, driven through the Docker Engine API.
+
+httpx over the engine's unix socket (or DOCKER_HOST) gives one code path for both clients: this module is
+unasync'ed into grainchain/_sync/providers/docker.py. Flavour-free helpers live in grainchain/_docker.py.
+
+* create: a container of the image (pulled when absent) kept alive by `tail -f /dev/null` under docker-init,
+  labelled `grainchain=1` and `grainchain.sandbox=<id>`; limits map to HostConfig.
+* execute / start_process: an exec whose multiplexed stream is read as it arrives; every exec carries a
+  GRAINCHAIN_EXEC_ID marker, and a timeout or kill runs a second exec that kills every process holding it.
+* files: the archive endpoints (tar) for content, small shell scripts for listings, mkdir and rm.
+* filesystem snapshots: `docker commit` to `grainchain-snapshot:<hex>`; that reference is the snapshot id,
+  so it also works as SandboxConfig.image. Restore replaces the container, keeping the sandbox id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Self
+
+import httpx
+
+from grainchain import _docker as dk
+from grainchain._acompat import AsyncTask, aselect, astart_task
+from grainchain._async.adapter import AsyncSandboxAdapter
+from grainchain._async.process import AsyncProcessHandle
+from grainchain._hostproc import EXEC_MARKER, SANDBOX_MARKER
+from grainchain._output import OutputCollector, Stream
+from grainchain._types import OutputCallback
+from grainchain.errors import (
+    CommandTimeoutError,
+    ConfigurationError,
+    FileNotFoundInSandboxError,
+    GrainchainError,
+    InvalidArgumentError,
+    OutputLimitExceededError,
+    ProviderError,
+    SandboxNotFoundError,
+    SnapshotNotFoundError,
+)
+from grainchain.models import (
+    ExecutionResult,
+    FileInfo,
+    SandboxConfig,
+    SandboxInfo,
+    SandboxStatus,
+    SnapshotInfo,
+    SnapshotKind,
+)
+from grainchain.settings import Settings
+
+_STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
+_KILL_TIMEOUT = 30.0
+
+
+class _Engine:
+    """A thin Engine API client: JSON calls with timeouts, engine errors mapped to grainchain's."""
+
+    def __init__(self) -> None:
+        self.endpoint = dk.engine_endpoint()
+        if self.endpoint.uds and not os.path.exists(self.endpoint.uds):  # (httpx would leak a socket)
+            raise dk.unreachable(self.endpoint, FileNotFoundError(f"no socket at {self.endpoint.uds}"))
+        transport = httpx.AsyncHTTPTransport(uds=self.endpoint.uds) if self.endpoint.uds else None
+        self.client = httpx.AsyncClient(
+            transport=transport,
+            base_url=self.endpoint.base_url,
+            timeout=httpx.Timeout(dk.API_TIMEOUT, connect=dk.CONNECT_TIMEOUT),
+        )
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        *,
+        ok: tuple[int, ...] = (200, 201, 204),
+        timeout: float | None = dk.API_TIMEOUT,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """One call; a status outside `ok` raises the mapped error."""
+        try:
+            response = await self.client.request(
+                method, url, timeout=httpx.Timeout(timeout, connect=dk.CONNECT_TIMEOUT), **kwargs
+            )
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
+            raise dk.unreachable(self.endpoint, exc) from exc
+        except httpx.TimeoutException as exc:
+            raise ProviderError(
+                f"{what}: the docker engine did not answer in time ({exc})",
+                provider=dk.PROVIDER,
+                retryable=True,
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"{what}: {exc}", provider=dk.PROVIDER) from exc
+        if response.status_code not in ok:
+            raise dk.engine_error(response.status_code, response.content, what)
+        return response
+
+    async def json(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
+        response = await self.request(method, url, what, **kwargs)
+        return response.json() if response.content else None
+
+    async def open_stream(
+        self, url: str, body: dict[str, Any], what: str, timeout: float | None
+    ) -> httpx.Response:
+        request = self.client.build_request(
+            "POST", url, json=body, timeout=httpx.Timeout(timeout, connect=dk.CONNECT_TIMEOUT)
+        )
+        try:
+            response = await self.client.send(request, stream=True)
+        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
+            raise dk.unreachable(self.endpoint, exc) from exc
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"{what}: {exc}", provider=dk.PROVIDER) from exc
+        if response.status_code != 200:
+            content = await response.aread()
+            await response.aclose()
+            raise dk.engine_error(response.status_code, content, what)
+        return response
+
+
+class _Exec:
+    """One exec'd command: its id, marker and the stream of its output."""
+
+    def __init__(self, engine: _Engine, exec_id: str, marker: str, response: httpx.Response) -> None:
+        self.engine = engine
+        self.exec_id = exec_id
+        self.marker = marker
+        self.response = response
+        self.decoder = dk.FrameDecoder()
+
+    async def pump(self, output: OutputCollector, deadline: float | None) -> bool:
+        """Copy output until the stream ends (True), or the deadline passes / the output overflows (False)."""
+        try:
+            async for chunk in self.response.aiter_raw():
+                for stream, payload in self.decoder.feed(chunk):
+                    if stream in _STREAMS:
+                        output.feed(_STREAMS[stream], payload)
+                if output.overflowed:
+                    return False
+                if deadline is not None and time.monotonic() >= deadline:
+                    return False
+        except httpx.ReadTimeout:
+            return False  # the read timeout is the command's remaining time
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"reading the output of a command: {exc}", provider=dk.PROVIDER) from exc
+        return True
+
+    async def exit_code(self) -> int:
+        for _ in range(200):  # the stream ends a moment before the engine records the exit
+            info = await self.engine.json("GET", f"/exec/{self.exec_id}/json", "inspect exec")
+            if not info.get("Running"):
+                code = info.get("ExitCode")
+                return int(code) if code is not None else -1
+            await _pause(0.01)
+        raise ProviderError("the docker engine still reports a finished command as running", retryable=True)
+
+    async def pid(self) -> int:
+        """The engine's (host) pid of the exec'd process; 0 if the engine has not recorded it in time."""
+        for _ in range(50):
+            info = await self.engine.json("GET", f"/exec/{self.exec_id}/json", "inspect exec")
+            if info.get("Pid") or not info.get("Running", True):
+                return int(info.get("Pid") or 0)
+            await _pause(0.005)
+        return 0
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.response.aclose()
+
+
+async def _pause(seconds: float) -> None:
+    """Sleep (no asyncio in _async/: a select of no descriptors)."""
+    await aselect([], seconds)
+
+
+class AsyncDockerProcessHandle(AsyncProcessHandle):
+    """A background command in the container; a task reads its output until it ends or is killed.
+
+    `pid` is the engine's (host) pid of the exec'd shell."""
+
+    def __init__(
+        self, adapter: AsyncDockerAdapter, run: _Exec, command: str, output: OutputCollector, pid: int
+    ) -> None:
+        self.command = command
+        self.pid = pid
+        self._adapter = adapter
+        self._run = run
+        self._output = output
+        self._started = time.monotonic()
+        self._elapsed = 0.0
+        self._code: int | None = None
+        self._task: AsyncTask = astart_task(self._follow)
+
+    async def _follow(self) -> None:
+        try:
+            if not await self._run.pump(self._output, None):  # overflow
+                await self._adapter._kill_marked(self._run.marker)
+            await self._run.close()
+            self._code = await self._run.exit_code()
+            self._elapsed = time.monotonic() - self._started
+            self._output.finish()
+        finally:
+            await self._run.close()
+
+    @property
+    def stdout(self) -> str:
+        return self._output.stdout
+
+    @property
+    def stderr(self) -> str:
+        return self._output.stderr
+
+    @property
+    def return_code(self) -> int | None:
+        if not self._task.done():
+            return None
+        return self._code if self._code is not None else -1
+
+    async def wait(self, timeout: float | None = None) -> ExecutionResult:
+        if not await self._task.join(timeout):
+            assert timeout is not None
+            raise CommandTimeoutError(
+                f"background command {self.command!r} still runs after waiting {timeout:g}s; "
+                "it was not killed (call kill())",
+                command=self.command,
+                timeout=timeout,
+                stdout=self.stdout,
+                stderr=self.stderr,
+            )
+        if self._output.overflowed:
+            raise _overflow_error(self.command, self._output)
+        return ExecutionResult(
+            command=self.command,
+            return_code=self.return_code if self.return_code is not None else -1,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            execution_time=self._elapsed,
+        )
+
+    async def kill(self) -> None:
+        if not self._task.done():
+            await self._adapter._kill_marked(self._run.marker)
+        with contextlib.suppress(Exception):
+            await self._task.join()
+
+
+class _Watchdog:
+    """Kills an exec's processes when its deadline passes, so that a silent command ends on time.
+
+    A pipe wakes it early when the command ends first (works for a task and for a thread alike)."""
+
+    def __init__(self, adapter: AsyncDockerAdapter, marker: str, deadline: float) -> None:
+        self.fired = False
+        self._adapter = adapter
+        self._marker = marker
+        self._deadline = deadline
+        self._done = False
+        self._wake_r, self._wake_w = os.pipe()
+        self._task: AsyncTask = astart_task(self._watch)
+
+    async def _watch(self) -> None:
+        try:
+            while not self._done:
+                remaining = self._deadline - time.monotonic()
+                if remaining <= 0:
+                    self.fired = True
+                    await self._adapter._kill_marked(self._marker)
+                    return
+                await aselect([self._wake_r], remaining)
+        finally:
+            os.close(self._wake_r)
+
+    async def stop(self) -> None:
+        """Stop watching (idempotent); if it fired, wait until its kill has run."""
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"x")
+        os.close(self._wake_w)
+        if self.fired:
+            with contextlib.suppress(Exception):
+                await self._task.join()
+
+
+def _overflow_error(command: str, output: OutputCollector) -> OutputLimitExceededError:
+    return OutputLimitExceededError(
+        f"command {command!r} wrote more than {output.limit} bytes of output; it was killed "
+        "(raise SandboxConfig.output_limit, or redirect the output to a file)",
+        limit=output.limit,
+        stdout=output.stdout,
+        stderr=output.stderr,
+    )
+
+
+class AsyncDockerAdapter(AsyncSandboxAdapter):
+    provider_name = "docker"
+
+    def __init__(
+        self,
+        engine: _Engine,
+        container_id: str,
+        sandbox_id: str,
+        cwd: str,
+        config: SandboxConfig,
+        settings: Settings,
+    ) -> None:
+        super().__init__(sandbox_id, config, settings)
+        self._engine = engine
+        self._container = container_id
+        self._cwd = cwd
+        self._handles: list[AsyncDockerProcessHandle] = []
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _image_of(config: SandboxConfig) -> str:
+        image = (
+            config.image or config.provider_config.get("image") or os.environ.get("GRAINCHAIN_DOCKER_IMAGE")
+        )
+        return str(image or dk.DEFAULT_IMAGE)
+
+    @staticmethod
+    def _cwd_of(config: SandboxConfig) -> str:
+        return dk.resolve(dk.WORKSPACE, config.working_directory or ".")
+
+    @classmethod
+    def _container_body(cls, image: str, sandbox_id: str, config: SandboxConfig) -> dict[str, Any]:
+        env = {**config.environment_vars, SANDBOX_MARKER: sandbox_id}
+        host: dict[str, Any] = {
+            "Init": True,
+            "PidsLimit": int(config.provider_config.get("pids_limit", dk.DEFAULT_PIDS_LIMIT)),
+        }
+        if config.memory_limit is not None:
+            host["Memory"] = int(config.memory_limit)
+            host["MemorySwap"] = int(config.memory_limit)  # no swap: over the limit means killed
+        if config.cpu_limit is not None:
+            host["NanoCpus"] = int(config.cpu_limit * 1e9)
+        network = config.provider_config.get("network")
+        if network is not None:
+            host["NetworkMode"] = str(network)
+        return {
+            "Image": image,
+            "Entrypoint": ["tail"],
+            "Cmd": ["-f", "/dev/null"],
+            "WorkingDir": cls._cwd_of(config),
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "Labels": {
+                dk.LABEL: "1",
+                dk.LABEL_SANDBOX: sandbox_id,
+                dk.LABEL_CONFIG: config.model_dump_json(),
+            },
+            "HostConfig": host,
+        }
+
+    @classmethod
+    async def _ensure_image(cls, engine: _Engine, image: str) -> None:
+        try:
+            await engine.request("GET", f"/images/{image}/json", "inspect image")
+            return
+        except SandboxNotFoundError:
+            pass
+        if image.startswith(dk.SNAPSHOT_REPO + ":"):
+            raise SnapshotNotFoundError(image, provider=dk.PROVIDER)
+        repo, tag = dk.split_image(image)
+        params = {"fromImage": repo} | ({"tag": tag} if tag else {})
+        try:
+            response = await engine.request(
+                "POST", "/images/create", "pull image", params=params, timeout=600
+            )
+        except (ProviderError, SandboxNotFoundError, InvalidArgumentError) as exc:
+            raise dk.pull_error(image, exc.message) from exc
+        failure = dk.pull_progress_error(response.content)
+        if failure:
+            raise dk.pull_error(image, failure)
+
+    @classmethod
+    async def _start_container(
+        cls, engine: _Engine, image: str, sandbox_id: str, config: SandboxConfig
+    ) -> str:
+        created = await engine.json(
+            "POST",
+            "/containers/create",
+            "create container",
+            json=cls._container_body(image, sandbox_id, config),
+        )
+        container_id = str(created["Id"])
+        try:
+            await engine.request("POST", f"/containers/{container_id}/start", "start container")
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await engine.request(
+                    "DELETE", f"/containers/{container_id}", "remove container", params={"force": "1"}
+                )
+            raise
+        return container_id
+
+    @classmethod
+    async def create(cls, config: SandboxConfig, settings: Settings) -> Self:
+        unknown = set(config.provider_config) - dk.KNOWN_PROVIDER_CONFIG
+        if unknown:
+            raise ConfigurationError(
+                f"unknown provider_config keys for docker: {', '.join(sorted(unknown))} "
+                f"(known: {', '.join(sorted(dk.KNOWN_PROVIDER_CONFIG))})",
+                provider=cls.provider_name,
+            )
+        engine = _Engine()
+        try:
+            image = cls._image_of(config)
+            await cls._ensure_image(engine, image)
+            sandbox_id = "gc-" + uuid.uuid4().hex[:16]
+            container_id = await cls._start_container(engine, image, sandbox_id, config)
+            return cls(engine, container_id, sandbox_id, cls._cwd_of(config), config, settings)
+        except BaseException:
+            await engine.aclose()
+            raise
+
+    @classmethod
+    async def _find(cls, engine: _Engine, sandbox_id: str | None) -> list[dict[str, Any]]:
+        label = dk.LABEL_SANDBOX if sandbox_id is None else f"{dk.LABEL_SANDBOX}={sandbox_id}"
+        filters = json.dumps({"label": [f"{dk.LABEL}=1", label]})
+        found: list[dict[str, Any]] = await engine.json(
+            "GET", "/containers/json", "list containers", params={"all": "1", "filters": filters}
+        )
+        return found
+
+    @classmethod
+    async def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
+        engine = _Engine()
+        try:
+            found = await cls._find(engine, sandbox_id)
+            if not found:
+                raise SandboxNotFoundError(f"no docker sandbox with id {sandbox_id!r}", provider=dk.PROVIDER)
+            container = found[0]
+            labels = container.get("Labels") or {}
+            stored = (
+                SandboxConfig.model_validate_json(labels[dk.LABEL_CONFIG])
+                if dk.LABEL_CONFIG in labels
+                else config
+            )
+            if container.get("State") != "running":
+                await engine.request("POST", f"/containers/{container['Id']}/start", "start container")
+            return cls(engine, str(container["Id"]), sandbox_id, cls._cwd_of(stored), stored, settings)
+        except BaseException:
+            await engine.aclose()
+            raise
+
+    @classmethod
+    async def list_sandboxes(cls, settings: Settings) -> list[SandboxInfo]:
+        engine = _Engine()
+        try:
+            found = await cls._find(engine, None)
+        finally:
+            await engine.aclose()
+        return [
+            SandboxInfo(
+                sandbox_id=c["Labels"][dk.LABEL_SANDBOX],
+                provider=dk.PROVIDER,
+                status=SandboxStatus.running if c.get("State") == "running" else SandboxStatus.closed,
+                created_at=datetime.fromtimestamp(int(c.get("Created", 0)), UTC),
+                metadata={"container_id": str(c["Id"]), "image": str(c.get("Image", ""))},
+            )
+            for c in found
+        ]
+
+    async def _prune_deleted_snapshots(self) -> None:
+        """Remove snapshot images that were deleted (untagged) while a container still used them: the engine
+        keeps such an image, dangling, until it is pruned. Best effort."""
+        filters = json.dumps({"dangling": ["true"], "label": [f"{dk.LABEL_SNAPSHOT}=1"]})
+        with contextlib.suppress(GrainchainError):
+            await self._engine.request(
+                "POST", "/images/prune", "prune snapshots", params={"filters": filters}
+            )
+
+    async def _kill_handles(self) -> None:
+        for handle in self._handles:
+            with contextlib.suppress(GrainchainError):
+                await handle.kill()
+        self._handles.clear()
+
+    async def aclose(self) -> None:
+        try:
+            await self._kill_handles()
+            if self.config.auto_cleanup:
+                with contextlib.suppress(SandboxNotFoundError):
+                    await self._engine.request(
+                        "DELETE",
+                        f"/containers/{self._container}",
+                        "remove container",
+                        params={"force": "1", "v": "1"},
+                    )
+                await self._prune_deleted_snapshots()
+            else:
+                with contextlib.suppress(SandboxNotFoundError):
+                    await self._engine.request(
+                        "POST", f"/containers/{self._container}/stop", "stop container", params={"t": "1"}
+                    )
+        finally:
+            self.status = SandboxStatus.closed
+            await self._engine.aclose()
+
+    async def detach(self) -> None:
+        await self._engine.aclose()
+        self.status = SandboxStatus.running
+
+    # -- commands -------------------------------------------------------------------------------------
+
+    async def _exec(
+        self,
+        cmd: list[str],
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        timeout: float | None,
+    ) -> _Exec:
+        marker = uuid.uuid4().hex
+        env = {**(environment or {}), SANDBOX_MARKER: self.sandbox_id, EXEC_MARKER: marker}
+        body = {
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "Cmd": cmd,
+            "Env": [f"{k}={v}" for k, v in env.items()],
+            "WorkingDir": self._cwd if working_dir is None else dk.resolve(self._cwd, working_dir),
+        }
+        created = await self._engine.json(
+            "POST", f"/containers/{self._container}/exec", "create exec", json=body
+        )
+        exec_id = str(created["Id"])
+        response = await self._engine.open_stream(
+            f"/exec/{exec_id}/start", {"Detach": False, "Tty": False}, "start exec", timeout
+        )
+        return _Exec(self._engine, exec_id, marker, response)
+
+    async def _kill_marked(self, marker: str) -> None:
+        run = await self._exec(["sh", "-c", dk.KILL_SCRIPT, "sh", marker], "/", None, _KILL_TIMEOUT)
+        try:
+            await run.pump(OutputCollector(limit=1 << 20), time.monotonic() + _KILL_TIMEOUT)
+        finally:
+            await run.close()
+
+    def _collector(
+        self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
+    ) -> OutputCollector:
+        return OutputCollector(limit=self.config.output_limit, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    async def _run_to_completion(
+        self,
+        cmd: list[str],
+        command: str,
+        output: OutputCollector,
+        timeout: float | None,
+        working_dir: str | None = None,
+        environment: dict[str, str] | None = None,
+    ) -> ExecutionResult:
+        started = time.monotonic()
+        run = await self._exec(cmd, working_dir, environment, timeout)
+        deadline = None if timeout is None else started + timeout
+        watchdog = None if deadline is None else _Watchdog(self, run.marker, deadline)
+        settled = False
+        try:
+            finished = await run.pump(output, deadline)
+            if watchdog is not None:
+                await watchdog.stop()
+                finished = finished and not watchdog.fired
+            if finished:
+                settled = True
+                await run.close()
+                code = await run.exit_code()
+                output.finish()
+                return ExecutionResult(
+                    command=command,
+                    return_code=code,
+                    stdout=output.stdout,
+                    stderr=output.stderr,
+                    execution_time=time.monotonic() - started,
+                )
+            await run.close()
+            if watchdog is None or not watchdog.fired:
+                await self._kill_marked(run.marker)
+            settled = True
+            output.finish()
+            if output.overflowed:
+                raise _overflow_error(command, output)
+            assert timeout is not None
+            raise CommandTimeoutError(
+                f"command {command!r} timed out after {timeout:g}s; it was killed with all its processes",
+                command=command,
+                timeout=timeout,
+                stdout=output.stdout,
+                stderr=output.stderr,
+            )
+        finally:
+            if watchdog is not None:
+                await watchdog.stop()
+            await run.close()
+            if not settled:  # interrupted (cancelled, a callback raised): leave nothing of it running
+                with contextlib.suppress(Exception):
+                    await self._kill_marked(run.marker)
+
+    async def _check_cwd(self, working_dir: str | None) -> None:
+        if working_dir is not None:
+            path = dk.resolve(self._cwd, working_dir)
+            stat = await self._stat(path)
+            if stat is None or not stat.is_directory:
+                raise FileNotFoundInSandboxError(path, provider=dk.PROVIDER)
+
+    async def execute(
+        self,
+        command: str,
+        timeout: float | None = None,
+        working_dir: str | None = None,
+        environment: dict[str, str] | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> ExecutionResult:
+        await self._check_cwd(working_dir)
+        output = self._collector(on_stdout, on_stderr)
+        return await self._run_to_completion(
+            ["/bin/sh", "-c", command],
+            command,
+            output,
+            self.command_timeout(timeout),
+            working_dir,
+            environment,
+        )
+
+    async def start_process(
+        self,
+        command: str,
+        working_dir: str | None = None,
+        environment: dict[str, str] | None = None,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> AsyncDockerProcessHandle:
+        await self._check_cwd(working_dir)
+        run = await self._exec(["/bin/sh", "-c", command], working_dir, environment, None)
+        try:
+            pid = await run.pid()
+        except BaseException:
+            await run.close()
+            raise
+        handle = AsyncDockerProcessHandle(self, run, command, self._collector(on_stdout, on_stderr), pid)
+        self._handles = [h for h in self._handles if h.is_running] + [handle]
+        return handle
+
+    async def _script(self, script: str, *args: str) -> tuple[int, bytes]:
+        """Run a helper script (args as $1 …, never through a shell's parser); exit code and raw stdout."""
+        output = OutputCollector(limit=1 << 30)
+        result = await self._run_to_completion(
+            ["sh", "-c", script, "sh", *args], "helper", output, dk.API_TIMEOUT, "/"
+        )
+        return result.return_code, bytes(output._data[Stream.STDOUT])
+
+    # -- files ----------------------------------------------------------------------------------------
+
+    def _path(self, path: str) -> str:
+        return dk.resolve(self._cwd, path)
+
+    async def _stat(self, path: str) -> dk.PathStat | None:
+        try:
+            response = await self._engine.request(
+                "HEAD", f"/containers/{self._container}/archive", "stat path", params={"path": path}
+            )
+        except SandboxNotFoundError:
+            await self._container_exists()
+            return None
+        header = response.headers.get("X-Docker-Container-Path-Stat")
+        return dk.parse_path_stat(header) if header else None
+
+    async def _container_exists(self) -> None:
+        await self._engine.request("GET", f"/containers/{self._container}/json", "inspect container")
+
+    async def _put(self, directory: str, name: str, data: bytes) -> None:
+        await self._engine.request(
+            "PUT",
+            f"/containers/{self._container}/archive",
+            "upload file",
+            params={"path": directory},
+            content=dk.tar_one_file(name, data),
+            headers={"Content-Type": "application/x-tar"},
+            timeout=600,
+        )
+
+    async def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
+        target = self._path(path)
+        data = self.content_bytes(content)
+        stat = await self._stat(target)
+        if stat is not None and stat.is_directory:
+            raise InvalidArgumentError(f"{target} is a directory", argument="path", provider=dk.PROVIDER)
+        if mode.startswith("a") and stat is not None:
+            data = await self.download_file(target) + data
+        directory, name = posixpath.split(target)
+        if stat is None:
+            parent = await self._stat(directory)
+            if parent is None:
+                await self.make_directory(directory)
+            elif not parent.is_directory:
+                raise InvalidArgumentError(
+                    f"{directory} is not a directory", argument="path", provider=dk.PROVIDER
+                )
+        await self._put(directory, name, data)
+
+    async def download_file(self, path: str) -> bytes:
+        target = self._path(path)
+        for _ in range(40):  # follow symlinks, as reading a file does
+            stat = await self._stat(target)
+            if stat is None:
+                raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
+            if not stat.is_symlink:
+                break
+            target = dk.resolve(posixpath.dirname(target), stat.link_target)
+        else:
+            raise InvalidArgumentError(
+                f"too many levels of symbolic links at {target}", argument="path", provider=dk.PROVIDER
+            )
+        if stat.is_directory:
+            raise InvalidArgumentError(f"{target} is a directory", argument="path", provider=dk.PROVIDER)
+        response = await self._engine.request(
+            "GET",
+            f"/containers/{self._container}/archive",
+            "download file",
+            params={"path": target},
+            timeout=600,
+        )
+        data = dk.untar_first_file(response.content)
+        if data is None:
+            raise InvalidArgumentError(
+                f"{target} is not a regular file", argument="path", provider=dk.PROVIDER
+            )
+        return data
+
+    async def list_files(self, path: str = ".") -> list[FileInfo]:
+        target = self._path(path)
+        code, out = await self._script(dk.LIST_SCRIPT, target)
+        if code == dk.MISSING:
+            stat = await self._stat(target)
+            if stat is None:
+                raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
+            raise InvalidArgumentError(f"{target} is not a directory", argument="path", provider=dk.PROVIDER)
+        if code != 0:
+            raise ProviderError(f"listing {target} failed (exit {code})", provider=dk.PROVIDER)
+        return [FileInfo(**entry) for entry in dk.parse_listing(target, out)]
+
+    async def get_file_info(self, path: str) -> FileInfo:
+        target = self._path(path)
+        code, out = await self._script(dk.STAT_SCRIPT, target)
+        if code == dk.MISSING:
+            raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
+        if code != 0:
+            raise ProviderError(f"stat of {target} failed (exit {code})", provider=dk.PROVIDER)
+        return FileInfo(**dk.file_info_from_stat(target, out.decode()))
+
+    async def file_exists(self, path: str) -> bool:
+        return await self._stat(self._path(path)) is not None
+
+    async def delete_file(self, path: str) -> None:
+        target = self._path(path)
+        if target == "/":
+            raise InvalidArgumentError("refusing to delete /", argument="path", provider=dk.PROVIDER)
+        code, _ = await self._script(dk.DELETE_SCRIPT, target)
+        if code == dk.MISSING:
+            raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
+        if code != 0:
+            raise ProviderError(f"deleting {target} failed (exit {code})", provider=dk.PROVIDER)
+
+    async def make_directory(self, path: str) -> None:
+        target = self._path(path)
+        code, _ = await self._script(dk.MKDIR_SCRIPT, target)
+        if code != 0:
+            raise InvalidArgumentError(
+                f"cannot create directory {target} (a file is in the way)",
+                argument="path",
+                provider=dk.PROVIDER,
+            )
+
+    # -- snapshots ------------------------------------------------------------------------------------
+
+    async def create_snapshot(self, kind: SnapshotKind = SnapshotKind.filesystem) -> str:
+        if kind is SnapshotKind.memory:
+            return await super().create_snapshot(kind)
+        tag = uuid.uuid4().hex[:20]
+        labels = {dk.LABEL: "1", dk.LABEL_SNAPSHOT: "1", dk.LABEL_SOURCE: self.sandbox_id}
+        await self._engine.request(
+            "POST",
+            "/commit",
+            "commit snapshot",
+            params={"container": self._container, "repo": dk.SNAPSHOT_REPO, "tag": tag, "pause": "1"},
+            json={"Labels": labels},
+            timeout=600,
+        )
+        return f"{dk.SNAPSHOT_REPO}:{tag}"
+
+    async def _snapshot_image(self, snapshot_id: str) -> dict[str, Any]:
+        if not snapshot_id.startswith(dk.SNAPSHOT_REPO + ":"):
+            raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER)
+        try:
+            image: dict[str, Any] = await self._engine.json(
+                "GET", f"/images/{snapshot_id}/json", "inspect snapshot"
+            )
+        except SandboxNotFoundError:
+            raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
+        labels = (image.get("Config") or {}).get("Labels") or {}
+        if labels.get(dk.LABEL_SNAPSHOT) != "1":
+            raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER)
+        return image
+
+    async def restore_snapshot(self, snapshot_id: str) -> None:
+        await self._snapshot_image(snapshot_id)  # an unknown id fails before anything is touched
+        await self._kill_handles()
+        new = await self._start_container(self._engine, snapshot_id, self.sandbox_id, self.config)
+        old, self._container = self._container, new
+        with contextlib.suppress(SandboxNotFoundError):
+            await self._engine.request(
+                "DELETE", f"/containers/{old}", "remove container", params={"force": "1", "v": "1"}
+            )
+        await self._prune_deleted_snapshots()
+
+    async def list_snapshots(self) -> list[SnapshotInfo]:
+        filters = json.dumps({"label": [f"{dk.LABEL_SNAPSHOT}=1"]})
+        images = await self._engine.json("GET", "/images/json", "list snapshots", params={"filters": filters})
+        snapshots = []
+        for image in images:
+            labels = image.get("Labels") or {}
+            for ref in image.get("RepoTags") or []:
+                if ref.startswith(dk.SNAPSHOT_REPO + ":"):
+                    snapshots.append(
+                        SnapshotInfo(
+                            snapshot_id=ref,
+                            provider=dk.PROVIDER,
+                            kind=SnapshotKind.filesystem,
+                            created_at=dk.image_created(image.get("Created", 0)),
+                            source_sandbox_id=labels.get(dk.LABEL_SOURCE),
+                            size_bytes=image.get("Size"),
+                        )
+                    )
+        return snapshots
+
+    async def delete_snapshot(self, snapshot_id: str) -> None:
+        await self._snapshot_image(snapshot_id)
+        try:
+            await self._engine.request(
+                "DELETE", f"/images/{snapshot_id}", "delete snapshot", params={"force": "1"}
+            )
+        except SandboxNotFoundError:
+            raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
+        await self._prune_deleted_snapshots()
