@@ -11,6 +11,8 @@ import threading
 from enum import Enum
 
 from grainchain._types import OutputCallback
+from grainchain.errors import CommandTimeoutError, OutputLimitExceededError
+from grainchain.models import ExecutionResult
 
 
 class Stream(Enum):
@@ -68,3 +70,42 @@ class OutputCollector:
     @property
     def stderr(self) -> str:
         return self.text(Stream.STDERR)
+
+    # -- what a finished, timed-out or overflowing command becomes (same words for every provider) -------
+
+    def result(self, command: str, return_code: int, elapsed: float) -> ExecutionResult:
+        return ExecutionResult(
+            command=command,
+            return_code=return_code,
+            stdout=self.stdout,
+            stderr=self.stderr,
+            execution_time=elapsed,
+        )
+
+    def overflow_error(self, command: str) -> OutputLimitExceededError:
+        return OutputLimitExceededError(
+            f"command {command!r} wrote more than {self.limit} bytes of output; it was killed "
+            "(raise SandboxConfig.output_limit, or redirect the output to a file)",
+            limit=self.limit,
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )
+
+    def timeout_error(self, command: str, timeout: float) -> CommandTimeoutError:
+        return CommandTimeoutError(
+            f"command {command!r} timed out after {timeout:g}s; it was killed with all its processes",
+            command=command,
+            timeout=timeout,
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )
+
+    def still_running_error(self, command: str, waited: float) -> CommandTimeoutError:
+        return CommandTimeoutError(
+            f"background command {command!r} still runs after waiting {waited:g}s; "
+            "it was not killed (call kill())",
+            command=command,
+            timeout=waited,
+            stdout=self.stdout,
+            stderr=self.stderr,
+        )

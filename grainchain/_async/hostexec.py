@@ -14,7 +14,6 @@ from grainchain._acompat import AsyncTask, arun_blocking, aselect, astart_task
 from grainchain._async.process import AsyncProcessHandle
 from grainchain._hostproc import HostProcess
 from grainchain._output import OutputCollector, Stream
-from grainchain.errors import CommandTimeoutError, OutputLimitExceededError
 from grainchain.models import ExecutionResult
 
 CHUNK = 65536
@@ -59,16 +58,6 @@ async def pump(child: HostProcess, output: OutputCollector, deadline: float | No
                 del streams[fd]
 
 
-def _result(command: str, return_code: int, output: OutputCollector, elapsed: float) -> ExecutionResult:
-    return ExecutionResult(
-        command=command,
-        return_code=return_code,
-        stdout=output.stdout,
-        stderr=output.stderr,
-        execution_time=elapsed,
-    )
-
-
 def _exit_code(child: HostProcess) -> int:
     code = child.popen.returncode
     assert code is not None
@@ -90,16 +79,6 @@ async def _stop(child: HostProcess, output: OutputCollector) -> None:
         await pump(child, output, None)
 
 
-def _overflow_error(command: str, output: OutputCollector) -> OutputLimitExceededError:
-    return OutputLimitExceededError(
-        f"command {command!r} wrote more than {output.limit} bytes of output; it was killed "
-        "(raise SandboxConfig.output_limit, or redirect the output to a file)",
-        limit=output.limit,
-        stdout=output.stdout,
-        stderr=output.stderr,
-    )
-
-
 async def run_to_completion(
     child: HostProcess, command: str, output: OutputCollector, timeout: float | None
 ) -> ExecutionResult:
@@ -110,20 +89,14 @@ async def run_to_completion(
         if await pump(child, output, None if timeout is None else started + timeout):
             settled = True
             output.finish()
-            return _result(command, _exit_code(child), output, time.monotonic() - started)
+            return output.result(command, _exit_code(child), time.monotonic() - started)
         await _stop(child, output)
         settled = True
         output.finish()
         if output.overflowed:
-            raise _overflow_error(command, output)
+            raise output.overflow_error(command)
         assert timeout is not None
-        raise CommandTimeoutError(
-            f"command {command!r} timed out after {timeout:g}s; it was killed with all its processes",
-            command=command,
-            timeout=timeout,
-            stdout=output.stdout,
-            stderr=output.stderr,
-        )
+        raise output.timeout_error(command, timeout)
     finally:
         if not settled:  # interrupted (cancelled, a callback raised …): leave nothing of it running
             child.kill_tree()
@@ -173,17 +146,10 @@ class AsyncHostProcessHandle(AsyncProcessHandle):
     async def wait(self, timeout: float | None = None) -> ExecutionResult:
         if not await self._task.join(timeout):
             assert timeout is not None
-            raise CommandTimeoutError(
-                f"background command {self.command!r} still runs after waiting {timeout:g}s; "
-                "it was not killed (call kill())",
-                command=self.command,
-                timeout=timeout,
-                stdout=self.stdout,
-                stderr=self.stderr,
-            )
+            raise self._output.still_running_error(self.command, timeout)
         if self._output.overflowed:
-            raise _overflow_error(self.command, self._output)
-        return _result(self.command, _exit_code(self._child), self._output, self._elapsed)
+            raise self._output.overflow_error(self.command)
+        return self._output.result(self.command, _exit_code(self._child), self._elapsed)
 
     async def kill(self) -> None:
         if not self._task.done():

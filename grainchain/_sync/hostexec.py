@@ -16,7 +16,6 @@ from grainchain._acompat import Task, run_blocking, select, start_task
 from grainchain._hostproc import HostProcess
 from grainchain._output import OutputCollector, Stream
 from grainchain._sync.process import ProcessHandle
-from grainchain.errors import CommandTimeoutError, OutputLimitExceededError
 from grainchain.models import ExecutionResult
 
 CHUNK = 65536
@@ -61,16 +60,6 @@ def pump(child: HostProcess, output: OutputCollector, deadline: float | None) ->
                 del streams[fd]
 
 
-def _result(command: str, return_code: int, output: OutputCollector, elapsed: float) -> ExecutionResult:
-    return ExecutionResult(
-        command=command,
-        return_code=return_code,
-        stdout=output.stdout,
-        stderr=output.stderr,
-        execution_time=elapsed,
-    )
-
-
 def _exit_code(child: HostProcess) -> int:
     code = child.popen.returncode
     assert code is not None
@@ -92,16 +81,6 @@ def _stop(child: HostProcess, output: OutputCollector) -> None:
         pump(child, output, None)
 
 
-def _overflow_error(command: str, output: OutputCollector) -> OutputLimitExceededError:
-    return OutputLimitExceededError(
-        f"command {command!r} wrote more than {output.limit} bytes of output; it was killed "
-        "(raise SandboxConfig.output_limit, or redirect the output to a file)",
-        limit=output.limit,
-        stdout=output.stdout,
-        stderr=output.stderr,
-    )
-
-
 def run_to_completion(
     child: HostProcess, command: str, output: OutputCollector, timeout: float | None
 ) -> ExecutionResult:
@@ -112,20 +91,14 @@ def run_to_completion(
         if pump(child, output, None if timeout is None else started + timeout):
             settled = True
             output.finish()
-            return _result(command, _exit_code(child), output, time.monotonic() - started)
+            return output.result(command, _exit_code(child), time.monotonic() - started)
         _stop(child, output)
         settled = True
         output.finish()
         if output.overflowed:
-            raise _overflow_error(command, output)
+            raise output.overflow_error(command)
         assert timeout is not None
-        raise CommandTimeoutError(
-            f"command {command!r} timed out after {timeout:g}s; it was killed with all its processes",
-            command=command,
-            timeout=timeout,
-            stdout=output.stdout,
-            stderr=output.stderr,
-        )
+        raise output.timeout_error(command, timeout)
     finally:
         if not settled:  # interrupted (cancelled, a callback raised …): leave nothing of it running
             child.kill_tree()
@@ -175,17 +148,10 @@ class HostProcessHandle(ProcessHandle):
     def wait(self, timeout: float | None = None) -> ExecutionResult:
         if not self._task.join(timeout):
             assert timeout is not None
-            raise CommandTimeoutError(
-                f"background command {self.command!r} still runs after waiting {timeout:g}s; "
-                "it was not killed (call kill())",
-                command=self.command,
-                timeout=timeout,
-                stdout=self.stdout,
-                stderr=self.stderr,
-            )
+            raise self._output.still_running_error(self.command, timeout)
         if self._output.overflowed:
-            raise _overflow_error(self.command, self._output)
-        return _result(self.command, _exit_code(self._child), self._output, self._elapsed)
+            raise self._output.overflow_error(self.command)
+        return self._output.result(self.command, _exit_code(self._child), self._elapsed)
 
     def kill(self) -> None:
         if not self._task.done():

@@ -33,12 +33,10 @@ from grainchain._hostproc import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._output import OutputCollector, Stream
 from grainchain._types import OutputCallback
 from grainchain.errors import (
-    CommandTimeoutError,
     ConfigurationError,
     FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
-    OutputLimitExceededError,
     ProviderError,
     SandboxNotFoundError,
     SnapshotNotFoundError,
@@ -228,23 +226,11 @@ class AsyncDockerProcessHandle(AsyncProcessHandle):
     async def wait(self, timeout: float | None = None) -> ExecutionResult:
         if not await self._task.join(timeout):
             assert timeout is not None
-            raise CommandTimeoutError(
-                f"background command {self.command!r} still runs after waiting {timeout:g}s; "
-                "it was not killed (call kill())",
-                command=self.command,
-                timeout=timeout,
-                stdout=self.stdout,
-                stderr=self.stderr,
-            )
+            raise self._output.still_running_error(self.command, timeout)
         if self._output.overflowed:
-            raise _overflow_error(self.command, self._output)
-        return ExecutionResult(
-            command=self.command,
-            return_code=self.return_code if self.return_code is not None else -1,
-            stdout=self.stdout,
-            stderr=self.stderr,
-            execution_time=self._elapsed,
-        )
+            raise self._output.overflow_error(self.command)
+        code = self.return_code
+        return self._output.result(self.command, -1 if code is None else code, self._elapsed)
 
     async def kill(self) -> None:
         if not self._task.done():
@@ -290,16 +276,6 @@ class _Watchdog:
         if self.fired:
             with contextlib.suppress(Exception):
                 await self._task.join()
-
-
-def _overflow_error(command: str, output: OutputCollector) -> OutputLimitExceededError:
-    return OutputLimitExceededError(
-        f"command {command!r} wrote more than {output.limit} bytes of output; it was killed "
-        "(raise SandboxConfig.output_limit, or redirect the output to a file)",
-        limit=output.limit,
-        stdout=output.stdout,
-        stderr=output.stderr,
-    )
 
 
 class AsyncDockerAdapter(AsyncSandboxAdapter):
@@ -575,28 +551,16 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
                 await run.close()
                 code = await run.exit_code()
                 output.finish()
-                return ExecutionResult(
-                    command=command,
-                    return_code=code,
-                    stdout=output.stdout,
-                    stderr=output.stderr,
-                    execution_time=time.monotonic() - started,
-                )
+                return output.result(command, code, time.monotonic() - started)
             await run.close()
             if watchdog is None or not watchdog.fired:
                 await self._kill_marked(run.marker)
             settled = True
             output.finish()
             if output.overflowed:
-                raise _overflow_error(command, output)
+                raise output.overflow_error(command)
             assert timeout is not None
-            raise CommandTimeoutError(
-                f"command {command!r} timed out after {timeout:g}s; it was killed with all its processes",
-                command=command,
-                timeout=timeout,
-                stdout=output.stdout,
-                stderr=output.stderr,
-            )
+            raise output.timeout_error(command, timeout)
         finally:
             if watchdog is not None:
                 await watchdog.stop()
