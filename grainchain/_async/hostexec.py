@@ -6,11 +6,10 @@ the caller's thread or in a daemon thread (see grainchain/_acompat.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
-from grainchain._acompat import AsyncTask, arun_blocking, aselect, astart_task
+from grainchain._acompat import arun_blocking, aselect
 from grainchain._async.process import AsyncProcessHandle
 from grainchain._hostproc import HostProcess
 from grainchain._output import OutputCollector, Stream
@@ -107,13 +106,8 @@ class AsyncHostProcessHandle(AsyncProcessHandle):
     """A background host process; a task copies its output until it exits or is killed."""
 
     def __init__(self, child: HostProcess, command: str, output: OutputCollector) -> None:
-        self.command = command
-        self.pid = child.pid
         self._child = child
-        self._output = output
-        self._started = time.monotonic()
-        self._elapsed = 0.0  # set when the process has exited
-        self._task: AsyncTask = astart_task(self._follow)
+        super().__init__(command, child.pid, output)
 
     async def _follow(self) -> None:
         """The only code that reads the pipes, reaps the process and closes them; kill() just signals."""
@@ -122,37 +116,12 @@ class AsyncHostProcessHandle(AsyncProcessHandle):
             if not await pump(self._child, self._output, None):  # overflow
                 await _stop(self._child, self._output)
             settled = True
-            self._elapsed = time.monotonic() - self._started
-            self._output.finish()
+            self._exited(_exit_code(self._child))
         finally:
             if not settled:  # a callback raised, or the task was cancelled: leave nothing running
                 self._child.kill_tree()
+                self._code = _exit_code(self._child)
             self._child.close()
 
-    @property
-    def stdout(self) -> str:
-        return self._output.stdout
-
-    @property
-    def stderr(self) -> str:
-        return self._output.stderr
-
-    @property
-    def return_code(self) -> int | None:
-        if not self._task.done():
-            return None
-        return _exit_code(self._child)
-
-    async def wait(self, timeout: float | None = None) -> ExecutionResult:
-        if not await self._task.join(timeout):
-            assert timeout is not None
-            raise self._output.still_running_error(self.command, timeout)
-        if self._output.overflowed:
-            raise self._output.overflow_error(self.command)
-        return self._output.result(self.command, _exit_code(self._child), self._elapsed)
-
-    async def kill(self) -> None:
-        if not self._task.done():
-            await arun_blocking(self._child.signal_tree)  # _follow sees the exit, drains and reaps
-        with contextlib.suppress(Exception):  # a callback's error is for wait() to report, not kill()
-            await self._task.join()
+    async def _signal(self) -> None:
+        await arun_blocking(self._child.signal_tree)  # _follow sees the exit, drains and reaps

@@ -8,11 +8,10 @@ the caller's thread or in a daemon thread (see grainchain/_acompat.py).
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 
-from grainchain._acompat import Task, run_blocking, select, start_task
+from grainchain._acompat import run_blocking, select
 from grainchain._hostproc import HostProcess
 from grainchain._output import OutputCollector, Stream
 from grainchain._sync.process import ProcessHandle
@@ -109,13 +108,8 @@ class HostProcessHandle(ProcessHandle):
     """A background host process; a task copies its output until it exits or is killed."""
 
     def __init__(self, child: HostProcess, command: str, output: OutputCollector) -> None:
-        self.command = command
-        self.pid = child.pid
         self._child = child
-        self._output = output
-        self._started = time.monotonic()
-        self._elapsed = 0.0  # set when the process has exited
-        self._task: Task = start_task(self._follow)
+        super().__init__(command, child.pid, output)
 
     def _follow(self) -> None:
         """The only code that reads the pipes, reaps the process and closes them; kill() just signals."""
@@ -124,37 +118,12 @@ class HostProcessHandle(ProcessHandle):
             if not pump(self._child, self._output, None):  # overflow
                 _stop(self._child, self._output)
             settled = True
-            self._elapsed = time.monotonic() - self._started
-            self._output.finish()
+            self._exited(_exit_code(self._child))
         finally:
             if not settled:  # a callback raised, or the task was cancelled: leave nothing running
                 self._child.kill_tree()
+                self._code = _exit_code(self._child)
             self._child.close()
 
-    @property
-    def stdout(self) -> str:
-        return self._output.stdout
-
-    @property
-    def stderr(self) -> str:
-        return self._output.stderr
-
-    @property
-    def return_code(self) -> int | None:
-        if not self._task.done():
-            return None
-        return _exit_code(self._child)
-
-    def wait(self, timeout: float | None = None) -> ExecutionResult:
-        if not self._task.join(timeout):
-            assert timeout is not None
-            raise self._output.still_running_error(self.command, timeout)
-        if self._output.overflowed:
-            raise self._output.overflow_error(self.command)
-        return self._output.result(self.command, _exit_code(self._child), self._elapsed)
-
-    def kill(self) -> None:
-        if not self._task.done():
-            run_blocking(self._child.signal_tree)  # _follow sees the exit, drains and reaps
-        with contextlib.suppress(Exception):  # a callback's error is for wait() to report, not kill()
-            self._task.join()
+    def _signal(self) -> None:
+        run_blocking(self._child.signal_tree)  # _follow sees the exit, drains and reaps

@@ -188,55 +188,21 @@ class AsyncDockerProcessHandle(AsyncProcessHandle):
     def __init__(
         self, adapter: AsyncDockerAdapter, run: _Exec, command: str, output: OutputCollector, pid: int
     ) -> None:
-        self.command = command
-        self.pid = pid
         self._adapter = adapter
         self._run = run
-        self._output = output
-        self._started = time.monotonic()
-        self._elapsed = 0.0
-        self._code: int | None = None
-        self._task: AsyncTask = astart_task(self._follow)
+        super().__init__(command, pid, output)
 
     async def _follow(self) -> None:
         try:
             if not await self._run.pump(self._output, None):  # overflow
                 await self._adapter._kill_marked(self._run.marker)
             await self._run.close()
-            self._code = await self._run.exit_code()
-            self._elapsed = time.monotonic() - self._started
-            self._output.finish()
+            self._exited(await self._run.exit_code())
         finally:
             await self._run.close()
 
-    @property
-    def stdout(self) -> str:
-        return self._output.stdout
-
-    @property
-    def stderr(self) -> str:
-        return self._output.stderr
-
-    @property
-    def return_code(self) -> int | None:
-        if not self._task.done():
-            return None
-        return self._code if self._code is not None else -1
-
-    async def wait(self, timeout: float | None = None) -> ExecutionResult:
-        if not await self._task.join(timeout):
-            assert timeout is not None
-            raise self._output.still_running_error(self.command, timeout)
-        if self._output.overflowed:
-            raise self._output.overflow_error(self.command)
-        code = self.return_code
-        return self._output.result(self.command, -1 if code is None else code, self._elapsed)
-
-    async def kill(self) -> None:
-        if not self._task.done():
-            await self._adapter._kill_marked(self._run.marker)
-        with contextlib.suppress(Exception):
-            await self._task.join()
+    async def _signal(self) -> None:
+        await self._adapter._kill_marked(self._run.marker)
 
 
 class _Watchdog:
