@@ -5,17 +5,30 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import stat
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from grainchain import AsyncSandbox, ExecutionResult, SandboxConfig, SandboxInfo
 from grainchain.sync import ProcessHandle
 from grainchain.sync import Sandbox as SyncSandbox
 
 FLAVOURS = ["async", "sync"]
+
+
+def grainchain_script() -> str:
+    """The installed `grainchain` console script (beside this Python, else on PATH)."""
+    beside_python = Path(sys.executable).with_name("grainchain")
+    found = str(beside_python) if beside_python.exists() else shutil.which("grainchain")
+    if found is None:
+        pytest.fail("the grainchain console script is not installed: pip install -e .")
+    return found
 
 
 class AwaitableSync:

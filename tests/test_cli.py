@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _support import grainchain_script
 
 import grainchain
 from grainchain.spec import default_spec_path, load_spec
@@ -26,17 +26,9 @@ from grainchain.spec import default_spec_path, load_spec
 ALL_PROVIDERS = {"local", "docker", "e2b", "morph", "daytona", "modal"}
 
 
-def _script() -> str:
-    beside_python = Path(sys.executable).with_name("grainchain")
-    found = str(beside_python) if beside_python.exists() else shutil.which("grainchain")
-    if found is None:
-        pytest.fail("the grainchain console script is not installed: pip install -e .")
-    return found
-
-
 def grainchain_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_script(), *args],
+        [grainchain_script(), *args],
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
@@ -90,7 +82,7 @@ def test_run_sets_environment_and_working_directory() -> None:
 
 def test_run_streams_output_while_the_command_runs() -> None:
     with subprocess.Popen(
-        [_script(), "run", "--", "sh", "-c", "echo first; sleep 1; echo second"],
+        [grainchain_script(), "run", "--", "sh", "-c", "echo first; sleep 1; echo second"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -113,7 +105,7 @@ def test_run_timeout_kills_the_command_and_exits_124() -> None:
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 128 + 15)])
 def test_run_cleans_up_when_interrupted(signum: int, code: int) -> None:
     with subprocess.Popen(
-        [_script(), "run", "--", "sh", "-c", "echo started; sleep 30"],
+        [grainchain_script(), "run", "--", "sh", "-c", "echo started; sleep 30"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=dict(os.environ),
@@ -128,7 +120,10 @@ def test_run_cleans_up_when_interrupted(signum: int, code: int) -> None:
 
 def test_run_stops_when_its_reader_goes_away() -> None:
     with subprocess.Popen(
-        [_script(), "run", "--", "yes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ)
+        [grainchain_script(), "run", "--", "yes"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ),
     ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"y\n"

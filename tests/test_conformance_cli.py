@@ -7,25 +7,16 @@ os.environ) and fail a test that leaves sandbox processes behind.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from _support import grainchain_script
 
 from grainchain._generated.features import Feature
 from grainchain.models import SupportLevel
 from grainchain.registry import get_provider
-
-
-def _script() -> str:
-    beside_python = Path(sys.executable).with_name("grainchain")
-    found = str(beside_python) if beside_python.exists() else shutil.which("grainchain")
-    if found is None:
-        pytest.fail("the grainchain console script is not installed: pip install -e .")
-    return found
 
 
 def conformance_cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -33,7 +24,12 @@ def conformance_cli(*args: str, pythonpath: Path | None = None) -> subprocess.Co
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     return subprocess.run(
-        [_script(), "conformance", *args], capture_output=True, text=True, env=env, timeout=120, check=False
+        [grainchain_script(), "conformance", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
 
 

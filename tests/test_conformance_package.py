@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from _support import grainchain_script
 
 from grainchain._generated.features import Feature
 from grainchain.registry import get_provider
@@ -98,14 +98,6 @@ def _run(command: list[str], site: Path, cwd: Path) -> subprocess.CompletedProce
     return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=120, check=False)
 
 
-def _script() -> str:
-    beside_python = Path(sys.executable).with_name("grainchain")
-    found = str(beside_python) if beside_python.exists() else shutil.which("grainchain")
-    if found is None:
-        pytest.fail("the grainchain console script is not installed: pip install -e .")
-    return found
-
-
 @pytest.mark.slow
 def test_installed_package_passes_the_suite_through_pytest(site: Path, tmp_path: Path) -> None:
     command = [sys.executable, "-m", "pytest", "--pyargs", "grainchain.conformance"]
@@ -120,11 +112,11 @@ def test_installed_package_passes_the_suite_through_pytest(site: Path, tmp_path:
 
 @pytest.mark.slow
 def test_installed_package_passes_the_suite_through_the_command(site: Path, tmp_path: Path) -> None:
-    listed = _run([_script(), "providers", "--json"], site, tmp_path)
+    listed = _run([grainchain_script(), "providers", "--json"], site, tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert "thirdparty" in {record["name"] for record in json.loads(listed.stdout)}
 
-    result = _run([_script(), "conformance", "thirdparty"], site, tmp_path)
+    result = _run([grainchain_script(), "conformance", "thirdparty"], site, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     local = get_provider("local")
     supported = sum(local.supports(f) for f in Feature)
