@@ -66,6 +66,36 @@ async def test_plugin_provider_is_found_and_gated_by_its_declaration(plugin_dir:
         assert (info.value.feature, info.value.provider) == ("snapshot.filesystem", "mine")
 
 
+NARROWING = """
+    from grainchain import ProviderInfo
+    from grainchain._async.providers.local import AsyncLocalAdapter
+
+    class AsyncProbedAdapter(AsyncLocalAdapter):
+        provider_name = "probed"
+
+        @classmethod
+        async def missing_features(cls, config, settings):
+            return {"snapshot.filesystem": "the backend's store is read-only"}
+
+    PROVIDER = ProviderInfo(
+        name="probed",
+        summary="declares snapshots, but its backend turns out to lack them",
+        features={"exec": "native", "snapshot.filesystem": "native"},
+        async_adapter="probed_plugin:AsyncProbedAdapter",
+    )
+"""
+
+
+async def test_backend_probe_narrows_a_declaration_and_says_why(plugin_dir: Path) -> None:
+    _install_plugin(plugin_dir, "probed", NARROWING, "probed_plugin:PROVIDER")
+    async with AsyncSandbox("probed") as sandbox:
+        assert not sandbox.supports("snapshot.filesystem")
+        assert sandbox.supports("exec")
+        with pytest.raises(CapabilityError, match="not available here: the backend's store is read-only"):
+            await sandbox.create_snapshot()
+        assert (await sandbox.execute("echo still usable")).stdout == "still usable\n"
+
+
 def test_plugin_without_sync_adapter_says_so_for_the_blocking_client(plugin_dir: Path) -> None:
     _install_plugin(plugin_dir, "mine", MINE, "mine_plugin:PROVIDER")
     with pytest.raises(ProviderUnavailableError, match="has no sync adapter"):

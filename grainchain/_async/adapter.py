@@ -21,7 +21,6 @@ from grainchain.models import (
     SandboxStatus,
     SnapshotInfo,
     SnapshotKind,
-    SupportLevel,
 )
 
 if TYPE_CHECKING:
@@ -55,8 +54,9 @@ class AsyncSandboxAdapter:
         raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "list_sandboxes")
 
     @classmethod
-    def narrowed_features(cls) -> Mapping[Feature, SupportLevel]:
-        """Features the backend found at run time lacks (e.g. no CRIU); can only lower declared levels."""
+    async def missing_features(cls, config: SandboxConfig, settings: Settings) -> Mapping[Feature, str]:
+        """Declared features the backend found at run time lacks (e.g. no CRIU), each with the reason that
+        CapabilityError will give. Asked before a sandbox is created or connected to; cache expensive probes."""
         return {}
 
     async def aclose(self) -> None:

@@ -20,7 +20,8 @@ from grainchain.models import SandboxConfig, SandboxInfo, SandboxStatus, Support
 from grainchain.registry import get_provider, providers_supporting
 from grainchain.settings import Settings, load_settings, resolve_config
 
-_LEVEL_ORDER = [SupportLevel.unsupported, SupportLevel.emulated, SupportLevel.native]
+# What a terminated sandbox still does: everything else waits for wake_up().
+_WHILE_TERMINATED = frozenset({"terminate", "wake_up", "list_snapshots", "delete_snapshot"})
 
 
 class AsyncSandboxBase:
@@ -40,6 +41,7 @@ class AsyncSandboxBase:
         self._sandbox_id: str | None = None  # kept after close/detach: connect(sandbox_id) needs it then
         self._status = SandboxStatus.creating
         self._capabilities: dict[Feature, SupportLevel] = dict(self._provider.features)
+        self._missing: dict[Feature, str] = {}  # feature -> why this backend lacks it
 
     # -- attributes -----------------------------------------------------------------------------------
 
@@ -57,7 +59,8 @@ class AsyncSandboxBase:
 
     @property
     def status(self) -> SandboxStatus:
-        return self._status
+        # the adapter knows when it was terminated and woken up
+        return self._adapter.status if self._adapter is not None else self._status
 
     @property
     def sandbox_id(self) -> str:
@@ -88,7 +91,7 @@ class AsyncSandboxBase:
                 "the sandbox is closed; create a new one", provider=self.provider_name
             )
         adapter_cls = self._adapter_class()
-        self._narrow(adapter_cls)
+        await self._narrow(adapter_cls)
         for field, feature in CONFIG_REQUIREMENTS.items():
             if getattr(self._config, field) is not None:
                 self._check(feature, "create", hint=f"SandboxConfig.{field} is set")
@@ -137,7 +140,7 @@ class AsyncSandboxBase:
         """Attach to a sandbox that is still there (kept alive, or kept by auto_cleanup=False)."""
         sandbox = cls(provider, config, settings=settings)
         adapter_cls = sandbox._adapter_class()
-        sandbox._narrow(adapter_cls)
+        await sandbox._narrow(adapter_cls)
         sandbox._check(Feature.LIFECYCLE_RECONNECT, "connect")
         with sandbox._errors("connect"):
             sandbox._adapter = await adapter_cls.connect(sandbox_id, sandbox._config, sandbox._settings)
@@ -164,20 +167,25 @@ class AsyncSandboxBase:
         adapter_cls: type[AsyncSandboxAdapter] = self._provider.load_adapter(AFLAVOUR)
         return adapter_cls
 
-    def _narrow(self, adapter_cls: type[AsyncSandboxAdapter]) -> None:
-        """Apply the backend's narrowing; a level can go down, never up."""
-        for feature, level in adapter_cls.narrowed_features().items():
-            declared = self._capabilities.get(feature, SupportLevel.unsupported)
-            self._capabilities[feature] = min(declared, level, key=_LEVEL_ORDER.index)
+    async def _narrow(self, adapter_cls: type[AsyncSandboxAdapter]) -> None:
+        """Mark what the backend lacks as unsupported (a level goes down, never up), keeping the reason."""
+        with self._errors("probe"):
+            missing = await adapter_cls.missing_features(self._config, self._settings)
+        for name, reason in missing.items():
+            feature = Feature(name)
+            if feature in self._capabilities:
+                self._capabilities[feature] = SupportLevel.unsupported
+                self._missing[feature] = reason
 
     def _check(self, feature: Feature, operation: str, hint: str | None = None) -> None:
         if self._capabilities.get(feature, SupportLevel.unsupported) is SupportLevel.unsupported:
+            missing = self._missing.get(feature)
             raise CapabilityError(
                 feature.value,
                 self.provider_name,
                 operation=operation,
                 supported_by=providers_supporting(feature),
-                hint=hint,
+                hint="; ".join(h for h in (hint, missing and f"not available here: {missing}") if h) or None,
             )
 
     def _running(self, operation: str) -> AsyncSandboxAdapter:
@@ -196,7 +204,14 @@ class AsyncSandboxBase:
         """Raise CapabilityError for the first unsupported feature, before any provider call."""
         for feature in features:
             self._check(feature, operation)
-        return self._running(operation)
+        adapter = self._running(operation)
+        if adapter.status is SandboxStatus.terminated and operation not in _WHILE_TERMINATED:
+            raise SandboxNotRunningError(
+                "the sandbox is terminated; wake_up() starts it again",
+                provider=self.provider_name,
+                operation=operation,
+            )
+        return adapter
 
     @contextmanager
     def _errors(self, operation: str) -> Iterator[None]:

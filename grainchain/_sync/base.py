@@ -22,7 +22,8 @@ from grainchain.models import SandboxConfig, SandboxInfo, SandboxStatus, Support
 from grainchain.registry import get_provider, providers_supporting
 from grainchain.settings import Settings, load_settings, resolve_config
 
-_LEVEL_ORDER = [SupportLevel.unsupported, SupportLevel.emulated, SupportLevel.native]
+# What a terminated sandbox still does: everything else waits for wake_up().
+_WHILE_TERMINATED = frozenset({"terminate", "wake_up", "list_snapshots", "delete_snapshot"})
 
 
 class SandboxBase:
@@ -42,6 +43,7 @@ class SandboxBase:
         self._sandbox_id: str | None = None  # kept after close/detach: connect(sandbox_id) needs it then
         self._status = SandboxStatus.creating
         self._capabilities: dict[Feature, SupportLevel] = dict(self._provider.features)
+        self._missing: dict[Feature, str] = {}  # feature -> why this backend lacks it
 
     # -- attributes -----------------------------------------------------------------------------------
 
@@ -59,7 +61,8 @@ class SandboxBase:
 
     @property
     def status(self) -> SandboxStatus:
-        return self._status
+        # the adapter knows when it was terminated and woken up
+        return self._adapter.status if self._adapter is not None else self._status
 
     @property
     def sandbox_id(self) -> str:
@@ -167,19 +170,24 @@ class SandboxBase:
         return adapter_cls
 
     def _narrow(self, adapter_cls: type[SandboxAdapter]) -> None:
-        """Apply the backend's narrowing; a level can go down, never up."""
-        for feature, level in adapter_cls.narrowed_features().items():
-            declared = self._capabilities.get(feature, SupportLevel.unsupported)
-            self._capabilities[feature] = min(declared, level, key=_LEVEL_ORDER.index)
+        """Mark what the backend lacks as unsupported (a level goes down, never up), keeping the reason."""
+        with self._errors("probe"):
+            missing = adapter_cls.missing_features(self._config, self._settings)
+        for name, reason in missing.items():
+            feature = Feature(name)
+            if feature in self._capabilities:
+                self._capabilities[feature] = SupportLevel.unsupported
+                self._missing[feature] = reason
 
     def _check(self, feature: Feature, operation: str, hint: str | None = None) -> None:
         if self._capabilities.get(feature, SupportLevel.unsupported) is SupportLevel.unsupported:
+            missing = self._missing.get(feature)
             raise CapabilityError(
                 feature.value,
                 self.provider_name,
                 operation=operation,
                 supported_by=providers_supporting(feature),
-                hint=hint,
+                hint="; ".join(h for h in (hint, missing and f"not available here: {missing}") if h) or None,
             )
 
     def _running(self, operation: str) -> SandboxAdapter:
@@ -198,7 +206,14 @@ class SandboxBase:
         """Raise CapabilityError for the first unsupported feature, before any provider call."""
         for feature in features:
             self._check(feature, operation)
-        return self._running(operation)
+        adapter = self._running(operation)
+        if adapter.status is SandboxStatus.terminated and operation not in _WHILE_TERMINATED:
+            raise SandboxNotRunningError(
+                "the sandbox is terminated; wake_up() starts it again",
+                provider=self.provider_name,
+                operation=operation,
+            )
+        return adapter
 
     @contextmanager
     def _errors(self, operation: str) -> Iterator[None]:
