@@ -5,13 +5,17 @@
     grainchain conformance PROVIDER [--thorough] [--config JSON] [-- PYTEST ARGS...]
     grainchain spec check [FILE]
     grainchain spec show [--path]
+    grainchain benchmark run [--provider P ...] [--iterations N] [--warmup W] [--output DIR] [--quick]
+                             [--config PROVIDER=JSON ...]
+    grainchain benchmark compare OLD.json NEW.json [--threshold F] [--min-delta-ms MS]
     grainchain --version
 
 Exit status: `run` passes the command's exit code through (128+N when a signal N killed it); it exits 124
 when the command timed out (as coreutils `timeout` does), 130 on Ctrl-C, 143 on SIGTERM and 141 when its
 stdout is closed (the command is killed and the sandbox closed in each case). `conformance` exits 0 when the
-suite passes and 1 when it fails. Otherwise: 0 on success, 2 for usage errors, 1 for every other error. An
-error is one line on stderr, never a traceback.
+suite passes and 1 when it fails; `benchmark run` exits 1 when an attempt failed, `benchmark compare` when
+an operation got slower beyond noise. Otherwise: 0 on success, 2 for usage errors, 1 for every other error.
+An error is one line on stderr, never a traceback.
 
 `import grainchain` never imports this module: typer and rich load only for the command.
 """
@@ -33,7 +37,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NoReturn, Protocol, TextIO, cast
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TextIO, cast
 
 import typer
 import yaml
@@ -46,11 +50,14 @@ from grainchain import __version__
 from grainchain._generated.features import Feature
 from grainchain._provider_info import ProviderInfo
 from grainchain.errors import CommandTimeoutError, ConfigurationError, GrainchainError, ProviderNotFoundError
-from grainchain.models import SupportLevel
+from grainchain.models import SandboxConfig, SupportLevel
 from grainchain.registry import all_providers, get_provider
 from grainchain.settings import ENV_PREFIX, Settings, config_file_path, load_settings, validate_config
 from grainchain.spec import default_spec_path, load_spec, validate_spec
 from grainchain.sync import Sandbox
+
+if TYPE_CHECKING:
+    from grainchain.benchmark import BenchmarkRun
 
 PROG_NAME = "grainchain"
 EXIT_ERROR = 1
@@ -677,6 +684,249 @@ def spec_show(
         sys.stdout.write(f"{path}\n")
     else:
         sys.stdout.write(path.read_text(encoding="utf-8"))
+
+
+# -- benchmark --------------------------------------------------------------------------------------------
+
+benchmark_app = typer.Typer(
+    help="Measure providers and grainchain's overhead over raw calls; compare two runs.", no_args_is_help=True
+)
+app.add_typer(benchmark_app, name="benchmark")
+
+_QUICK_ITERATIONS = 3
+
+
+def _provider_configs(values: list[str] | None, providers: list[str]) -> dict[str, SandboxConfig]:
+    """--config PROVIDER=JSON, one per provider."""
+    configs: dict[str, SandboxConfig] = {}
+    for item in values or []:
+        name, sep, text = item.partition("=")
+        if not sep or not name:
+            _fail(f"--config: expected PROVIDER=JSON, got {item!r}", EXIT_USAGE)
+        if name not in providers:
+            _fail(
+                f"--config names {name!r}, which is not benchmarked (--provider {name} is missing)",
+                EXIT_USAGE,
+            )
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            _fail(f"--config {name}: not valid JSON: {exc}", EXIT_USAGE)
+        if not isinstance(data, dict):
+            _fail(f"--config {name}: expected a JSON object of SandboxConfig fields", EXIT_USAGE)
+        try:
+            configs[name] = validate_config(data)
+        except ConfigurationError as exc:
+            _fail(f"--config {name}: {exc.message}", EXIT_USAGE)
+    return configs
+
+
+class _ProgressBar:
+    """The runner's progress, drawn by rich (on stderr, so that stdout stays the report)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self._bar = Progress(
+            TextColumn("{task.description:<52}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_stderr(),
+            transient=True,
+        )
+        self._task = self._bar.add_task("starting", total=None)
+
+    def __enter__(self) -> _ProgressBar:
+        self._bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.stop()
+
+    def start(self, total: int) -> None:
+        self._bar.update(self._task, total=total)
+
+    def step(self, label: str) -> None:
+        self._bar.update(self._task, description=label)
+
+    def advance(self, units: int = 1) -> None:
+        self._bar.advance(self._task, units)
+
+
+def _wide_stdout() -> Console:
+    """Wide enough for the benchmark's tables when stdout is not a terminal (CI logs, files)."""
+    console = _stdout()
+    return console if console.is_terminal else Console(highlight=False, width=120)
+
+
+def _print_run(run: BenchmarkRun) -> None:
+    """The measurements as tables (what summary.md holds, for the terminal)."""
+    from grainchain.benchmark.report import TABLE_HEADER, import_line, table_notes, table_rows
+
+    console = _wide_stdout()
+    if line := import_line(run):
+        console.print(line, soft_wrap=True)
+    for result in run.providers:
+        if result.error:
+            console.print(
+                Text(f"{result.provider}: not measured: {result.error}", style="red"), soft_wrap=True
+            )
+        if not result.measurements:
+            continue
+        table = Table(title=f"{result.provider} (ms)", title_justify="left", box=box.SIMPLE_HEAD)
+        for i, header in enumerate(TABLE_HEADER):
+            table.add_column(header, justify="left" if i == 0 else "right", no_wrap=i == 0)
+        for row in table_rows(result):
+            table.add_row(*row)
+        console.print(table)
+        for note in table_notes(result):
+            console.print(Text(note, style="dim"), soft_wrap=True)
+
+
+@benchmark_app.command("run")
+def benchmark_run(
+    provider: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--provider",
+            "-p",
+            help="Provider to measure; repeat for more. Default: the configured default_provider.",
+            autocompletion=_provider_names,
+            show_default=False,
+        ),
+    ] = None,
+    iterations: Annotated[
+        int | None,
+        typer.Option(
+            "--iterations",
+            "-n",
+            min=1,
+            help="Measured calls per operation (heavy operations: a quarter). Default 20, --quick 3.",
+            show_default=False,
+        ),
+    ] = None,
+    warmup: Annotated[
+        int | None,
+        typer.Option(
+            "--warmup", min=0, help="Uncounted calls first. Default 2, --quick 1.", show_default=False
+        ),
+    ] = None,
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", metavar="DIR", help="Where results.json, summary.md, chart.png go."),
+    ] = Path("bench-results"),
+    quick: Annotated[
+        bool,
+        typer.Option("--quick", help="A smoke test in seconds per provider: tiny sizes, heavy steps once."),
+    ] = False,
+    config: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--config",
+            metavar="PROVIDER=JSON",
+            help='SandboxConfig of a provider\'s sandboxes, e.g. docker=\'{"image": "python:3.11-slim"}\'.',
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Measure providers: create, exec, files, snapshots, concurrency, each against a raw baseline.
+
+    Every operation is timed client-side, alternating with the same operation done without grainchain
+    (plain subprocess for local, direct Engine API calls for docker); the ratio of the two medians is
+    grainchain's overhead. Exits 1 when any attempt failed (the results are written all the same).
+
+    Example: grainchain benchmark run -p local -p docker --config docker='{"image": "python:3.11-slim"}'
+    """
+    from grainchain.benchmark import Options, run_benchmark, write_outputs
+
+    settings = load_settings()
+    if provider:
+        names = list(dict.fromkeys(_resolve_provider(name, settings).name for name in provider))
+    else:
+        names = [_resolve_provider(None, settings).name]
+    options = Options(
+        providers=names,
+        configs=_provider_configs(config, names),
+        iterations=iterations or (_QUICK_ITERATIONS if quick else Options.iterations),
+        warmup=warmup if warmup is not None else (1 if quick else Options.warmup),
+        quick=quick,
+    )
+    with _ProgressBar() as bar:
+        run = run_benchmark(options, bar)
+    written = write_outputs(run, output)
+    _print_run(run)
+    for warning in written.warnings:
+        _print_error(warning, prefix="warning")
+    _stdout().print(f"wrote {', '.join(str(f) for f in written.files)}", soft_wrap=True)
+    if run.settings.quick:
+        _stdout().print(
+            Text("quick run: tiny sizes, heavy steps once; not comparable with a full run", style="yellow")
+        )
+    if problems := run.problems:
+        for problem in problems:
+            _print_error(problem)
+        raise typer.Exit(EXIT_ERROR)
+
+
+def _percent(change: float | None) -> str:
+    return "" if change is None else f"{(change - 1) * 100:+.0f}%"
+
+
+@benchmark_app.command("compare")
+def benchmark_compare(
+    old: Annotated[Path, typer.Argument(metavar="OLD.json", exists=True, dir_okay=False, show_default=False)],
+    new: Annotated[Path, typer.Argument(metavar="NEW.json", exists=True, dir_okay=False, show_default=False)],
+    threshold: Annotated[
+        float,
+        typer.Option(
+            "--threshold", min=0.0, help="Smallest relative change of a p50 that counts (0.1 = 10%)."
+        ),
+    ] = 0.10,
+    min_delta_ms: Annotated[
+        float,
+        typer.Option("--min-delta-ms", min=0.0, help="Smallest absolute change of a p50 that counts."),
+    ] = 0.2,
+) -> None:
+    """Compare two results.json files; exit 1 when an operation got slower beyond noise (or now fails)."""
+    from grainchain.benchmark import ResultsError, compare_runs, load_run
+    from grainchain.benchmark.compare import NOISE_RULE, Verdict
+    from grainchain.benchmark.report import ms, ratio
+
+    try:
+        before, after = load_run(old), load_run(new)
+    except ResultsError as exc:
+        _fail(str(exc))
+    result = compare_runs(before, after, threshold=threshold, min_delta=min_delta_ms / 1e3)
+    console = _wide_stdout()
+    for warning in result.warnings:
+        _print_error(warning, prefix="warning")
+    table = Table(title=f"{old} → {new} (p50, ms)", title_justify="left", box=box.SIMPLE_HEAD)
+    for header in ("provider", "operation", "old", "new", "change", "noise band", "verdict", "vs raw"):
+        table.add_column(
+            header, justify="right" if header in ("old", "new", "change", "noise band") else "left"
+        )
+    styles = {Verdict.regression: "bold red", Verdict.broken: "bold red", Verdict.improvement: "green"}
+    for row in result.rows:
+        vs_raw = f"{ratio(row.old_ratio)} → {ratio(row.new_ratio)}" if row.old_ratio or row.new_ratio else ""
+        table.add_row(
+            row.provider,
+            row.label,
+            ms(row.old.p50) if row.old else "",
+            ms(row.new.p50) if row.new else "",
+            _percent(row.change),
+            f"±{row.band * 100:.0f}%" if row.band is not None else "",
+            Text(
+                row.verdict.value + (f" ({row.note})" if row.note else ""), style=styles.get(row.verdict, "")
+            ),
+            vs_raw,
+        )
+    console.print(table)
+    console.print(Text(NOISE_RULE, style="dim"), soft_wrap=True)
+    if result.regressions:
+        console.print(Text(f"{len(result.regressions)} regression(s) beyond noise", style="bold red"))
+        raise typer.Exit(EXIT_ERROR)
+    console.print(Text("no regression beyond noise", style="green"))
 
 
 # -- entry point ------------------------------------------------------------------------------------------

@@ -1,0 +1,294 @@
+"""Raw baselines: the operations the benchmark times, done without grainchain by the plainest means, so
+that grainchain's overhead shows as a ratio.
+
+One `RawBaseline` per provider (and, later, per isolation mode: a bubblewrap baseline for the local
+provider's isolation registers in `baseline_for` beside the plain one). A baseline makes `RawBox`es, the
+raw counterpart of a sandbox; shared state such as an HTTP client lives in the baseline, as a careful user
+would keep it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import tempfile
+import uuid
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from grainchain import _docker as dk
+from grainchain._hostproc import SHELL, scrubbed_environment
+from grainchain.models import SandboxConfig
+from grainchain.settings import Settings
+
+
+class RawError(RuntimeError):
+    """A raw operation failed (it is counted as a failed attempt of the raw side)."""
+
+
+class RawBox(ABC):
+    """One sandbox made without grainchain. Paths are relative to its workspace."""
+
+    supports_memory = False  # memory_snapshot, terminate and wake_up
+
+    @abstractmethod
+    def exec(self, command: str) -> tuple[int, bytes, bytes]:
+        """Run `/bin/sh -c command`; exit code, stdout, stderr."""
+
+    @abstractmethod
+    def upload(self, path: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def download(self, path: str) -> bytes: ...
+
+    @abstractmethod
+    def list(self, path: str) -> int:
+        """Name, type, size, mode and mtime of every entry of a directory; returns how many."""
+
+    @abstractmethod
+    def snapshot(self) -> str: ...
+
+    @abstractmethod
+    def restore(self, snapshot: str) -> None: ...
+
+    @abstractmethod
+    def delete_snapshot(self, snapshot: str) -> None: ...
+
+    def memory_snapshot(self) -> str:
+        raise NotImplementedError
+
+    def terminate(self) -> None:
+        raise NotImplementedError
+
+    def wake_up(self, snapshot: str) -> None:
+        raise NotImplementedError
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+class RawBaseline(ABC):
+    description: str  # shown in the report next to the ratios
+
+    @abstractmethod
+    def create(self) -> RawBox: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release what the boxes shared."""
+
+
+def baseline_for(provider: str, config: SandboxConfig, settings: Settings) -> RawBaseline | None:
+    """The raw baseline of a provider, or None when it has none (its ratios are then left out)."""
+    if provider == "local":
+        return LocalBaseline(settings)
+    if provider == "docker":
+        return DockerBaseline(config)
+    return None
+
+
+# -- local: plain subprocess and os calls --------------------------------------------------------------
+
+
+class LocalBaseline(RawBaseline):
+    description = "plain subprocess.run(['/bin/sh', '-c', cmd]) and os/shutil file calls"
+
+    def __init__(self, settings: Settings) -> None:
+        # beside grainchain's own workspaces: the same filesystem, so copies cost the same
+        settings.state_dir.mkdir(parents=True, exist_ok=True)
+        self._root = Path(tempfile.mkdtemp(prefix="bench-raw-", dir=settings.state_dir))
+
+    def create(self) -> LocalBox:
+        return LocalBox(Path(tempfile.mkdtemp(dir=self._root)))
+
+    def close(self) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
+
+
+class LocalBox(RawBox):
+    def __init__(self, root: Path) -> None:
+        self._root = root
+        self._workspace = root / "workspace"
+        self._tmp = root / "tmp"
+        self._workspace.mkdir()
+        self._tmp.mkdir()
+        # the same scrubbed environment a local sandbox's commands get
+        self._env = scrubbed_environment({"HOME": str(self._workspace), "TMPDIR": str(self._tmp)})
+
+    def exec(self, command: str) -> tuple[int, bytes, bytes]:
+        done = subprocess.run(
+            [SHELL, "-c", command],
+            cwd=self._workspace,
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        return done.returncode, done.stdout, done.stderr
+
+    def upload(self, path: str, data: bytes) -> None:
+        target = self._workspace / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+    def download(self, path: str) -> bytes:
+        return (self._workspace / path).read_bytes()
+
+    def list(self, path: str) -> int:
+        with os.scandir(self._workspace / path) as entries:
+            return len([(e.name, e.stat(follow_symlinks=False)) for e in entries])
+
+    def snapshot(self) -> str:
+        name = uuid.uuid4().hex
+        shutil.copytree(self._workspace, self._root / name, symlinks=True)
+        return name
+
+    def restore(self, snapshot: str) -> None:
+        shutil.rmtree(self._workspace)
+        shutil.copytree(self._root / snapshot, self._workspace, symlinks=True)
+
+    def delete_snapshot(self, snapshot: str) -> None:
+        shutil.rmtree(self._root / snapshot)
+
+    def close(self) -> None:
+        shutil.rmtree(self._root, ignore_errors=True)
+
+
+# -- docker: the Engine API with httpx over the engine's socket -------------------------------------------
+
+RAW_LABEL = "grainchain.benchmark.raw"  # on every container and image the raw side makes
+RAW_REPO = "grainchain-benchmark-raw"
+# PID 1 of a raw container: a shell that exits on SIGTERM (a quick stop) and that CRIU can restore
+# (docker-init cannot be restored on this kind of machine)
+KEEP_ALIVE = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"]
+
+
+class DockerBaseline(RawBaseline):
+    description = "Engine API calls made directly with one httpx.Client over the engine's socket"
+
+    def __init__(self, config: SandboxConfig) -> None:
+        from grainchain._sync.providers.docker import DockerAdapter  # its choice of image, not a copy
+
+        self.image = DockerAdapter._image_of(config)
+        endpoint = dk.engine_endpoint()
+        transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
+        self.client = httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=600)
+
+    def call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        response = self.client.request(method, url, **kwargs)
+        if not response.is_success:
+            raise RawError(f"{method} {url}: {response.status_code} {dk.engine_message(response.content)}")
+        return response
+
+    def start_container(self, image: str) -> str:
+        body = {
+            "Image": image,
+            "Entrypoint": KEEP_ALIVE,
+            "Cmd": None,
+            "WorkingDir": dk.WORKSPACE,
+            "Labels": {RAW_LABEL: "1"},
+        }
+        container = str(self.call("POST", "/containers/create", json=body).json()["Id"])
+        self.call("POST", f"/containers/{container}/start")
+        return container
+
+    def create(self) -> DockerBox:
+        return DockerBox(self, self.start_container(self.image))
+
+    def close(self) -> None:
+        # snapshot images deleted while a container still used them stay behind, untagged
+        filters = json.dumps({"dangling": ["true"], "label": [f"{RAW_LABEL}=1"]})
+        with contextlib.suppress(httpx.HTTPError):
+            self.client.post("/images/prune", params={"filters": filters})
+        self.client.close()
+
+
+class DockerBox(RawBox):
+    supports_memory = True
+
+    def __init__(self, baseline: DockerBaseline, container: str) -> None:
+        self._b = baseline
+        self._container = container
+
+    def _abs(self, path: str) -> str:
+        return dk.resolve(dk.WORKSPACE, path)
+
+    def exec(self, command: str) -> tuple[int, bytes, bytes]:
+        body = {"AttachStdout": True, "AttachStderr": True, "Cmd": [SHELL, "-c", command]}
+        exec_id = self._b.call("POST", f"/containers/{self._container}/exec", json=body).json()["Id"]
+        out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
+        decoder = dk.FrameDecoder()
+        with self._b.client.stream(
+            "POST", f"/exec/{exec_id}/start", json={"Detach": False, "Tty": False}
+        ) as response:
+            for chunk in response.iter_raw():
+                for stream, payload in decoder.feed(chunk):
+                    out.setdefault(stream, bytearray()).extend(payload)
+        info = self._b.call("GET", f"/exec/{exec_id}/json").json()
+        code = info.get("ExitCode")
+        return (-1 if code is None else int(code)), bytes(out[1]), bytes(out[2])
+
+    def upload(self, path: str, data: bytes) -> None:
+        directory, _, name = self._abs(path).rpartition("/")
+        self._b.call(
+            "PUT",
+            f"/containers/{self._container}/archive",
+            params={"path": directory or "/"},
+            content=dk.tar_one_file(name, data),
+            headers={"Content-Type": "application/x-tar"},
+        )
+
+    def download(self, path: str) -> bytes:
+        response = self._b.call(
+            "GET", f"/containers/{self._container}/archive", params={"path": self._abs(path)}
+        )
+        data = dk.untar_first_file(response.content)
+        if data is None:
+            raise RawError(f"{path} is not a regular file")
+        return data
+
+    def list(self, path: str) -> int:
+        # one stat for all entries: the plain way to get what FileInfo holds
+        where = shlex.quote(self._abs(path))
+        code, out, err = self.exec(f"find {where} -mindepth 1 -maxdepth 1 -exec stat -c '%f %s %Y %n' {{}} +")
+        if code != 0:
+            raise RawError(f"listing {path} exited {code}: {err.decode(errors='replace').strip()}")
+        return out.count(b"\n")
+
+    def snapshot(self) -> str:
+        tag = uuid.uuid4().hex[:20]
+        params = {"container": self._container, "repo": RAW_REPO, "tag": tag}
+        self._b.call("POST", "/commit", params=params, json={"Labels": {RAW_LABEL: "1"}})
+        return f"{RAW_REPO}:{tag}"
+
+    def restore(self, snapshot: str) -> None:
+        new = self._b.start_container(snapshot)
+        old, self._container = self._container, new
+        self._b.call("DELETE", f"/containers/{old}", params={"force": "1", "v": "1"})
+
+    def delete_snapshot(self, snapshot: str) -> None:
+        self._b.call("DELETE", f"/images/{snapshot}", params={"force": "1"})
+
+    def memory_snapshot(self) -> str:
+        name = "raw-" + uuid.uuid4().hex[:12]
+        body = {"CheckpointID": name, "Exit": False}
+        self._b.call("POST", f"/containers/{self._container}/checkpoints", json=body)
+        return name
+
+    def terminate(self) -> None:
+        self._b.call("POST", f"/containers/{self._container}/stop", params={"t": "1"})
+
+    def wake_up(self, snapshot: str) -> None:
+        self._b.call("POST", f"/containers/{self._container}/start", params={"checkpoint": snapshot})
+        with contextlib.suppress(RawError):
+            self._b.call("DELETE", f"/containers/{self._container}/checkpoints/{snapshot}")
+
+    def close(self) -> None:
+        self._b.call("DELETE", f"/containers/{self._container}", params={"force": "1", "v": "1"})
