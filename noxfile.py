@@ -1,4 +1,5 @@
-"""Developer sessions: `nox -s tests lint typecheck codegen_check` (CI runs the same commands in .ci/run)."""
+"""Developer sessions: `nox -s tests lint typecheck codegen_check` (CI runs the same commands in .ci/run);
+`nox -s bench` runs a short benchmark (not by default)."""
 
 from __future__ import annotations
 
@@ -36,3 +37,26 @@ def typecheck(session: nox.Session) -> None:
 def codegen_check(session: nox.Session) -> None:
     _install(session)
     session.run("python", "-m", "codegen", "--check")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """A short benchmark of local and docker into ./bench-results (needs .ci/docker-up's offline images);
+    extra arguments go to `grainchain benchmark run`, e.g. `nox -s bench -- --iterations 20`."""
+    _install(session)
+    session.run(
+        "grainchain",
+        "benchmark",
+        "run",
+        "--provider",
+        "local",
+        "--provider",
+        "docker",
+        "--config",
+        'docker={"image": "grainchain-test/python:3.11"}',
+        "--iterations",
+        "10",
+        "--output",
+        "bench-results",
+        *session.posargs,
+    )
