@@ -158,7 +158,13 @@ def render_facade(spec: dict[str, Any]) -> str:
         "",
         "from grainchain._async.base import AsyncSandboxBase",
         "from grainchain._async.process import AsyncProcessHandle",
-        "from grainchain._checks import check_env_names, check_non_empty, check_positive, check_write_mode",
+        "from grainchain._checks import (",
+        "    as_enum,",
+        "    check_env_names,",
+        "    check_non_empty,",
+        "    check_positive,",
+        "    check_write_mode,",
+        ")",
         "from grainchain._generated.features import Feature",
         "from grainchain._types import OutputCallback",
         "from grainchain.models import ExecutionResult, FileInfo, SnapshotInfo, SnapshotKind",
@@ -177,6 +183,8 @@ def render_facade(spec: dict[str, Any]) -> str:
         for param, spec_p in op["params"].items():
             for check in spec_p.get("check", []):
                 lines.append(f"        {_CHECK_FUNCTIONS[check]}({name!r}, {param!r}, {param})")
+            if "enum" in spec["models"].get(spec_p["type"], {}):  # "memory" works as SnapshotKind.memory
+                lines.append(f"        {param} = as_enum({name!r}, {param!r}, {spec_p['type']}, {param})")
         lines += _requirement_lines(name, op)
         args = ", ".join(f"{p}={p}" for p in op["params"])
         call = f"await adapter.{name}({args})"

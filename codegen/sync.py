@@ -35,6 +35,7 @@ REPLACEMENTS = {
     "AsyncClient": "Client",
     "AsyncHTTPTransport": "HTTPTransport",
     "aiter_raw": "iter_raw",
+    "aiter_lines": "iter_lines",
     "aread": "read",
     "aclose": "close",
 }

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from enum import Enum
+from typing import TypeVar
 
 from grainchain.errors import InvalidArgumentError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 WRITE_MODES = ("w", "wb", "a", "ab")
+E = TypeVar("E", bound=Enum)
 
 
 def check_non_empty(operation: str, name: str, value: object) -> None:
@@ -64,3 +67,14 @@ def check_write_mode(operation: str, name: str, value: str) -> None:
             argument=name,
             operation=operation,
         )
+
+
+def as_enum(operation: str, name: str, enum: type[E], value: object) -> E:
+    """The enum member a value names ("memory" or SnapshotKind.memory), so adapters only see members."""
+    try:
+        return enum(value)
+    except ValueError:
+        allowed = ", ".join(repr(member.value) for member in enum)
+        raise InvalidArgumentError(
+            f"{name} must be one of {allowed}, got {value!r}", argument=name, operation=operation
+        ) from None

@@ -7,12 +7,16 @@ does I/O.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
+import logging
 import os
 import posixpath
+import shutil
 import tarfile
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,6 +30,7 @@ from grainchain.errors import (
 )
 
 PROVIDER = "docker"
+log = logging.getLogger("grainchain.docker")
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 WORKSPACE = "/workspace"
@@ -35,7 +40,14 @@ LABEL_SANDBOX = "grainchain.sandbox"  # the sandbox id: set on each container, n
 LABEL_CONFIG = "grainchain.config"  # the SandboxConfig (JSON) the sandbox was created with
 LABEL_SNAPSHOT = "grainchain.snapshot"
 LABEL_SOURCE = "grainchain.snapshot.source"
-KNOWN_PROVIDER_CONFIG = frozenset({"image", "network", "pids_limit"})
+LABEL_KIND = "grainchain.snapshot.kind"  # "filesystem" or "memory"
+LABEL_CHECKPOINT = "grainchain.snapshot.checkpoint"  # memory snapshots: the saved checkpoint's directory
+# The container's main process. Not docker-init (tini): CRIU cannot restore a container it runs. A shell
+# that waits reaps the orphans of exec'd commands (they become its children), so none linger as zombies.
+INIT_COMMAND = ["/bin/sh", "-c", 'trap "exit 0" TERM; while :; do sleep 2147483647 & wait $!; done']
+KNOWN_PROVIDER_CONFIG = frozenset(
+    {"image", "network", "pids_limit", "dockerfile", "build_context", "ports", "volumes", "ttl"}
+)
 DEFAULT_PIDS_LIMIT = 4096
 API_TIMEOUT = 60.0  # seconds for one ordinary Engine API call
 CONNECT_TIMEOUT = 10.0
@@ -121,16 +133,78 @@ def pull_error(image: str, detail: str) -> ProviderUnavailableError:
     )
 
 
-def pull_progress_error(lines: bytes) -> str | None:
-    """The error of a POST /images/create progress stream (JSON lines), if it reported one."""
-    for line in lines.splitlines():
+class ProgressLog:
+    """Follows an engine progress stream (JSON lines of an image pull or build): logs what happens, step by
+    step and layer by layer (not every byte), to the `grainchain.docker` logger at INFO; keeps the error
+    the stream reports and the last lines of build output for the message."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.error: str | None = None
+        self.tail: list[str] = []
+        self._layer_status: dict[str, str] = {}
+
+    def feed(self, line: str) -> None:
         try:
             event = json.loads(line)
         except ValueError:
-            continue
-        if isinstance(event, dict) and event.get("error"):
-            return str(event["error"])
-    return None
+            return
+        if not isinstance(event, dict):
+            return
+        if event.get("error"):
+            self.error = str(event["error"]).strip()
+            return
+        text = event.get("stream")
+        if isinstance(text, str):
+            for part in text.splitlines():
+                if part.strip():
+                    self.tail = [*self.tail[-19:], part]
+                    log.info("%s: %s", self.what, part)
+            return
+        status, layer = event.get("status"), str(event.get("id", ""))
+        if isinstance(status, str) and self._layer_status.get(layer) != status:
+            self._layer_status[layer] = status
+            log.info("%s: %s%s", self.what, f"{layer}: " if layer else "", status)
+
+
+# -- builds ---------------------------------------------------------------------------------------------
+
+BUILD_REPO = "grainchain-build"
+
+
+def build_context(provider_config: dict[str, Any]) -> tuple[bytes, str, str]:
+    """The tar of a build context, the Dockerfile's name inside it, and a content tag for the image.
+
+    provider_config: `dockerfile` (a path; default <build_context>/Dockerfile) and/or `build_context`
+    (a directory; default the Dockerfile's directory). A Dockerfile outside the context is added to it.
+    .dockerignore is not read: keep the context small."""
+    dockerfile = provider_config.get("dockerfile")
+    context = provider_config.get("build_context")
+    if context is None:
+        context = os.path.dirname(os.path.abspath(str(dockerfile)))
+    context = os.path.abspath(str(context))
+    if not os.path.isdir(context):
+        raise InvalidArgumentError(
+            f"provider_config['build_context'] {context!r} is not a directory",
+            argument="provider_config",
+            provider=PROVIDER,
+        )
+    dockerfile = os.path.abspath(os.path.join(context, str(dockerfile or "Dockerfile")))
+    if not os.path.isfile(dockerfile):
+        raise InvalidArgumentError(
+            f"provider_config['dockerfile']: no Dockerfile at {dockerfile!r}",
+            argument="provider_config",
+            provider=PROVIDER,
+        )
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        tar.add(context, arcname=".")
+        inside = os.path.relpath(dockerfile, context)
+        if inside.startswith(".."):
+            inside = ".grainchain.Dockerfile"
+            tar.add(dockerfile, arcname=inside)
+    data = buffer.getvalue()
+    return data, inside, hashlib.sha256(data + inside.encode()).hexdigest()[:20]
 
 
 # -- exec streams ---------------------------------------------------------------------------------------
@@ -276,3 +350,54 @@ def image_created(created: Any) -> datetime:
         zone = rest[len(digits) :]
         text = f"{head}.{digits[:6]}{zone}"
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+# -- checkpoints (memory snapshots) ---------------------------------------------------------------------
+# The engine keeps a container's checkpoints in <DockerRootDir>/containers/<id>/checkpoints/<name>/ and
+# restores only from there (dockerd 20.10 refuses a custom directory). A memory snapshot saves a copy of
+# that directory in grainchain's state directory and puts it back into whichever container restores it.
+
+RESTORE_MARK = "grainchain-restore.json"
+
+
+def checkpoint_path(docker_root: str, container_id: str, name: str) -> str:
+    return os.path.join(docker_root, "containers", container_id, "checkpoints", name)
+
+
+def stage_checkpoint(checkpoint: str, saved: str | None = None) -> None:
+    """Prepare a checkpoint directory for a restore: copy the saved one in when given, then add a file
+    that makes it unique. moby#42900: the engine uploads the directory to containerd as a tar whose digest
+    equals the blob containerd made when checkpointing, and fails with "already exists" until containerd's
+    garbage collector has run (seconds on a fresh daemon); a unique file gives the upload its own digest."""
+    if saved is not None:
+        if os.path.exists(checkpoint):
+            shutil.rmtree(checkpoint)
+        shutil.copytree(saved, checkpoint, symlinks=True)
+    with open(os.path.join(checkpoint, RESTORE_MARK), "w") as mark:
+        json.dump({"restore": uuid.uuid4().hex, "at": time.time()}, mark)
+
+
+def save_checkpoint(checkpoint: str, saved: str) -> None:
+    """Copy a container's checkpoint directory to `saved` (replacing what is there)."""
+    if os.path.exists(saved):
+        shutil.rmtree(saved)
+    os.makedirs(os.path.dirname(saved), mode=0o700, exist_ok=True)
+    shutil.copytree(checkpoint, saved, symlinks=True, ignore=shutil.ignore_patterns(RESTORE_MARK))
+
+
+def memory_snapshot_problem(endpoint: Endpoint, info: dict[str, Any], criu: str | None) -> str | None:
+    """Why memory snapshots cannot work with this engine (None when they can): they need the engine's
+    experimental mode, CRIU, and the engine's data directory on this machine, writable by this process."""
+    if not info.get("ExperimentalBuild"):
+        return "the Docker engine does not run in experimental mode (start dockerd with --experimental)"
+    if endpoint.uds is None:
+        return f"the Docker engine at {endpoint.describe()} is remote; checkpoints need its data directory"
+    root = str(info.get("DockerRootDir") or "")
+    containers = os.path.join(root, "containers")
+    if not root or not os.access(containers, os.W_OK | os.X_OK):
+        return (
+            f"this process cannot write the engine's checkpoint directories under {containers} (run as root)"
+        )
+    if criu is None:
+        return "CRIU is not installed (checkpoints need criu >= 4 on the engine's PATH)"
+    return None

@@ -4,9 +4,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import re
 import os
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,14 +17,21 @@ import pytest
 
 from grainchain import AsyncSandbox, SandboxConfig
 from grainchain import _docker as dk
+from grainchain._async.providers.docker import _find_criu
 from grainchain.errors import (
+    CapabilityError,
     CommandTimeoutError,
+    ConfigurationError,
     FileNotFoundInSandboxError,
+    InvalidArgumentError,
     OutputLimitExceededError,
+    ProviderError,
     ProviderUnavailableError,
     SandboxNotFoundError,
+    SandboxNotRunningError,
     SnapshotNotFoundError,
 )
+from grainchain.models import SandboxStatus, SnapshotKind
 from grainchain.sync import Sandbox as SyncSandbox
 
 IMAGE = "grainchain-test/busybox:latest"
@@ -169,6 +179,172 @@ async def test_snapshot_restores_and_starts_a_new_sandbox(make_sandbox: Any) -> 
         await sandbox.restore_snapshot(snapshot)
     with pytest.raises(SnapshotNotFoundError):
         await sandbox.delete_snapshot("busybox:latest")  # never deletes an image that is not a snapshot
+
+
+# a background counter; rename makes each value appear whole
+COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > .c; mv .c counter; sleep 0.05; done) > /dev/null 2>&1 &"
+
+
+async def _count(sandbox: Any) -> int:
+    return int((await sandbox.execute("cat counter")).stdout)
+
+
+async def _counting(sandbox: Any, at_least: int) -> int:
+    """Wait until the counter has reached `at_least`; its value then."""
+    for _ in range(200):
+        if await sandbox.file_exists("counter") and (value := await _count(sandbox)) >= at_least:
+            return value
+        await _sleep(0.05)
+    raise AssertionError("the counter does not count")
+
+
+async def _sleep(seconds: float) -> None:
+    await asyncio.sleep(seconds)
+
+
+async def test_memory_snapshot_lets_a_process_continue_after_terminate(make_sandbox: Any) -> None:
+    sandbox = await make_sandbox(config(), provider="docker")
+    await sandbox.execute(COUNTER)
+    await _counting(sandbox, 5)
+    snapshot = await sandbox.create_snapshot(kind="memory")
+    try:
+        at_snapshot = await _count(sandbox)
+        later = await _counting(sandbox, at_snapshot + 20)  # it kept counting through the snapshot
+        await sandbox.terminate()
+        assert sandbox.status is SandboxStatus.terminated
+        with pytest.raises(SandboxNotRunningError, match="wake_up"):
+            await sandbox.execute("true")
+        await sandbox.wake_up(snapshot)
+        assert sandbox.status is SandboxStatus.running
+        resumed = await _count(sandbox)
+        # memory and files came back from the snapshot: the same process counts on from where it was
+        assert at_snapshot - 10 <= resumed < later, (at_snapshot, resumed, later)
+        assert await _counting(sandbox, resumed + 5) > resumed
+        kinds = {s.snapshot_id: s.kind for s in await sandbox.list_snapshots()}
+        assert kinds[snapshot] is SnapshotKind.memory
+    finally:
+        await sandbox.delete_snapshot(snapshot)
+
+
+async def test_memory_snapshot_restores_into_another_sandbox_and_deletes_cleanly(
+    make_sandbox: Any, state_dir: Path
+) -> None:
+    source = await make_sandbox(config(), provider="docker")
+    await source.execute(COUNTER)
+    await _counting(source, 5)
+    snapshot = await source.create_snapshot(kind=SnapshotKind.memory)
+    saved = list((state_dir / "docker" / "checkpoints").iterdir())
+    assert len(saved) == 1
+    assert (saved[0] / "inventory.img").exists(), "the saved checkpoint is not CRIU's"
+    try:
+        await source.execute("kill $(pgrep -f 'i=0' || true) 2>/dev/null; true")
+        target = await make_sandbox(config(), provider="docker")
+        await target.restore_snapshot(snapshot)
+        first = await _count(target)
+        assert await _counting(target, first + 5) > first  # a process runs there now
+        await target.restore_snapshot(snapshot)  # the same checkpoint restores twice (moby#42900)
+        assert await _counting(target, 1) >= 1
+    finally:
+        await source.delete_snapshot(snapshot)
+    assert not saved[0].exists(), "deleting the snapshot keeps its checkpoint"
+    with pytest.raises(SnapshotNotFoundError):
+        await source.restore_snapshot(snapshot)
+
+
+async def test_memory_snapshot_refuses_attached_processes_and_keeps_them(make_sandbox: Any) -> None:
+    sandbox = await make_sandbox(config(), provider="docker")
+    handle = await sandbox.start_process("sleep 30")
+    with pytest.raises(ProviderError, match=r"start_process\(\)"):
+        await sandbox.create_snapshot(kind="memory")
+    assert handle.is_running
+    await handle.kill()
+    snapshot = await sandbox.create_snapshot(kind="memory")
+    await sandbox.delete_snapshot(snapshot)
+    with pytest.raises(Exception, match="kind must be one of 'filesystem', 'memory'"):
+        await sandbox.create_snapshot(kind="disk")
+
+
+async def test_terminate_then_wake_up_keeps_files_but_not_processes(make_sandbox: Any) -> None:
+    sandbox = await make_sandbox(config(), provider="docker")
+    await sandbox.upload_file("kept", "yes")
+    await sandbox.execute(COUNTER)
+    await _counting(sandbox, 3)
+    await sandbox.terminate()
+    await sandbox.wake_up()
+    assert await sandbox.download_file("kept") == b"yes"
+    stopped = await _count(sandbox)
+    await _sleep(0.3)
+    assert await _count(sandbox) == stopped, "a process survived terminate without a memory snapshot"
+
+
+def test_memory_snapshot_problems_name_what_is_missing(tmp_path: Path) -> None:
+    (tmp_path / "containers").mkdir()
+    local = dk.Endpoint("http://docker", "/var/run/docker.sock")
+    remote = dk.Endpoint("http://10.0.0.2:2375", None)
+    ok = {"ExperimentalBuild": True, "DockerRootDir": str(tmp_path)}
+    assert dk.memory_snapshot_problem(local, ok, "/x/criu") is None
+    assert dk.memory_snapshot_problem(local, {**ok, "ExperimentalBuild": False}, "/x/criu") == (
+        "the Docker engine does not run in experimental mode (start dockerd with --experimental)"
+    )
+    assert "is remote" in str(dk.memory_snapshot_problem(remote, ok, "/x/criu"))
+    assert "CRIU is not installed" in str(dk.memory_snapshot_problem(local, ok, None))
+    missing_root = {**ok, "DockerRootDir": str(tmp_path / "nonexistent")}
+    assert "cannot write" in str(dk.memory_snapshot_problem(local, missing_root, "/x/criu"))
+
+
+async def test_the_engine_decides_memory_snapshot_support(make_sandbox: Any) -> None:
+    sandbox = await make_sandbox(config(), provider="docker")
+    endpoint = dk.engine_endpoint()
+    transport = httpx.AsyncHTTPTransport(uds=endpoint.uds) if endpoint.uds else None
+    async with httpx.AsyncClient(transport=transport, base_url=endpoint.base_url, timeout=10) as client:
+        info = (await client.get("/info")).json()
+    problem = dk.memory_snapshot_problem(endpoint, info, _find_criu())
+    assert (sandbox.capabilities["snapshot.memory"] != "unsupported") is (problem is None)
+    if problem is not None:
+        with pytest.raises(CapabilityError, match="not available here"):
+            await sandbox.create_snapshot(kind="memory")
+
+
+def _remove_image(image: str) -> None:
+    endpoint = dk.engine_endpoint()
+    transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
+    with httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=60) as client:
+        client.delete(f"/images/{image}", params={"force": "1"})
+
+
+async def test_dockerfile_builds_the_image_once_and_is_used(
+    make_sandbox: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    context = tmp_path / "context"
+    context.mkdir()
+    (context / "hello.txt").write_text(f"hello from the build context {uuid.uuid4().hex}\n")
+    (tmp_path / "Dockerfile.test").write_text(  # outside the context: it is added to it
+        f"FROM {IMAGE}\nCOPY hello.txt /opt/hello.txt\nRUN echo built > /opt/built\nENV FROM_DOCKERFILE=yes\n"
+    )
+    build = {"dockerfile": str(tmp_path / "Dockerfile.test"), "build_context": str(context)}
+    caplog.set_level("INFO", logger="grainchain.docker")
+    sandbox = await make_sandbox(config(provider_config=build), provider="docker")
+    try:
+        result = await sandbox.execute("cat /opt/hello.txt /opt/built; echo $FROM_DOCKERFILE")
+        assert result.stdout == (context / "hello.txt").read_text() + "built\nyes\n"
+        built = [r.getMessage() for r in caplog.records if r.getMessage().startswith("build ")]
+        assert any(re.search(r"Step 2/\d+ : COPY hello.txt /opt/hello.txt", line) for line in built), built
+        caplog.clear()
+        again = await make_sandbox(config(provider_config=build), provider="docker")
+        assert (await again.execute("cat /opt/built")).stdout == "built\n"
+        assert not [r for r in caplog.records if r.getMessage().startswith("build")], "built twice"
+    finally:
+        _remove_image("grainchain-build:" + dk.build_context(build)[2])
+
+
+async def test_failing_dockerfile_says_which_step_failed(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text(f"FROM {IMAGE}\nRUN echo about to fail; exit 3\n")
+    with pytest.raises(ConfigurationError) as info:
+        await AsyncSandbox("docker", config(provider_config={"build_context": str(tmp_path)})).start()
+    assert "returned a non-zero code: 3" in str(info.value)
+    assert "about to fail" in str(info.value)
+    with pytest.raises(InvalidArgumentError, match="no Dockerfile at"):
+        await AsyncSandbox("docker", config(provider_config={"dockerfile": str(tmp_path / "nope")})).start()
 
 
 async def test_limits_are_enforced(make_sandbox: Any) -> None:

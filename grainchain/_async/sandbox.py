@@ -7,7 +7,13 @@ from __future__ import annotations
 
 from grainchain._async.base import AsyncSandboxBase
 from grainchain._async.process import AsyncProcessHandle
-from grainchain._checks import check_env_names, check_non_empty, check_positive, check_write_mode
+from grainchain._checks import (
+    as_enum,
+    check_env_names,
+    check_non_empty,
+    check_positive,
+    check_write_mode,
+)
 from grainchain._generated.features import Feature
 from grainchain._types import OutputCallback
 from grainchain.models import ExecutionResult, FileInfo, SnapshotInfo, SnapshotKind
@@ -182,6 +188,7 @@ class AsyncSandbox(AsyncSandboxBase):
 
         Needs: snapshot.filesystem when kind=filesystem; snapshot.memory when kind=memory (else CapabilityError).
         """
+        kind = as_enum("create_snapshot", "kind", SnapshotKind, kind)
         features = []
         if kind == SnapshotKind.filesystem:
             features.append(Feature.SNAPSHOT_FILESYSTEM)

@@ -5,7 +5,13 @@
 
 from __future__ import annotations
 
-from grainchain._checks import check_env_names, check_non_empty, check_positive, check_write_mode
+from grainchain._checks import (
+    as_enum,
+    check_env_names,
+    check_non_empty,
+    check_positive,
+    check_write_mode,
+)
 from grainchain._generated.features import Feature
 from grainchain._sync.base import SandboxBase
 from grainchain._sync.process import ProcessHandle
@@ -182,6 +188,7 @@ class Sandbox(SandboxBase):
 
         Needs: snapshot.filesystem when kind=filesystem; snapshot.memory when kind=memory (else CapabilityError).
         """
+        kind = as_enum("create_snapshot", "kind", SnapshotKind, kind)
         features = []
         if kind == SnapshotKind.filesystem:
             features.append(Feature.SNAPSHOT_FILESYSTEM)

@@ -20,6 +20,12 @@ class Budget:
     max_examples: int  # state machine runs (each on a fresh sandbox)
     stateful_step_count: int  # operations per run
 
+    @property
+    def hang_guard(self) -> float:
+        """Seconds after which the state machine counts as hung (pytest-timeout, when installed): generous
+        per step, since one step of a remote or checkpointing provider can take seconds, plus shrinking."""
+        return 2.0 * self.max_examples * self.stateful_step_count + 300
+
 
 # Fixed budgets: the CI one keeps the suite against local well under two minutes.
 BUDGETS = {"ci": Budget(15, 30), "thorough": Budget(200, 60)}
@@ -41,6 +47,10 @@ class ConformanceTarget:
     def name(self) -> str:
         return self.provider.name
 
+    @property
+    def budget(self) -> Budget:
+        return BUDGETS["thorough" if self.thorough else "ci"]
+
     def supports(self, feature: Feature) -> bool:
         return self.capabilities.get(feature, SupportLevel.unsupported) is not SupportLevel.unsupported
 
@@ -52,7 +62,7 @@ class ConformanceTarget:
             yield sandbox
 
     def hypothesis_settings(self) -> settings:
-        budget = BUDGETS["thorough" if self.thorough else "ci"]
+        budget = self.budget
         return settings(
             deadline=None,  # sandboxes have real latency; budgets come from max_examples and step counts
             suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],

@@ -16,7 +16,13 @@ import pytest
 
 from grainchain._generated.features import Feature
 from grainchain.conformance.target import ConformanceTarget
-from grainchain.errors import CommandTimeoutError, OutputLimitExceededError, SnapshotNotFoundError
+from grainchain.errors import (
+    CommandTimeoutError,
+    OutputLimitExceededError,
+    SandboxNotRunningError,
+    SnapshotNotFoundError,
+)
+from grainchain.models import SandboxStatus, SnapshotKind
 from grainchain.sync import Sandbox
 
 GONE_CHECK = 'for p in $(cat {file}); do if kill -0 "$p" 2>/dev/null; then echo "alive $p"; fi; done'
@@ -210,3 +216,59 @@ def test_background_process_runs_until_killed(conformance: ConformanceTarget) ->
         handle.kill()
         assert not handle.is_running
         assert _survivors(sandbox, "bgpid") == ""
+
+
+# A background counter started by execute(): it outlives the command and writes each value whole.
+COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > .c; mv .c counter; sleep 0.05; done) >/dev/null 2>&1 &"
+
+
+def _counter_reaches(sandbox: Sandbox, at_least: int, within: float = 10.0) -> int:
+    deadline = time.monotonic() + within
+    while True:
+        shown = sandbox.execute("cat counter 2>/dev/null").stdout.strip()
+        if shown.isdigit() and int(shown) >= at_least:
+            return int(shown)
+        assert time.monotonic() < deadline, f"the counter stays at {shown!r}, below {at_least}"
+        time.sleep(0.05)
+
+
+@pytest.mark.feature("snapshot.memory", "exec")
+def test_memory_snapshot_brings_a_running_process_back(conformance: ConformanceTarget) -> None:
+    """After a memory snapshot is restored (through wake_up when the provider can terminate), a process
+    that ran at snapshot time runs again and counts on from the value it had then, not from 1."""
+    with conformance.sandbox() as sandbox:
+        sandbox.execute(COUNTER)
+        _counter_reaches(sandbox, 5)
+        snapshot_id = sandbox.create_snapshot(kind=SnapshotKind.memory)
+        try:
+            at_snapshot = int(sandbox.execute("cat counter").stdout)
+            later = _counter_reaches(sandbox, at_snapshot + 20)  # the snapshot did not stop it
+            if conformance.supports(Feature.LIFECYCLE_TERMINATE_WAKE):
+                sandbox.terminate()
+                sandbox.wake_up(snapshot_id)
+            else:
+                sandbox.restore_snapshot(snapshot_id)
+            resumed = int(sandbox.execute("cat counter").stdout)
+            assert at_snapshot - 10 <= resumed < later, (
+                f"counter was {at_snapshot} at the snapshot and {later} before the restore, {resumed} after"
+            )
+            _counter_reaches(sandbox, resumed + 5)
+        finally:
+            sandbox.delete_snapshot(snapshot_id)
+
+
+def _status(sandbox: Sandbox) -> SandboxStatus:
+    return sandbox.status  # (a call, so that type checkers do not keep an earlier narrowing)
+
+
+@pytest.mark.feature("lifecycle.terminate_wake", "exec")
+def test_terminated_sandbox_refuses_work_until_woken(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox() as sandbox:
+        sandbox.execute("echo kept > kept-file")
+        sandbox.terminate()
+        assert _status(sandbox) is SandboxStatus.terminated
+        with pytest.raises(SandboxNotRunningError):
+            sandbox.execute("true")
+        sandbox.wake_up()
+        assert _status(sandbox) is SandboxStatus.running
+        assert sandbox.execute("cat kept-file").stdout == "kept\n"

@@ -5,13 +5,17 @@
 httpx over the engine's unix socket (or DOCKER_HOST) gives one code path for both clients: this module is
 unasync'ed into grainchain/_sync/providers/docker.py. Flavour-free helpers live in grainchain/_docker.py.
 
-* create: a container of the image (pulled when absent) kept alive by `tail -f /dev/null` under docker-init,
+* create: a container of the image (pulled when absent) kept alive by a waiting shell (dk.INIT_COMMAND),
   labelled `grainchain=1` and `grainchain.sandbox=<id>`; limits map to HostConfig.
 * execute / start_process: an exec whose multiplexed stream is read as it arrives; every exec carries a
   GRAINCHAIN_EXEC_ID marker, and a timeout or kill runs a second exec that kills every process holding it.
 * files: the archive endpoints (tar) for content, small shell scripts for listings, mkdir and rm.
 * filesystem snapshots: `docker commit` to `grainchain-snapshot:<hex>`; that reference is the snapshot id,
   so it also works as SandboxConfig.image. Restore replaces the container, keeping the sandbox id.
+* memory snapshots: a CRIU checkpoint (the container stops for it, so the commit that follows matches the
+  memory), the commit, a copy of the checkpoint under the state directory, then the container resumes from
+  its checkpoint. Restore starts a new container of the committed image from that checkpoint.
+* terminate stops the container (files stay); wake_up starts it again, or restores a snapshot into it.
 """
 
 from __future__ import annotations
@@ -20,15 +24,18 @@ import contextlib
 import json
 import os
 import posixpath
+import shutil
 import time
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Self
 
 import httpx
 
 from grainchain import _docker as dk
-from grainchain._acompat import Task, select, start_task
+from grainchain._acompat import Task, run_blocking, select, start_task
+from grainchain._generated.features import Feature
 from grainchain._hostproc import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._output import OutputCollector, Stream
 from grainchain._sync.adapter import SandboxAdapter
@@ -54,8 +61,13 @@ from grainchain.models import (
 )
 from grainchain.settings import Settings
 
+_BIG_TIMEOUT = 600.0  # commits, checkpoints, restores and uploads of big things
+_BUILD_TIMEOUT = 3600.0  # image pulls and builds (the read timeout: between two progress lines)
 _STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
 _KILL_TIMEOUT = 30.0
+
+
+_ENGINE_INFO: dict[str, dict[str, Any]] = {}
 
 
 class _Engine:
@@ -74,6 +86,13 @@ class _Engine:
 
     def close(self) -> None:
         self.client.close()
+
+    def info(self) -> dict[str, Any]:
+        """GET /info, once per engine address and process (it does not change while the engine runs)."""
+        key = self.endpoint.describe()
+        if key not in _ENGINE_INFO:
+            _ENGINE_INFO[key] = self.json("GET", "/info", "engine info")
+        return _ENGINE_INFO[key]
 
     def request(
         self,
@@ -104,13 +123,27 @@ class _Engine:
             raise dk.engine_error(response.status_code, response.content, what)
         return response
 
+    def follow_progress(self, url: str, what: str, **kwargs: Any) -> dk.ProgressLog:
+        """POST a pull or build and follow its progress stream to the end (logged as it goes)."""
+        progress = dk.ProgressLog(what)
+        response = self.open_stream(url, what, _BUILD_TIMEOUT, **kwargs)
+        try:
+            for line in response.iter_lines():
+                progress.feed(line)
+        except httpx.HTTPError as exc:
+            raise ProviderError(f"{what}: {exc}", provider=dk.PROVIDER) from exc
+        finally:
+            response.close()
+        return progress
+
     def json(self, method: str, url: str, what: str, **kwargs: Any) -> Any:
         response = self.request(method, url, what, **kwargs)
         return response.json() if response.content else None
 
-    def open_stream(self, url: str, body: dict[str, Any], what: str, timeout: float | None) -> httpx.Response:
+    def open_stream(self, url: str, what: str, timeout: float | None, **kwargs: Any) -> httpx.Response:
+        """POST and return the response unread (exec output, pull and build progress)."""
         request = self.client.build_request(
-            "POST", url, json=body, timeout=httpx.Timeout(timeout, connect=dk.CONNECT_TIMEOUT)
+            "POST", url, timeout=httpx.Timeout(timeout, connect=dk.CONNECT_TIMEOUT), **kwargs
         )
         try:
             response = self.client.send(request, stream=True)
@@ -178,6 +211,38 @@ class _Exec:
 def _pause(seconds: float) -> None:
     """Sleep (no asyncio in _async/: a select of no descriptors)."""
     select([], seconds)
+
+
+def _find_criu() -> str | None:
+    # dockerd (runc) finds criu on its own PATH; the sbin directories are where it is installed
+    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
+    return shutil.which("criu", path=path)
+
+
+def _resume(engine: _Engine, container_id: str, name: str, saved: str | None) -> None:
+    """Start a container from its checkpoint `name` (first copied in from `saved`, when given), then drop
+    the container's copy of the checkpoint."""
+    root = str((engine.info()).get("DockerRootDir"))
+    checkpoint = dk.checkpoint_path(root, container_id, name)
+    run_blocking(dk.stage_checkpoint, checkpoint, saved)
+    for delay in (0.2, 0.5, 1.0, 2.0, None):
+        try:
+            engine.request(
+                "POST",
+                f"/containers/{container_id}/start",
+                "restore from checkpoint",
+                params={"checkpoint": name},
+                timeout=_BIG_TIMEOUT,
+            )
+            break
+        except ProviderError as exc:
+            # the engine's 'already exists' race (see dk.stage_checkpoint): a fresh mark, a short wait
+            if delay is None or "already exists" not in exc.message:
+                raise
+            _pause(delay)
+            run_blocking(dk.stage_checkpoint, checkpoint)
+    with contextlib.suppress(GrainchainError):
+        engine.request("DELETE", f"/containers/{container_id}/checkpoints/{name}", "delete checkpoint")
 
 
 class DockerProcessHandle(ProcessHandle):
@@ -279,7 +344,6 @@ class DockerAdapter(SandboxAdapter):
     def _container_body(cls, image: str, sandbox_id: str, config: SandboxConfig) -> dict[str, Any]:
         env = {**config.environment_vars, SANDBOX_MARKER: sandbox_id}
         host: dict[str, Any] = {
-            "Init": True,
             "PidsLimit": int(config.provider_config.get("pids_limit", dk.DEFAULT_PIDS_LIMIT)),
         }
         if config.memory_limit is not None:
@@ -292,8 +356,8 @@ class DockerAdapter(SandboxAdapter):
             host["NetworkMode"] = str(network)
         return {
             "Image": image,
-            "Entrypoint": ["tail"],
-            "Cmd": ["-f", "/dev/null"],
+            "Entrypoint": dk.INIT_COMMAND,
+            "Cmd": None,
             "WorkingDir": cls._cwd_of(config),
             "Env": [f"{k}={v}" for k, v in env.items()],
             "Labels": {
@@ -315,16 +379,51 @@ class DockerAdapter(SandboxAdapter):
             raise SnapshotNotFoundError(image, provider=dk.PROVIDER)
         repo, tag = dk.split_image(image)
         params = {"fromImage": repo} | ({"tag": tag} if tag else {})
+        dk.log.info("pulling %s", image)
         try:
-            response = engine.request("POST", "/images/create", "pull image", params=params, timeout=600)
+            progress = engine.follow_progress("/images/create", f"pull {image}", params=params)
         except (ProviderError, SandboxNotFoundError, InvalidArgumentError) as exc:
             raise dk.pull_error(image, exc.message) from exc
-        failure = dk.pull_progress_error(response.content)
-        if failure:
-            raise dk.pull_error(image, failure)
+        if progress.error:
+            raise dk.pull_error(image, progress.error)
 
     @classmethod
-    def _start_container(cls, engine: _Engine, image: str, sandbox_id: str, config: SandboxConfig) -> str:
+    def _build_image(cls, engine: _Engine, config: SandboxConfig) -> str:
+        """Build provider_config's Dockerfile (once per content: the tag is a hash of the context)."""
+        context, dockerfile, digest = run_blocking(dk.build_context, config.provider_config)
+        image = f"{dk.BUILD_REPO}:{digest}"
+        with contextlib.suppress(SandboxNotFoundError):
+            engine.request("GET", f"/images/{image}/json", "inspect image")
+            return image
+        dk.log.info("building %s from %s (%d KiB of context)", image, dockerfile, len(context) // 1024)
+        params = {"t": image, "dockerfile": dockerfile, "rm": "1", "forcerm": "1"}
+        params["labels"] = json.dumps({dk.LABEL: "1"})
+        progress = engine.follow_progress(
+            "/build",
+            f"build {image}",
+            params=params,
+            content=context,
+            headers={"Content-Type": "application/x-tar"},
+        )
+        if progress.error:
+            output = "\n".join(progress.tail[-10:])
+            raise ConfigurationError(
+                f"building the image from {config.provider_config.get('dockerfile') or 'Dockerfile'} failed: "
+                f"{progress.error}" + (f"\n--- last build output ---\n{output}" if output else ""),
+                provider=dk.PROVIDER,
+            )
+        return image
+
+    @classmethod
+    def _start_container(
+        cls,
+        engine: _Engine,
+        image: str,
+        sandbox_id: str,
+        config: SandboxConfig,
+        checkpoint: tuple[str, str] | None = None,
+    ) -> str:
+        """Create and start a container; from a saved checkpoint (name, directory) when one is given."""
         created = engine.json(
             "POST",
             "/containers/create",
@@ -333,7 +432,10 @@ class DockerAdapter(SandboxAdapter):
         )
         container_id = str(created["Id"])
         try:
-            engine.request("POST", f"/containers/{container_id}/start", "start container")
+            if checkpoint is None:
+                engine.request("POST", f"/containers/{container_id}/start", "start container")
+            else:
+                _resume(engine, container_id, *checkpoint)
         except BaseException:
             with contextlib.suppress(Exception):
                 engine.request(
@@ -341,6 +443,21 @@ class DockerAdapter(SandboxAdapter):
                 )
             raise
         return container_id
+
+    @classmethod
+    def missing_features(cls, config: SandboxConfig, settings: Settings) -> dict[Feature, str]:
+        try:
+            engine = _Engine()
+        except GrainchainError:
+            return {}  # creating the sandbox will say the engine is unreachable
+        try:
+            info = engine.info()
+        except GrainchainError:
+            return {}
+        finally:
+            engine.close()
+        problem = dk.memory_snapshot_problem(engine.endpoint, info, _find_criu())
+        return {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
 
     @classmethod
     def create(cls, config: SandboxConfig, settings: Settings) -> Self:
@@ -353,8 +470,11 @@ class DockerAdapter(SandboxAdapter):
             )
         engine = _Engine()
         try:
-            image = cls._image_of(config)
-            cls._ensure_image(engine, image)
+            if "dockerfile" in config.provider_config or "build_context" in config.provider_config:
+                image = cls._build_image(engine, config)
+            else:
+                image = cls._image_of(config)
+                cls._ensure_image(engine, image)
             sandbox_id = "gc-" + uuid.uuid4().hex[:16]
             container_id = cls._start_container(engine, image, sandbox_id, config)
             return cls(engine, container_id, sandbox_id, cls._cwd_of(config), config, settings)
@@ -469,7 +589,7 @@ class DockerAdapter(SandboxAdapter):
         created = self._engine.json("POST", f"/containers/{self._container}/exec", "create exec", json=body)
         exec_id = str(created["Id"])
         response = self._engine.open_stream(
-            f"/exec/{exec_id}/start", {"Detach": False, "Tty": False}, "start exec", timeout
+            f"/exec/{exec_id}/start", "start exec", timeout, json={"Detach": False, "Tty": False}
         )
         return _Exec(self._engine, exec_id, marker, response)
 
@@ -706,21 +826,81 @@ class DockerAdapter(SandboxAdapter):
     # -- snapshots ------------------------------------------------------------------------------------
 
     def create_snapshot(self, kind: SnapshotKind = SnapshotKind.filesystem) -> str:
-        if kind is SnapshotKind.memory:
-            return super().create_snapshot(kind)
         tag = uuid.uuid4().hex[:20]
-        labels = {dk.LABEL: "1", dk.LABEL_SNAPSHOT: "1", dk.LABEL_SOURCE: self.sandbox_id}
+        labels = {
+            dk.LABEL: "1",
+            dk.LABEL_SNAPSHOT: "1",
+            dk.LABEL_SOURCE: self.sandbox_id,
+            dk.LABEL_KIND: kind.value,
+        }
+        if kind is SnapshotKind.filesystem:
+            self._commit(tag, labels, pause=True)
+            return f"{dk.SNAPSHOT_REPO}:{tag}"
+        attached = [h for h in self._handles if h.is_running]
+        if attached:
+            raise ProviderError(
+                f"a memory snapshot cannot hold processes started with start_process() ({len(attached)} "
+                "running): their output streams to this client and cannot be checkpointed; wait for or kill "
+                "them, and start work that must survive as `execute('cmd > log 2>&1 &')`",
+                provider=dk.PROVIDER,
+                retryable=False,
+            )
+        name = "gc-" + tag
+        saved = str(self._checkpoint_store() / tag)
+        labels[dk.LABEL_CHECKPOINT] = saved
+        # The container stops for the checkpoint, so the commit captures the files the memory refers to.
+        self._engine.request(
+            "POST",
+            f"/containers/{self._container}/checkpoints",
+            "checkpoint (CRIU)",
+            json={"CheckpointID": name, "Exit": True},
+            timeout=_BIG_TIMEOUT,
+        )
+        try:
+            root = str((self._engine.info()).get("DockerRootDir"))
+            run_blocking(dk.save_checkpoint, dk.checkpoint_path(root, self._container, name), saved)
+            self._commit(tag, labels, pause=False)
+        except BaseException:
+            run_blocking(shutil.rmtree, saved, True)
+            raise
+        finally:
+            self._continue_after_checkpoint(name)
+        return f"{dk.SNAPSHOT_REPO}:{tag}"
+
+    def _checkpoint_store(self) -> Path:
+        return self.settings.state_dir / "docker" / "checkpoints"
+
+    def _commit(self, tag: str, labels: dict[str, str], pause: bool) -> None:
         self._engine.request(
             "POST",
             "/commit",
             "commit snapshot",
-            params={"container": self._container, "repo": dk.SNAPSHOT_REPO, "tag": tag, "pause": "1"},
+            params={
+                "container": self._container,
+                "repo": dk.SNAPSHOT_REPO,
+                "tag": tag,
+                "pause": "1" if pause else "0",
+            },
             json={"Labels": labels},
-            timeout=600,
+            timeout=_BIG_TIMEOUT,
         )
-        return f"{dk.SNAPSHOT_REPO}:{tag}"
 
-    def _snapshot_image(self, snapshot_id: str) -> dict[str, Any]:
+    def _continue_after_checkpoint(self, name: str) -> None:
+        """Resume the container from its checkpoint; if that fails, start it afresh (its processes are
+        lost) so that the sandbox stays usable, and say so."""
+        try:
+            _resume(self._engine, self._container, name, None)
+        except GrainchainError as exc:
+            with contextlib.suppress(GrainchainError):
+                self._engine.request("POST", f"/containers/{self._container}/start", "start container")
+            raise ProviderError(
+                f"the sandbox's processes could not be resumed after the checkpoint ({exc.message}); "
+                "the container was restarted without them",
+                provider=dk.PROVIDER,
+            ) from exc
+
+    def _snapshot_image(self, snapshot_id: str) -> dict[str, str]:
+        """The labels of a snapshot's image (SnapshotNotFoundError when it is not one of ours)."""
         if not snapshot_id.startswith(dk.SNAPSHOT_REPO + ":"):
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER)
         try:
@@ -729,15 +909,27 @@ class DockerAdapter(SandboxAdapter):
             )
         except SandboxNotFoundError:
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
-        labels = (image.get("Config") or {}).get("Labels") or {}
+        labels: dict[str, str] = (image.get("Config") or {}).get("Labels") or {}
         if labels.get(dk.LABEL_SNAPSHOT) != "1":
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER)
-        return image
+        return labels
+
+    def _saved_checkpoint(self, snapshot_id: str, labels: dict[str, str]) -> tuple[str, str] | None:
+        """(checkpoint name, saved directory) of a memory snapshot; None for a filesystem snapshot."""
+        saved = labels.get(dk.LABEL_CHECKPOINT)
+        if labels.get(dk.LABEL_KIND) != SnapshotKind.memory.value or not saved:
+            return None
+        if not os.path.isdir(saved):
+            raise SnapshotNotFoundError(
+                f"{snapshot_id} (its memory checkpoint {saved} is gone)", provider=dk.PROVIDER
+            )
+        return "gc-" + snapshot_id.rpartition(":")[2], saved
 
     def restore_snapshot(self, snapshot_id: str) -> None:
-        self._snapshot_image(snapshot_id)  # an unknown id fails before anything is touched
+        labels = self._snapshot_image(snapshot_id)  # an unknown id fails before anything is touched
+        checkpoint = self._saved_checkpoint(snapshot_id, labels)
         self._kill_handles()
-        new = self._start_container(self._engine, snapshot_id, self.sandbox_id, self.config)
+        new = self._start_container(self._engine, snapshot_id, self.sandbox_id, self.config, checkpoint)
         old, self._container = self._container, new
         with contextlib.suppress(SandboxNotFoundError):
             self._engine.request(
@@ -757,7 +949,7 @@ class DockerAdapter(SandboxAdapter):
                         SnapshotInfo(
                             snapshot_id=ref,
                             provider=dk.PROVIDER,
-                            kind=SnapshotKind.filesystem,
+                            kind=SnapshotKind(labels.get(dk.LABEL_KIND, SnapshotKind.filesystem.value)),
                             created_at=dk.image_created(image.get("Created", 0)),
                             source_sandbox_id=labels.get(dk.LABEL_SOURCE),
                             size_bytes=image.get("Size"),
@@ -766,9 +958,28 @@ class DockerAdapter(SandboxAdapter):
         return snapshots
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        self._snapshot_image(snapshot_id)
+        labels = self._snapshot_image(snapshot_id)
         try:
             self._engine.request("DELETE", f"/images/{snapshot_id}", "delete snapshot", params={"force": "1"})
         except SandboxNotFoundError:
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
+        saved = labels.get(dk.LABEL_CHECKPOINT)
+        if saved:
+            run_blocking(shutil.rmtree, saved, True)
         self._prune_deleted_snapshots()
+
+    # -- terminate / wake up --------------------------------------------------------------------------
+
+    def terminate(self) -> None:
+        self._kill_handles()
+        self._engine.request(
+            "POST", f"/containers/{self._container}/stop", "stop container", params={"t": "5"}, timeout=30
+        )
+        self.status = SandboxStatus.terminated
+
+    def wake_up(self, snapshot_id: str | None = None) -> None:
+        if snapshot_id is not None:
+            self.restore_snapshot(snapshot_id)
+        elif self.status is SandboxStatus.terminated:
+            self._engine.request("POST", f"/containers/{self._container}/start", "start container")
+        self.status = SandboxStatus.running
