@@ -33,11 +33,12 @@ def _memory_bytes() -> int | None:
 
 
 def _git_commit() -> str | None:
-    """The checkout's commit when grainchain runs from one (an installed wheel has none)."""
+    """The checkout's commit when grainchain runs from one (an installed wheel has none); "-dirty" when
+    the work tree has uncommitted changes, so the numbers belong to no commit exactly."""
     package_dir = Path(__file__).resolve().parents[1]
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         done = subprocess.run(
-            ["git", "-C", str(package_dir.parent), "rev-parse", "--short=12", "HEAD"],
+            ["git", "-C", str(package_dir.parent), "describe", "--always", "--dirty", "--abbrev=12"],
             capture_output=True,
             text=True,
             timeout=5,
