@@ -5,7 +5,8 @@ Killing a tree kills the process group and then every process that still carries
 children that left the group with setsid (daemons, `nohup … &`) and those that wiped their environment but
 stayed in the group. Not caught: a process that both leaves the group and wipes its environment, and, once
 its command has exited normally, a child that wiped its environment (closing the sandbox finds processes
-by the sandbox marker only). The local provider is not an isolation boundary.
+by the sandbox marker only). With isolation="namespaces" (grainchain/_isolation.py) a sandbox's own pid
+namespace and cgroup bound what it can start; the markers still find the processes from the host.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import contextlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,11 +78,21 @@ class HostProcess:
             self.exit_fd = None
 
 
-def spawn(command: str, *, cwd: Path, env: Mapping[str, str], marker: tuple[str, str]) -> HostProcess:
-    """Start `sh -c command` in a new session (its own process group) with exactly `env` plus the marker."""
+def spawn(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    marker: tuple[str, str],
+    prefix: Sequence[str] = (),
+) -> HostProcess:
+    """Start `sh -c command` in a new session (its own process group) with exactly `env` plus the marker.
+
+    `prefix` is an argv that execs the shell in the end (cgroup placement, rlimits, entering namespaces);
+    each program in it must keep the process group and the environment."""
     name, value = marker
     popen = subprocess.Popen(
-        [SHELL, "-c", command],
+        [*prefix, SHELL, "-c", command],
         cwd=cwd,
         env={**env, name: value},
         stdin=subprocess.DEVNULL,

@@ -17,16 +17,19 @@ import contextlib
 import errno
 import json
 import os
+import posixpath
 import re
 import shutil
 import stat
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from grainchain.errors import (
     FileNotFoundInSandboxError,
     InvalidArgumentError,
+    PathOutsideSandboxError,
     SandboxNotFoundError,
     SnapshotNotFoundError,
 )
@@ -125,7 +128,20 @@ class SandboxDir:
     def config(self) -> SandboxConfig:
         return SandboxConfig.model_validate(json.loads(self.meta.read_text("utf-8"))["config"])
 
-    def save(self, status: SandboxStatus, config: SandboxConfig, created_at: datetime | None = None) -> None:
+    def runtime(self) -> dict[str, Any]:
+        """What the owner needs to drive the sandbox again (isolation, holder, cgroup), as save() stored it."""
+        data: dict[str, Any] = json.loads(self.meta.read_text("utf-8")).get("runtime", {})
+        return data
+
+    def save(
+        self,
+        status: SandboxStatus,
+        config: SandboxConfig,
+        created_at: datetime | None = None,
+        runtime: dict[str, Any] | None = None,
+    ) -> None:
+        if runtime is None and self.meta.exists():
+            runtime = self.runtime()
         info = SandboxInfo(
             sandbox_id=self.sandbox_id,
             provider=PROVIDER,
@@ -133,7 +149,11 @@ class SandboxDir:
             created_at=created_at or self.info().created_at,
             metadata={"workspace": str(self.workspace), "owner_pid": str(os.getpid())},
         )
-        payload = {"info": info.model_dump(mode="json"), "config": config.model_dump(mode="json")}
+        payload = {
+            "info": info.model_dump(mode="json"),
+            "config": config.model_dump(mode="json"),
+            "runtime": runtime or {},
+        }
         _write_json(self.meta, json.dumps(payload, indent=2))
 
     def remove(self) -> None:
@@ -177,17 +197,79 @@ def list_sandboxes(state_dir: Path) -> list[SandboxInfo]:
 
 # -- files ----------------------------------------------------------------------------------------------
 
+_MAX_LINKS = 40  # as the kernel's limit on symlinks followed in one lookup
 
-def file_info(path: Path) -> FileInfo:
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def resolve_in_view(
+    host_root: Path, view_root: str, view_cwd: str, path: str, *, follow_symlinks: bool = True
+) -> tuple[Path, str]:
+    """Map a path as the sandbox's commands see it to the host file it names: (host path, shown path).
+
+    `view_root` is the workspace as commands see it (/workspace when isolated, else the host path itself);
+    a relative `path` starts at `view_cwd`. `..` is resolved by name first (`link/..` is the directory
+    holding `link`); symlinks are then followed the way the sandbox's kernel view would follow them, so an
+    absolute link target means a path inside the sandbox, not on the host. The host path returned has every
+    link resolved (the host must not follow a link with its own view); the shown path is the normalised
+    one, for FileInfo.path and messages. Raises PathOutsideSandboxError when the path, or a link on the
+    way, leads out of the workspace. With follow_symlinks=False a link as the last component is not followed.
+    """
+    shown = posixpath.normpath(posixpath.join(view_cwd, path))
+    if shown.startswith("//"):
+        shown = shown[1:]
+    if not _within(shown, view_root):
+        raise PathOutsideSandboxError(
+            path, f"it resolves to {shown}, outside the sandbox's workspace {view_root}"
+        )
+    pending = [c for c in shown[len(view_root) :].split("/") if c]
+    resolved: list[str] = []  # components below view_root, every one a real directory or the last name
+    links = 0
+    while pending:
+        name = pending.pop(0)
+        if name == ".":
+            continue
+        if name == "..":
+            if not resolved:
+                raise PathOutsideSandboxError(
+                    path, f"a symlink on the way leads above the workspace {view_root}"
+                )
+            resolved.pop()
+            continue
+        host = host_root.joinpath(*resolved, name)
+        if (pending or follow_symlinks) and os.path.islink(host):
+            links += 1
+            if links > _MAX_LINKS:
+                raise InvalidArgumentError(f"too many levels of symbolic links in {path!r}", argument="path")
+            target = os.readlink(host)
+            if target.startswith("/"):
+                target = posixpath.normpath(target)
+                if not _within(target, view_root):
+                    raise PathOutsideSandboxError(
+                        path,
+                        f"a symlink on the way leads to {target}, outside the sandbox's workspace {view_root}",
+                    )
+                resolved = []
+                target = target[len(view_root) :]
+            pending = [c for c in target.split("/") if c] + pending
+            continue
+        resolved.append(name)
+    return host_root.joinpath(*resolved), shown
+
+
+def file_info(path: Path, shown: str | None = None) -> FileInfo:
+    shown = str(path) if shown is None else shown
     try:
         st = path.lstat()
     except (FileNotFoundError, NotADirectoryError):
-        raise FileNotFoundInSandboxError(str(path), provider=PROVIDER) from None
+        raise FileNotFoundInSandboxError(shown, provider=PROVIDER) from None
     is_link = stat.S_ISLNK(st.st_mode)
     is_dir = stat.S_ISDIR(path.stat().st_mode if is_link and path.exists() else st.st_mode)
     return FileInfo(
-        path=str(path),
-        name=path.name,
+        path=shown,
+        name=posixpath.basename(shown),
         size=0 if is_dir else st.st_size,
         is_directory=is_dir,
         is_symlink=is_link,
@@ -196,57 +278,63 @@ def file_info(path: Path) -> FileInfo:
     )
 
 
-def list_directory(path: Path) -> list[FileInfo]:
+def list_directory(path: Path, shown: str | None = None) -> list[FileInfo]:
+    shown = str(path) if shown is None else shown
     try:
         names = sorted(os.listdir(path))
     except FileNotFoundError:
-        raise FileNotFoundInSandboxError(str(path), provider=PROVIDER) from None
+        raise FileNotFoundInSandboxError(shown, provider=PROVIDER) from None
     except NotADirectoryError:
         if not os.path.lexists(path):  # a file on the way: "file.txt/x"
-            raise FileNotFoundInSandboxError(str(path), provider=PROVIDER) from None
-        raise InvalidArgumentError(f"{path} is not a directory", argument="path", provider=PROVIDER) from None
+            raise FileNotFoundInSandboxError(shown, provider=PROVIDER) from None
+        raise InvalidArgumentError(
+            f"{shown} is not a directory", argument="path", provider=PROVIDER
+        ) from None
     infos = []
     for name in names:
         try:
-            infos.append(file_info(path / name))
+            infos.append(file_info(path / name, posixpath.join(shown, name)))
         except FileNotFoundInSandboxError:
             continue  # deleted while listing
     return infos
 
 
-def _not_regular(path: Path, st: os.stat_result, operation: str) -> InvalidArgumentError:
+def _not_regular(shown: str, st: os.stat_result, operation: str) -> InvalidArgumentError:
     what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
     hint = (
         "; list_files() lists it" if stat.S_ISDIR(st.st_mode) else f" (only regular files can be {operation})"
     )
-    return InvalidArgumentError(f"{path} is {what}{hint}", argument="path", provider=PROVIDER)
+    return InvalidArgumentError(f"{shown} is {what}{hint}", argument="path", provider=PROVIDER)
 
 
-def write_file(path: Path, data: bytes, *, append: bool) -> None:
+def write_file(path: Path, data: bytes, *, append: bool, shown: str | None = None) -> None:
+    shown = str(path) if shown is None else shown
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise InvalidArgumentError(
-            f"{path.parent} (or a parent) exists and is not a directory", argument="path", provider=PROVIDER
+            f"{posixpath.dirname(shown)} (or a parent) exists and is not a directory",
+            argument="path",
+            provider=PROVIDER,
         ) from None
     # O_NONBLOCK: opening a named pipe nobody reads must fail, not hang; no O_TRUNC before the type check.
     flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_APPEND if append else 0)
     try:
         fd = os.open(path, flags, 0o666)
     except IsADirectoryError:
-        raise InvalidArgumentError(f"{path} is a directory", argument="path", provider=PROVIDER) from None
+        raise InvalidArgumentError(f"{shown} is a directory", argument="path", provider=PROVIDER) from None
     except OSError as exc:
         if exc.errno != errno.ENXIO:  # ENXIO: a named pipe without a reader
             raise
         raise InvalidArgumentError(
-            f"{path} is not a regular file (only regular files can be written)",
+            f"{shown} is not a regular file (only regular files can be written)",
             argument="path",
             provider=PROVIDER,
         ) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(path, st, "written")
+            raise _not_regular(shown, st, "written")
         if not append:
             os.ftruncate(fd, 0)
         view = memoryview(data)
@@ -256,15 +344,16 @@ def write_file(path: Path, data: bytes, *, append: bool) -> None:
         os.close(fd)
 
 
-def read_file(path: Path) -> bytes:
+def read_file(path: Path, shown: str | None = None) -> bytes:
+    shown = str(path) if shown is None else shown
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a named pipe must not hang us
     except (FileNotFoundError, NotADirectoryError):
-        raise FileNotFoundInSandboxError(str(path), provider=PROVIDER) from None
+        raise FileNotFoundInSandboxError(shown, provider=PROVIDER) from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(path, st, "read")
+            raise _not_regular(shown, st, "read")
     except BaseException:
         os.close(fd)
         raise
@@ -272,7 +361,7 @@ def read_file(path: Path) -> bytes:
         return f.read()
 
 
-def delete(path: Path, root: Path) -> None:
+def delete(path: Path, root: Path, shown: str | None = None) -> None:
     if path == root:
         raise InvalidArgumentError(
             "cannot delete the sandbox's root directory", argument="path", provider=PROVIDER
@@ -282,15 +371,16 @@ def delete(path: Path, root: Path) -> None:
     elif path.is_symlink() or path.exists():
         path.unlink()
     else:
-        raise FileNotFoundInSandboxError(str(path), provider=PROVIDER)
+        raise FileNotFoundInSandboxError(str(path) if shown is None else shown, provider=PROVIDER)
 
 
-def make_directory(path: Path) -> None:
+def make_directory(path: Path, shown: str | None = None) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
+        shown = str(path) if shown is None else shown
         raise InvalidArgumentError(
-            f"{path} (or a parent) exists and is not a directory", argument="path", provider=PROVIDER
+            f"{shown} (or a parent) exists and is not a directory", argument="path", provider=PROVIDER
         ) from None
 
 

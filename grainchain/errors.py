@@ -11,6 +11,7 @@
     ├── SandboxNotRunningError        closed or terminated sandbox
     ├── CommandTimeoutError           carries the partial stdout/stderr
     ├── OutputLimitExceededError      output over SandboxConfig.output_limit
+    ├── MemoryLimitExceededError      a command was killed for going over SandboxConfig.memory_limit
     ├── FileNotFoundInSandboxError    (also a FileNotFoundError)
     ├── PathOutsideSandboxError       path escapes the sandbox by `..` or a symlink
     ├── SnapshotNotFoundError
@@ -185,6 +186,31 @@ class OutputLimitExceededError(GrainchainError):
         self.stderr = stderr
 
 
+class MemoryLimitExceededError(GrainchainError):
+    """A command failed because the kernel killed a process of the sandbox for going over
+    SandboxConfig.memory_limit while it ran; carries the output so far and the exit code."""
+
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: str,
+        limit: int,
+        return_code: int,
+        stdout: str = "",
+        stderr: str = "",
+        **context: Unpack[ErrorContext],
+    ) -> None:
+        super().__init__(message, **context)
+        self.command = command
+        self.limit = limit
+        self.return_code = return_code
+        self.stdout = stdout
+        self.stderr = stderr
+
+
 class FileNotFoundInSandboxError(GrainchainError, FileNotFoundError):
     """The path does not exist in the sandbox."""
 
@@ -233,6 +259,7 @@ __all__ = [
     "FileNotFoundInSandboxError",
     "GrainchainError",
     "InvalidArgumentError",
+    "MemoryLimitExceededError",
     "OutputLimitExceededError",
     "PathOutsideSandboxError",
     "ProviderError",

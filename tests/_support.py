@@ -107,8 +107,13 @@ async def run_ok(sandbox: Any, command: str) -> ExecutionResult:
 
 
 async def workspace_of(sandbox: Any) -> Path:
-    """The host directory the sandbox's commands start in (its workspace unless working_directory is set)."""
-    return Path((await run_ok(sandbox, "pwd")).stdout.strip())
+    """The host directory the sandbox's commands start in (its workspace unless working_directory is set).
+    An isolated local sandbox sees its workspace at /workspace: that maps to its directory in the state dir."""
+    seen = (await run_ok(sandbox, "pwd")).stdout.strip()
+    if seen != "/workspace" and not seen.startswith("/workspace/"):
+        return Path(seen)
+    state = Path(os.environ["GRAINCHAIN_STATE_DIR"]).resolve()
+    return state / "local" / "sandboxes" / sandbox.sandbox_id / "workspace" / seen[len("/workspace/") :]
 
 
 def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:

@@ -36,10 +36,22 @@ def sandbox_processes(state: Path | None = None) -> list[int]:
             continue
         if state is not None:
             prefixes = [f"{var}={state}".encode() for var in ("HOME", "TMPDIR")]
-            if not any(e.startswith(p) for e in environ for p in prefixes):
+            if not any(e.startswith(p) for e in environ for p in prefixes) and not _mounts_from(pid, state):
                 continue
         found.append(pid)
     return found
+
+
+def _mounts_from(pid: int, state: Path) -> bool:
+    """Whether the process sees a mount of a directory under `state` (an isolated sandbox's /workspace is
+    a bind mount of its host workspace; its HOME and TMPDIR are sandbox paths). Mount roots are relative to
+    their filesystem, so only the tail of the state path is compared."""
+    tail = "/" + "/".join(state.parts[-3:]) + "/"
+    try:
+        with open(f"/proc/{pid}/mountinfo") as f:
+            return any(tail in line.split()[3] + "/" for line in f)
+    except OSError:
+        return False
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,8 @@ sandbox) becomes the workspace-relative `workspace`, and commands that need the 
 (apt-get, pip install, git clone, npm) become harmless commands with the same shape.
 
 The examples call `python`; where the host has only `python3`, the settings file gives every sandbox a PATH
-with a `python` link (the examples themselves are untouched).
+with a `python` link (the examples themselves are untouched). That link is a host path, so these sandboxes
+run with isolation="none"; tests/test_local_isolation.py runs the `/workspace` examples verbatim isolated.
 """
 
 from __future__ import annotations
@@ -49,15 +50,19 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     with zipfile.ZipFile(cwd / "data.zip", "w") as archive:
         archive.writestr("inside.txt", "zipped")
     monkeypatch.chdir(cwd)
+    # unisolated: the `python` link below lives on the host; tests/test_local_isolation.py runs the
+    # document's /workspace examples verbatim in isolated sandboxes
+    sandbox_defaults = 'provider_config = { isolation = "none" }\n'
     if shutil.which("python", path=MINIMAL_PATH) is None:
         python3 = shutil.which("python3", path=MINIMAL_PATH)
         assert python3, "the examples need a Python on the host"
         shim = tmp_path / "shim"
         shim.mkdir()
         (shim / "python").symlink_to(python3)
-        settings = tmp_path / "config.toml"
-        settings.write_text(f'[sandbox]\nenvironment_vars = {{ PATH = "{shim}:{MINIMAL_PATH}" }}\n')
-        monkeypatch.setenv("GRAINCHAIN_CONFIG", str(settings))
+        sandbox_defaults += f'environment_vars = {{ PATH = "{shim}:{MINIMAL_PATH}" }}\n'
+    settings = tmp_path / "config.toml"
+    settings.write_text(f"[sandbox]\n{sandbox_defaults}")
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(settings))
     return cwd
 
 

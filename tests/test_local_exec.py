@@ -11,9 +11,11 @@ import asyncio
 import os
 import time
 import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
+from _local import run_unisolated
 from _procs import alive, env_of, eventually, pids_in, sandbox_pids, stat_fields, wait_gone
 from _support import close
 
@@ -26,6 +28,14 @@ from grainchain.errors import (
     OutputLimitExceededError,
     PathOutsideSandboxError,
 )
+
+
+@pytest.fixture(autouse=True)
+def _unisolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests look at sandboxes from the host (host paths and pids): plain host processes.
+    tests/test_local_isolation.py and the conformance suite cover isolation="namespaces"."""
+    run_unisolated(tmp_path, monkeypatch)
+
 
 # -- environment and working directory --------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _local import run_unisolated
 from _support import close, run_ok, workspace_of
 
 from grainchain import (
@@ -26,6 +27,14 @@ from grainchain import (
     PathOutsideSandboxError,
     SandboxConfig,
 )
+
+
+@pytest.fixture(autouse=True)
+def _unisolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests look at sandboxes from the host (host paths and pids): plain host processes.
+    tests/test_local_isolation.py and the conformance suite cover isolation="namespaces"."""
+    run_unisolated(tmp_path, monkeypatch)
+
 
 # -- one private workspace per sandbox -----------------------------------------------------------------
 
@@ -485,9 +494,11 @@ async def test_make_directory_with_parents_is_idempotent(sandbox: Any) -> None:
 
 CHILD_WITH_READ_ONLY_DIRS = """
 import os
+from grainchain import SandboxConfig
 from grainchain.sync import Sandbox
 
-with Sandbox() as sandbox:
+
+with Sandbox(config=SandboxConfig(provider_config={"isolation": "none"})) as sandbox:  # host paths
     ws = sandbox.execute("pwd").stdout.strip()
     print(ws)
     sandbox.execute("mkdir -p gone/sub && touch gone/sub/f && chmod 500 gone/sub gone")

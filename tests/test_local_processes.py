@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
+from _local import run_unisolated
 from _procs import alive, eventually, pids_in, stat_fields, wait_gone
 from _support import close
 
@@ -18,6 +20,13 @@ from grainchain.errors import (
     OutputLimitExceededError,
     PathOutsideSandboxError,
 )
+
+
+@pytest.fixture(autouse=True)
+def _unisolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests look at sandboxes from the host (host paths and pids): plain host processes.
+    tests/test_local_isolation.py and the conformance suite cover isolation="namespaces"."""
+    run_unisolated(tmp_path, monkeypatch)
 
 
 async def wait_for_output(handle: Any, text: str) -> None:

@@ -15,9 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _local import run_unisolated
 from _support import close, connect, flavour_of, run_ok, tree_state, workspace_of
 
 from grainchain import SandboxConfig, SnapshotKind, SnapshotNotFoundError
+
+
+@pytest.fixture(autouse=True)
+def _unisolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests look at sandboxes from the host (host paths and pids): plain host processes.
+    tests/test_local_isolation.py and the conformance suite cover isolation="namespaces"."""
+    run_unisolated(tmp_path, monkeypatch)
+
 
 SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]{32}")
 
@@ -150,6 +159,7 @@ async def test_snapshot_restored_in_a_new_sandbox(make_sandbox: Any) -> None:
 async def test_snapshot_outlives_its_sandbox_and_its_process(sandbox: Any, tmp_path: Path) -> None:
     child = """
 from grainchain.sync import Sandbox
+
 with Sandbox() as sandbox:
     sandbox.upload_file("from-child/data.bin", bytes(range(256)))
     sandbox.execute("chmod 640 from-child/data.bin && ln -s data.bin from-child/link")

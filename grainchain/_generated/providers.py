@@ -14,7 +14,7 @@ from grainchain._provider_info import ProviderInfo
 BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {
     "local": ProviderInfo(
         name="local",
-        summary="Commands run as host subprocesses in a private workspace directory.",
+        summary="Host processes in a private workspace, isolated by namespaces (bubblewrap) where available.",
         status="available",
         async_adapter="grainchain._async.providers.local:AsyncLocalAdapter",
         sync_adapter="grainchain._sync.providers.local:LocalAdapter",
@@ -34,7 +34,7 @@ BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {
             Feature.IMAGE_DOCKERFILE: SupportLevel.unsupported,
             Feature.LIMITS_CPU: SupportLevel.unsupported,
             Feature.LIMITS_MEMORY: SupportLevel.unsupported,
-            Feature.NETWORK_POLICY: SupportLevel.unsupported,
+            Feature.NETWORK_POLICY: SupportLevel.native,
             Feature.PORTS: SupportLevel.unsupported,
         },
     ),

@@ -1,21 +1,33 @@
-"""The local provider: commands run as host processes in a private workspace directory.
+"""The local provider: commands run as host processes, isolated by namespaces where bubblewrap works.
 
-Not an isolation boundary (a command can still read the host's files); what it guarantees: a scrubbed
-environment, whole-tree kills on timeout and close, file operations confined to the workspace, and
-filesystem snapshots that outlive the process. Blocking disk work lives in grainchain/_localfs.py.
+provider_config:
+  isolation   "namespaces" (default where bwrap works; grainchain/_isolation.py) or "none" (plain host
+              processes in a private workspace directory: not an isolation boundary)
+  network     "host" (default) or "none" (a network namespace with only loopback; needs namespaces)
+  pids_limit  most processes at once (default 4096; None for no limit)
+
+Every sandbox has a scrubbed environment, whole-tree kills on timeout and close, file operations confined
+to the workspace, limits in a cgroup (grainchain/_cgroups.py) and filesystem snapshots that outlive the
+process. With namespaces, commands see the workspace at /workspace and file operations take the same
+paths. Blocking disk work lives in grainchain/_localfs.py.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
+from grainchain import _cgroups as cg
+from grainchain import _isolation as iso
 from grainchain import _localfs as fs
 from grainchain._acompat import arun_blocking
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.hostexec import AsyncHostProcessHandle, run_to_completion
+from grainchain._generated.features import Feature
 from grainchain._hostproc import (
     EXEC_MARKER,
     SANDBOX_MARKER,
@@ -25,9 +37,13 @@ from grainchain._hostproc import (
     spawn,
 )
 from grainchain._output import OutputCollector
-from grainchain._paths import resolve_inside
 from grainchain._types import OutputCallback
-from grainchain.errors import ConfigurationError, FileNotFoundInSandboxError
+from grainchain.errors import (
+    CapabilityError,
+    ConfigurationError,
+    FileNotFoundInSandboxError,
+    MemoryLimitExceededError,
+)
 from grainchain.models import (
     ExecutionResult,
     FileInfo,
@@ -39,46 +55,132 @@ from grainchain.models import (
 )
 from grainchain.settings import Settings
 
-KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset()
+KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset({"isolation", "network", "pids_limit"})
+DEFAULT_PIDS_LIMIT = 4096  # as docker's default: a fork bomb stops there
+
+
+def _options(config: SandboxConfig) -> iso.Options:
+    unknown = set(config.provider_config) - KNOWN_PROVIDER_CONFIG
+    if unknown:
+        raise ConfigurationError(
+            f"unknown provider_config keys for local: {', '.join(sorted(unknown))} "
+            f"(known: {', '.join(sorted(KNOWN_PROVIDER_CONFIG))})",
+            provider="local",
+        )
+    return iso.parse_options(config.provider_config, DEFAULT_PIDS_LIMIT)
+
+
+def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
+    memory = None if config.memory_limit is None else int(config.memory_limit)
+    return cg.Limits(memory=memory, cpu=config.cpu_limit, pids=options.pids_limit)
 
 
 class AsyncLocalAdapter(AsyncSandboxAdapter):
     provider_name = "local"
 
-    def __init__(self, box: fs.SandboxDir, config: SandboxConfig, settings: Settings) -> None:
+    def __init__(
+        self,
+        box: fs.SandboxDir,
+        config: SandboxConfig,
+        settings: Settings,
+        options: iso.Options,
+        cgroup: cg.SandboxCgroup | None,
+        launcher: list[str],
+    ) -> None:
         super().__init__(box.sandbox_id, config, settings)
         self._box = box
         self._state_dir = settings.state_dir
         self._handles: list[AsyncHostProcessHandle] = []
-        self._cwd = self._working_directory(config.working_directory)
+        self._options = options
+        self._isolated = options.isolation == "namespaces"
+        # the workspace as commands see it; file operations take and show paths in this view
+        self._view_root = iso.WORKSPACE if self._isolated else str(box.workspace)
+        self._cgroup = cgroup
+        self._launcher = launcher  # argv prefix: cgroup placement or rlimits
+        self._holder: iso.Holder | None = None
+        self._cwd = self._view_root  # set properly below, once paths can be resolved
+        self._cwd = self._resolve(config.working_directory or ".")[1]
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @classmethod
+    async def missing_features(cls, config: SandboxConfig, settings: Settings) -> Mapping[Feature, str]:
+        try:
+            options = _options(config)
+        except ConfigurationError:
+            return {}  # create() reports it
+        missing: dict[Feature, str] = {}
+        if options.isolation == "none":
+            why = iso.namespaces_unavailable() or "provider_config isolation is 'none'"
+            missing[Feature.NETWORK_POLICY] = f"no network namespace without isolation ({why})"
+        cpu = await arun_blocking(cg.unavailable, cg.Limits(cpu=1.0))
+        if cpu:
+            missing[Feature.LIMITS_CPU] = f"{cpu}; no rlimit can cap CPU rate"
+        if shutil.which("prlimit") is None:
+            memory = await arun_blocking(cg.unavailable, cg.Limits(memory=1 << 30))
+            if memory:
+                missing[Feature.LIMITS_MEMORY] = f"{memory}, and no prlimit for the rlimit fallback"
+        return missing
+
+    @classmethod
     async def create(cls, config: SandboxConfig, settings: Settings) -> Self:
-        unknown = set(config.provider_config) - KNOWN_PROVIDER_CONFIG
-        if unknown:
-            raise ConfigurationError(
-                f"unknown provider_config keys for local: {', '.join(sorted(unknown))} "
-                "(the local provider takes none yet)",
-                provider=cls.provider_name,
+        options = _options(config)
+        if options.network == "none" and options.isolation == "none":
+            raise CapabilityError(
+                Feature.NETWORK_POLICY.value,
+                cls.provider_name,
+                operation="create",
+                hint="provider_config network 'none' needs isolation 'namespaces'",
             )
         box = await arun_blocking(fs.SandboxDir.create, settings.state_dir, config)
+        cgroup: cg.SandboxCgroup | None = None
         try:
-            adapter = cls(box, config, settings)
-            await arun_blocking(adapter._cwd.mkdir, parents=True, exist_ok=True)
+            cgroup, launcher = await arun_blocking(cls._make_limits, box.sandbox_id, _limits(config, options))
+            adapter = cls(box, config, settings, options, cgroup, launcher)
+            await arun_blocking(adapter._host_cwd().mkdir, parents=True, exist_ok=True)
+            if adapter._isolated:
+                await arun_blocking(adapter._start_holder)
+            await arun_blocking(box.save, SandboxStatus.running, config, None, adapter._runtime())
         except BaseException:
+            if cgroup is not None:
+                await arun_blocking(cgroup.remove)
+            await arun_blocking(kill_marked, f"{SANDBOX_MARKER}={box.sandbox_id}")
             await arun_blocking(box.remove)
             raise
         return adapter
+
+    @staticmethod
+    def _make_limits(sandbox_id: str, limits: cg.Limits) -> tuple[cg.SandboxCgroup | None, list[str]]:
+        if not limits.controllers():
+            return None, []
+        if cg.unavailable(limits) is None:
+            group = cg.SandboxCgroup.create(sandbox_id, limits)
+            return group, group.launcher()
+        return None, cg.rlimit_launcher(limits)
+
+    def _runtime(self) -> dict[str, Any]:
+        holder = self._holder
+        return {
+            "options": self._options.stored(),
+            "cgroup": None if self._cgroup is None else self._cgroup.stored(),
+            "launcher": self._launcher,
+            "holder": None
+            if holder is None
+            else {"pid": holder.pid, "target": holder.target, "network": holder.network},
+        }
 
     @classmethod
     async def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
         box = await arun_blocking(fs.SandboxDir.open, settings.state_dir, sandbox_id)
         await arun_blocking(box.recover)  # a restore its last owner did not finish (crash)
         stored = await arun_blocking(box.config)
-        adapter = cls(box, stored, settings)
-        await arun_blocking(box.save, SandboxStatus.running, stored)
+        runtime = await arun_blocking(box.runtime)
+        options = iso.Options(**runtime["options"]) if "options" in runtime else _options(stored)
+        cgroup = cg.SandboxCgroup.from_stored(runtime["cgroup"]) if runtime.get("cgroup") else None
+        adapter = cls(box, stored, settings, options, cgroup, list(runtime.get("launcher", [])))
+        if runtime.get("holder"):
+            adapter._holder = iso.Holder(**runtime["holder"])
+        await arun_blocking(box.save, SandboxStatus.running, stored, None, adapter._runtime())
         return adapter
 
     @classmethod
@@ -87,40 +189,82 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     async def aclose(self) -> None:
         await self._kill_all()
+        if self._cgroup is not None:
+            await arun_blocking(self._cgroup.remove)
         if self.config.auto_cleanup:
             await arun_blocking(self._box.remove)
         else:
-            await arun_blocking(self._box.save, SandboxStatus.closed, self.config)
+            await arun_blocking(self._box.save, SandboxStatus.closed, self.config, None, self._runtime())
         self.status = SandboxStatus.closed
 
     async def _kill_all(self) -> None:
+        """Kill every process of the sandbox, the holder of its namespaces included."""
         for handle in self._handles:
             await handle.kill()
         self._handles.clear()
-        # processes a command left behind (`sleep 100 &`, daemons) carry the sandbox marker
+        # processes a command left behind (`sleep 100 &`, daemons) carry the sandbox marker, as does the holder
         await arun_blocking(kill_marked, f"{SANDBOX_MARKER}={self.sandbox_id}")
+        if self._cgroup is not None:
+            await arun_blocking(self._cgroup.kill_all)
+        self._holder = None
+
+    # -- namespaces -----------------------------------------------------------------------------------
+
+    def _holder_env(self) -> dict[str, str]:
+        return scrubbed_environment({SANDBOX_MARKER: self.sandbox_id})
+
+    def _start_holder(self) -> None:
+        self._holder = iso.start_holder(
+            self._box.workspace,
+            self._box.tmp,
+            self._box.root / "holder.log",
+            network=self._options.network,
+            env=self._holder_env(),
+            launcher=self._launcher,
+        )
+
+    def _ensure_holder(self) -> iso.Holder:
+        """The holder, started again when it is gone (a restore, a command that killed every process of the
+        sandbox, a reboot since the sandbox was kept)."""
+        if self._holder is None or not self._holder.alive():
+            self._start_holder()
+            self._box.save(SandboxStatus.running, self.config, None, self._runtime())
+        assert self._holder is not None
+        return self._holder
+
+    # -- paths ----------------------------------------------------------------------------------------
+
+    def _resolve(self, path: str, *, follow_symlinks: bool = True) -> tuple[Path, str]:
+        """(host path, path as the sandbox sees it) of a path given by the user."""
+        return fs.resolve_in_view(
+            self._box.workspace, self._view_root, self._cwd, path, follow_symlinks=follow_symlinks
+        )
+
+    def _host_cwd(self) -> Path:
+        return self._resolve(self._cwd)[0]
 
     # -- commands -------------------------------------------------------------------------------------
-
-    def _working_directory(self, working_dir: str | None) -> Path:
-        root = self._box.workspace
-        return root if working_dir is None else resolve_inside(root, root, working_dir)
 
     def _spawn(
         self, command: str, working_dir: str | None, environment: dict[str, str] | None
     ) -> HostProcess:
-        cwd = (
-            self._cwd if working_dir is None else resolve_inside(self._box.workspace, self._cwd, working_dir)
+        host_cwd, cwd = self._resolve(self._cwd if working_dir is None else working_dir)
+        if not host_cwd.is_dir():  # also a working directory deleted since the sandbox started
+            raise FileNotFoundInSandboxError(cwd, provider=self.provider_name)
+        home, tmp = (
+            (iso.WORKSPACE, iso.SANDBOX_TMP) if self._isolated else (self._view_root, str(self._box.tmp))
         )
-        if not cwd.is_dir():  # also a working directory deleted since the sandbox started
-            raise FileNotFoundInSandboxError(str(cwd), provider=self.provider_name)
         env = scrubbed_environment(
-            {"HOME": str(self._box.workspace), "TMPDIR": str(self._box.tmp)},
+            {"HOME": home, "TMPDIR": tmp},
             self.config.environment_vars,
             environment or {},
             {SANDBOX_MARKER: self.sandbox_id},
         )
-        return spawn(command, cwd=cwd, env=env, marker=(EXEC_MARKER, uuid.uuid4().hex))
+        marker = (EXEC_MARKER, uuid.uuid4().hex)
+        if not self._isolated:
+            return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=self._launcher)
+        prefix = [*self._launcher, *self._ensure_holder().enter_argv(cwd)]
+        return spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix)
 
     def _collector(
         self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
@@ -136,9 +280,27 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ExecutionResult:
+        oom_before = self._oom_kills()
         child = self._spawn(command, working_dir, environment)
         output = self._collector(on_stdout, on_stderr)
-        return await run_to_completion(child, command, output, self.command_timeout(timeout))
+        result = await run_to_completion(child, command, output, self.command_timeout(timeout))
+        if result.return_code != 0 and self._oom_kills() > oom_before:
+            limit = int(self.config.memory_limit or 0)
+            raise MemoryLimitExceededError(
+                f"command {command!r} failed (exit code {result.return_code}): the kernel killed a process "
+                f"of the sandbox for going over its memory limit ({limit} bytes) while it ran",
+                command=command,
+                limit=limit,
+                return_code=result.return_code,
+                stdout=result.stdout,
+                stderr=result.stderr,
+            )
+        return result
+
+    def _oom_kills(self) -> int:
+        if self._cgroup is None or self.config.memory_limit is None:
+            return 0
+        return self._cgroup.oom_kills()
 
     async def start_process(
         self,
@@ -150,39 +312,41 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     ) -> AsyncHostProcessHandle:
         child = self._spawn(command, working_dir, environment)
         handle = AsyncHostProcessHandle(child, command, self._collector(on_stdout, on_stderr))
+        if self._isolated:  # the pid its commands know it by (nsenter forks it into the pid namespace)
+            inner = await arun_blocking(iso.joined_child, child.pid)
+            handle.pid = (inner and iso.in_sandbox_pid(inner)) or handle.pid
         self._handles = [h for h in self._handles if h.is_running] + [handle]
         return handle
 
     # -- files ----------------------------------------------------------------------------------------
 
-    def _path(self, path: str, *, follow_symlinks: bool = True) -> Path:
-        return resolve_inside(self._box.workspace, self._cwd, path, follow_symlinks=follow_symlinks)
-
     async def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
-        target = self._path(path)
-        await arun_blocking(fs.write_file, target, self.content_bytes(content), append=mode.startswith("a"))
+        target, shown = self._resolve(path)
+        data = self.content_bytes(content)
+        await arun_blocking(fs.write_file, target, data, append=mode.startswith("a"), shown=shown)
 
     async def download_file(self, path: str) -> bytes:
-        return await arun_blocking(fs.read_file, self._path(path))
+        return await arun_blocking(fs.read_file, *self._resolve(path))
 
     async def list_files(self, path: str = ".") -> list[FileInfo]:
-        return await arun_blocking(fs.list_directory, self._path(path))
+        return await arun_blocking(fs.list_directory, *self._resolve(path))
 
     # These act on a symlink itself, not on what it points to, so a link leading out of the workspace can
     # still be inspected and removed (its target is never touched).
 
     async def get_file_info(self, path: str) -> FileInfo:
-        return await arun_blocking(fs.file_info, self._path(path, follow_symlinks=False))
+        return await arun_blocking(fs.file_info, *self._resolve(path, follow_symlinks=False))
 
     async def file_exists(self, path: str) -> bool:
-        target = self._path(path, follow_symlinks=False)
+        target, _ = self._resolve(path, follow_symlinks=False)
         return await arun_blocking(os.path.lexists, target)
 
     async def delete_file(self, path: str) -> None:
-        await arun_blocking(fs.delete, self._path(path, follow_symlinks=False), self._box.workspace)
+        target, shown = self._resolve(path, follow_symlinks=False)
+        await arun_blocking(fs.delete, target, self._box.workspace, shown)
 
     async def make_directory(self, path: str) -> None:
-        await arun_blocking(fs.make_directory, self._path(path))
+        await arun_blocking(fs.make_directory, *self._resolve(path))
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -193,10 +357,13 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     async def restore_snapshot(self, snapshot_id: str) -> None:
         # An unknown id must fail before anything is touched (processes included).
         await arun_blocking(fs.snapshot_tree, self._state_dir, snapshot_id)
-        # A filesystem snapshot holds no processes: stop them so the tree is exactly the snapshot's.
+        # A filesystem snapshot holds no processes: stop them so the tree is exactly the snapshot's. The
+        # holder goes too: its /workspace is bound to the directory the restore replaces.
         await self._kill_all()
         await arun_blocking(fs.restore_snapshot, self._state_dir, self._box, snapshot_id)
-        await arun_blocking(self._cwd.mkdir, parents=True, exist_ok=True)
+        await arun_blocking(self._host_cwd().mkdir, parents=True, exist_ok=True)
+        if self._isolated:
+            await arun_blocking(self._ensure_holder)
 
     async def list_snapshots(self) -> list[SnapshotInfo]:
         return await arun_blocking(fs.list_snapshots, self._state_dir)

@@ -1,0 +1,289 @@
+"""The local provider's isolation="namespaces": what a sandboxed command can see and reach.
+
+Each test places something on the host (a file in /root, a process, a TCP server, another sandbox) and
+checks from inside a sandbox that it cannot be had, and, where it matters, that the same command reaches
+it without isolation, so the check itself is known to work.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from grainchain import AsyncSandbox, SandboxConfig
+from grainchain._isolation import namespaces_unavailable
+from grainchain.errors import (
+    CapabilityError,
+    CommandTimeoutError,
+    ConfigurationError,
+    PathOutsideSandboxError,
+)
+from grainchain.sync import Sandbox
+
+UNAVAILABLE = namespaces_unavailable()
+if UNAVAILABLE and os.environ.get("GRAINCHAIN_REQUIRE_NAMESPACES") != "1":
+    pytest.skip(f"no namespaces here: {UNAVAILABLE}", allow_module_level=True)
+
+ISOLATED = SandboxConfig(provider_config={"isolation": "namespaces"})
+UNISOLATED = SandboxConfig(provider_config={"isolation": "none"})
+OFFLINE = SandboxConfig(provider_config={"isolation": "namespaces", "network": "none"})
+
+
+@pytest.fixture
+def isolated() -> Iterator[Sandbox]:
+    with Sandbox("local", ISOLATED) as sandbox:
+        yield sandbox
+
+
+def test_namespaces_are_the_default_where_bwrap_works() -> None:
+    assert UNAVAILABLE is None
+    with Sandbox("local") as sandbox:
+        assert sandbox.execute("pwd").stdout == "/workspace\n"
+        assert sandbox.supports("network.policy")
+
+
+def test_the_workspace_is_at_slash_workspace_for_commands_and_files(isolated: Sandbox) -> None:
+    isolated.upload_file("a/b.txt", "from a file operation")
+    assert isolated.execute("cat /workspace/a/b.txt").stdout == "from a file operation"
+    isolated.execute("echo from a command > /workspace/c.txt; mkdir d; ln -s /workspace/a d/link")
+    assert isolated.download_file("/workspace/c.txt") == b"from a command\n"
+    # an absolute link means a sandbox path, for file operations as for commands
+    assert isolated.download_file("d/link/b.txt") == b"from a file operation"
+    assert [f.path for f in isolated.list_files("/workspace/d/link")] == ["/workspace/d/link/b.txt"]
+    assert isolated.get_file_info("c.txt").path == "/workspace/c.txt"
+    assert isolated.execute("pwd", working_dir="/workspace/d").stdout == "/workspace/d\n"
+    isolated.execute("ln -s /etc/hostname out")
+    with pytest.raises(PathOutsideSandboxError):
+        isolated.download_file("out")  # commands may read it; file operations stay in the workspace
+    with pytest.raises(PathOutsideSandboxError):
+        isolated.upload_file("/etc/x", "no")
+
+
+def test_host_home_root_and_tmp_are_invisible(isolated: Sandbox) -> None:
+    name = f"grainchain-secret-{uuid.uuid4().hex}"
+    planted = [Path("/root") / name, Path("/tmp") / name]
+    if Path("/home").is_dir():
+        planted.append(Path("/home") / name)
+    for path in planted:
+        path.write_text("secret")
+    try:
+        for path in planted:
+            result = isolated.execute(f"cat {path}")
+            assert result.return_code != 0, f"the sandbox read the host's {path}"
+            assert "secret" not in result.stdout
+        with Sandbox("local", UNISOLATED) as plain:  # the same command does read it without isolation
+            assert plain.execute(f"cat {planted[0]}").stdout == "secret"
+    finally:
+        for path in planted:
+            path.unlink()
+    assert isolated.execute("ls /").stdout.split() == sorted(
+        {"bin", "dev", "etc", "lib", "lib64", "opt", "proc", "sbin", "tmp", "usr", "workspace"}
+        & {*os.listdir("/"), "dev", "proc", "tmp", "workspace"}
+    )
+
+
+def test_another_sandbox_s_workspace_is_invisible(isolated: Sandbox, state_dir: Path) -> None:
+    with Sandbox("local", ISOLATED) as other:
+        other.upload_file("secret.txt", "other's secret")
+        host_copy = next(state_dir.glob(f"local/sandboxes/{other.sandbox_id}/workspace/secret.txt"))
+        assert host_copy.read_text() == "other's secret"
+        result = isolated.execute(
+            f'cat {host_copy}; ls {state_dir}; grep -rs "other\'s secret" /workspace /tmp'
+        )
+        assert "other's secret" not in result.stdout
+        assert isolated.execute("ls -A /workspace").stdout == ""
+
+
+def test_host_processes_are_invisible(isolated: Sandbox) -> None:
+    marker = f"grainchain-host-{uuid.uuid4().hex}"
+    host = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", marker])
+    try:
+        seen = isolated.execute("cat /proc/[0-9]*/cmdline | tr '\\0' ' '; echo; ls /proc").stdout
+        assert marker not in seen
+        assert str(host.pid) not in isolated.execute("ls /proc").stdout.split()
+        assert isolated.execute(f"kill -0 {host.pid}").return_code != 0
+        pids = [int(p) for p in isolated.execute("ls /proc").stdout.split() if p.isdigit()]
+        assert max(pids) < 100, f"the sandbox sees host-sized pids: {pids}"
+        assert host.poll() is None
+    finally:
+        host.kill()
+        host.wait()
+
+
+def test_system_directories_are_read_only_and_secrets_masked(isolated: Sandbox) -> None:
+    assert isolated.execute("touch /usr/grainchain-x").return_code != 0
+    assert isolated.execute("mount -o remount,rw /usr 2>&1").return_code != 0
+    assert isolated.execute("mknod /workspace/disk b 8 0").return_code != 0
+    assert not Path("/usr/grainchain-x").exists()
+    if Path("/etc/shadow").exists():
+        assert isolated.execute("cat /etc/shadow").stdout == ""
+    assert isolated.execute("hostname").stdout.strip() == "grainchain"
+
+
+def test_commands_share_one_sandbox_and_background_pids_are_sandbox_pids(isolated: Sandbox) -> None:
+    handle = isolated.start_process("echo $$; exec sleep 60")
+    deadline = time.monotonic() + 5
+    while not handle.stdout and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert int(handle.stdout) == handle.pid
+    assert isolated.execute(f"kill -0 {handle.pid}").return_code == 0  # one pid namespace per sandbox
+    isolated.execute(f"kill {handle.pid}")
+    assert handle.wait(timeout=5).return_code == 143
+
+
+def test_a_timeout_kills_the_tree_inside_the_sandbox(isolated: Sandbox) -> None:
+    with pytest.raises(CommandTimeoutError):
+        isolated.execute("sleep 60 & (setsid sleep 60 &); echo $$ > pids; sleep 60", timeout=1)
+    assert isolated.execute("ps -e -o args= | grep -c '^sleep 60'").stdout.strip() == "0"
+
+
+def test_a_killed_holder_comes_back(isolated: Sandbox) -> None:
+    """`kill -9 -1` kills every process of the sandbox, its holder's included; the next command still runs."""
+    isolated.execute("kill -9 -1")
+    assert isolated.execute("echo again").stdout == "again\n"
+
+
+async def test_the_async_client_is_isolated_too() -> None:
+    async with AsyncSandbox("local", ISOLATED) as sandbox:
+        await sandbox.upload_file("x", "y")
+        assert (await sandbox.execute("cat /workspace/x; pwd")).stdout == "y/workspace\n"
+
+
+async def test_the_api_document_s_workspace_paths_work_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The document's execute() and file examples with their /workspace paths (`python3` for `python`: a
+    Debian host has only python3, and an isolated sandbox sees the host's /usr/bin)."""
+    from grainchain import Sandbox as DocumentSandbox
+
+    monkeypatch.chdir(tmp_path)
+    Path("data.zip").write_bytes(b"PK\x05\x06" + bytes(18))
+    async with DocumentSandbox() as sandbox:
+        script = "import os; print('args', os.environ['LOG_LEVEL'], os.getcwd())"
+        await sandbox.upload_file("script.py", script)
+        result = await sandbox.execute(
+            "python3 script.py --verbose",
+            timeout=300,
+            working_dir="/workspace",
+            environment={"LOG_LEVEL": "DEBUG"},
+        )
+        assert result.stdout == "args DEBUG /workspace\n"
+        with open("data.zip", "rb") as f:
+            await sandbox.upload_file("data.zip", f.read(), mode="wb")
+        files = await sandbox.list_files("/workspace")
+        assert [(file.name, file.size) for file in files] == [("data.zip", 22), ("script.py", len(script))]
+
+
+# -- falling back -----------------------------------------------------------------------------------------
+
+FALLBACK_CHILD = """
+import logging
+from grainchain import SandboxConfig
+from grainchain.errors import ProviderUnavailableError
+from grainchain.sync import Sandbox
+
+logging.basicConfig(format="%(levelname)s %(message)s")
+for _ in range(2):
+    with Sandbox("local") as sandbox:
+        print(sandbox.execute("pwd").stdout.strip() != "/workspace")  # a host path: not isolated
+        print("network.policy" if sandbox.supports("network.policy") else "no network.policy")
+try:
+    Sandbox("local", SandboxConfig(provider_config={"isolation": "namespaces"})).start()
+except ProviderUnavailableError as exc:
+    print("refused:", exc)
+"""
+
+
+def test_without_bwrap_sandboxes_fall_back_with_one_warning(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # no bwrap on PATH
+    done = subprocess.run(
+        [sys.executable, "-c", FALLBACK_CHILD],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[:4] == ["True", "no network.policy", "True", "no network.policy"]
+    assert "refused: isolation 'namespaces' is not available: bwrap and nsenter not found" in done.stdout
+    assert done.stderr.count("WITHOUT isolation") == 1, done.stderr
+
+
+# -- network ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def host_server() -> Iterator[int]:
+    """A TCP server on the host's 127.0.0.1 that answers "hello" (bounded: stops with the test)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.sendall(b"hello")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+CONNECT = (
+    'python3 -c \'import socket,sys; s=socket.create_connection(("127.0.0.1", {port}), timeout=3); '
+    "sys.stdout.write(s.recv(5).decode())'"
+)
+
+
+def test_network_is_on_by_default(isolated: Sandbox, host_server: int) -> None:
+    assert isolated.execute(CONNECT.format(port=host_server)).stdout == "hello"
+
+
+def test_network_none_reaches_nothing(host_server: int) -> None:
+    with Sandbox("local", OFFLINE) as offline:
+        result = offline.execute(CONNECT.format(port=host_server))
+        assert result.return_code != 0
+        assert "hello" not in result.stdout
+        assert offline.execute("ls /sys/class/net 2>/dev/null || cat /proc/net/dev").stdout.count("eth") == 0
+        # still one namespace: a server started by one command answers the next
+        offline.start_process(
+            'python3 -c \'import socket; s=socket.socket(); s.bind(("127.0.0.1", 8765)); s.listen(); '
+            'c,_=s.accept(); c.sendall(b"hello")\''
+        )
+        for _ in range(50):
+            answer = offline.execute(CONNECT.format(port=8765))
+            if answer.return_code == 0:
+                break
+            time.sleep(0.05)
+        assert answer.stdout == "hello"
+
+
+def test_network_none_needs_namespaces() -> None:
+    config = SandboxConfig(provider_config={"isolation": "none", "network": "none"})
+    with pytest.raises(CapabilityError, match=r"network\.policy"):
+        Sandbox("local", config).start()
+
+
+def test_bad_provider_config_is_refused() -> None:
+    for bad in ({"isolation": "vm"}, {"network": False}, {"pids_limit": 0}, {"colour": "red"}):
+        with pytest.raises(ConfigurationError):
+            Sandbox("local", SandboxConfig(provider_config=bad)).start()
