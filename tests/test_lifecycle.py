@@ -293,11 +293,7 @@ async def test_terminate_and_wake_up_are_refused(sandbox: Any) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value", "feature"),
-    [
-        ("memory_limit", "4GB", "limits.memory"),
-        ("cpu_limit", 2.0, "limits.cpu"),
-        ("image", "python:3.11", "image.custom"),
-    ],
+    [("image", "python:3.11", "image.custom")],  # limits: tests/test_local_limits.py
 )
 async def test_config_the_provider_cannot_honour_fails_at_creation(
     flavour: str, field: str, value: Any, feature: str, state_dir: Path
