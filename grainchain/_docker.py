@@ -27,6 +27,7 @@ from grainchain.errors import (
     ProviderError,
     ProviderUnavailableError,
     SandboxNotFoundError,
+    SandboxNotRunningError,
 )
 
 PROVIDER = "docker"
@@ -45,6 +46,17 @@ LABEL_CHECKPOINT = "grainchain.snapshot.checkpoint"  # memory snapshots: the sav
 # The container's main process. Not docker-init (tini): CRIU cannot restore a container it runs. A shell
 # that waits reaps the orphans of exec'd commands (they become its children), so none linger as zombies.
 INIT_COMMAND = ["/bin/sh", "-c", 'trap "exit 0" TERM; while :; do sleep 2147483647 & wait $!; done']
+
+
+def init_command(ttl: float | None) -> list[str]:
+    """The container's main process; with a ttl (provider_config) it ends after that many seconds, and
+    the container with it, so that a forgotten sandbox does not run forever."""
+    if ttl is None:
+        return INIT_COMMAND
+    script = 'trap "exit 0" TERM; sleep {} & s=$!; while kill -0 $s 2>/dev/null; do wait $s; done'
+    return ["/bin/sh", "-c", script.format(max(1, round(ttl)))]
+
+
 KNOWN_PROVIDER_CONFIG = frozenset(
     {"image", "network", "pids_limit", "dockerfile", "build_context", "ports", "volumes", "ttl"}
 )
@@ -70,6 +82,16 @@ class Endpoint:
 
     def describe(self) -> str:
         return f"unix://{self.uds}" if self.uds else self.base_url
+
+    @property
+    def publish_ip(self) -> str:
+        """Where published ports listen: loopback for a local engine; a remote one's own interfaces."""
+        return "127.0.0.1" if self.uds else "0.0.0.0"
+
+    @property
+    def remote_host(self) -> str | None:
+        """The host name of a TCP engine (None for a unix socket)."""
+        return None if self.uds else self.base_url.split("://", 1)[-1].rsplit(":", 1)[0]
 
 
 def engine_endpoint(docker_host: str | None = None) -> Endpoint:
@@ -107,6 +129,12 @@ def engine_error(status: int, body: bytes, what: str) -> GrainchainError:
     message = f"{what}: docker engine answered {status}: {engine_message(body)}"
     if status == 404:
         return SandboxNotFoundError(message, provider=PROVIDER)
+    if status == 409 and "is not running" in message:
+        return SandboxNotRunningError(
+            f"{message} (the container stopped: its provider_config ttl passed, or something outside "
+            "grainchain stopped it)",
+            provider=PROVIDER,
+        )
     if status == 409:
         return ProviderError(message, provider=PROVIDER, retryable=True)
     if status == 400:
@@ -165,6 +193,61 @@ class ProgressLog:
         if isinstance(status, str) and self._layer_status.get(layer) != status:
             self._layer_status[layer] = status
             log.info("%s: %s%s", self.what, f"{layer}: " if layer else "", status)
+
+
+# -- provider_config ------------------------------------------------------------------------------------
+
+
+def _config_error(key: str, problem: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"provider_config[{key!r}] {problem}", argument="provider_config", provider=PROVIDER
+    )
+
+
+@dataclass(frozen=True)
+class Volumes:
+    """provider_config["volumes"]: a list of "/path" (an anonymous volume, removed with the sandbox),
+    "name:/path[:ro]" (a named volume; created, labelled and removed with the sandbox if it did not exist)
+    and "/host/dir:/path[:ro]" (a bind mount of an existing host directory)."""
+
+    binds: list[str]
+    anonymous: list[str]
+    named: list[str]
+
+
+def parse_volumes(value: Any) -> Volumes:
+    if value is None:
+        return Volumes([], [], [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _config_error("volumes", f"must be a list of strings, got {value!r}")
+    volumes = Volumes([], [], [])
+    for spec in value:
+        parts = spec.split(":")
+        if len(parts) == 1:
+            if not spec.startswith("/"):
+                raise _config_error("volumes", f"{spec!r}: the path in the sandbox must be absolute")
+            volumes.anonymous.append(spec)
+            continue
+        if len(parts) > 3 or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise _config_error("volumes", f"{spec!r} is not SOURCE:/path or SOURCE:/path:ro|rw")
+        source, target = parts[0], parts[1]
+        if not source or not target.startswith("/"):
+            raise _config_error("volumes", f"{spec!r}: the source must be set and the path absolute")
+        if source.startswith("/"):
+            if not os.path.isdir(source):
+                raise _config_error("volumes", f"{spec!r}: {source} is not a directory on this machine")
+        else:
+            volumes.named.append(source)
+        volumes.binds.append(spec)
+    return volumes
+
+
+def parse_ttl(value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise _config_error("ttl", f"must be a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 # -- builds ---------------------------------------------------------------------------------------------

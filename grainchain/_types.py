@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated
 
-from pydantic import BeforeValidator, PlainSerializer
+from pydantic import BeforeValidator, Field, PlainSerializer
 
 OutputCallback = Callable[[str], object]
 """Receives each decoded chunk of a command's stdout or stderr as it arrives."""
@@ -56,3 +56,6 @@ def parse_byte_size(value: object) -> int:
 
 ByteSize = Annotated[int, BeforeValidator(parse_byte_size), PlainSerializer(int)]
 """A positive number of bytes, given as an int or a string with a unit (see BYTE_SIZE_FORMS)."""
+
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+"""A TCP port number."""

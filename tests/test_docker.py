@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import os
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -38,14 +38,26 @@ IMAGE = "grainchain-test/busybox:latest"
 RUN = f"GRAINCHAIN_TEST_RUN={uuid.uuid4().hex}"  # marks this run's containers (others may run concurrently)
 
 
+def _engine_client(timeout: float = 30) -> httpx.Client:
+    """A plain client of the engine, for checks made without grainchain."""
+    endpoint = dk.engine_endpoint()
+    transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
+    return httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=timeout)
+
+
+def _engine_info() -> dict[str, Any]:
+    with _engine_client() as client:
+        info: dict[str, Any] = client.get("/info").json()
+        return info
+
+
 def _engine_error() -> str | None:
     """None when an engine answers with the test image present, else why not."""
     endpoint = dk.engine_endpoint()
     if endpoint.uds and not os.path.exists(endpoint.uds):
         return f"no docker engine: {endpoint.describe()} does not exist; run .ci/docker-up"
-    transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
     try:
-        with httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=5) as client:
+        with _engine_client(timeout=5) as client:
             if client.get("/_ping").status_code != 200:
                 return f"the docker engine at {endpoint.describe()} does not answer /_ping"
             if client.get(f"/images/{IMAGE}/json").status_code != 200:
@@ -69,10 +81,8 @@ def config(image: str = IMAGE, **fields: Any) -> SandboxConfig:
 
 def _our_containers() -> list[str]:
     """grainchain containers (found by label) that this test run created."""
-    endpoint = dk.engine_endpoint()
-    transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
     filters = json.dumps({"label": [f"{dk.LABEL}=1", dk.LABEL_SANDBOX]})
-    with httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=10) as client:
+    with _engine_client() as client:
         found = client.get("/containers/json", params={"all": "1", "filters": filters}).json()
         ours = []
         for container in found:
@@ -294,11 +304,7 @@ def test_memory_snapshot_problems_name_what_is_missing(tmp_path: Path) -> None:
 
 async def test_the_engine_decides_memory_snapshot_support(make_sandbox: Any) -> None:
     sandbox = await make_sandbox(config(), provider="docker")
-    endpoint = dk.engine_endpoint()
-    transport = httpx.AsyncHTTPTransport(uds=endpoint.uds) if endpoint.uds else None
-    async with httpx.AsyncClient(transport=transport, base_url=endpoint.base_url, timeout=10) as client:
-        info = (await client.get("/info")).json()
-    problem = dk.memory_snapshot_problem(endpoint, info, _find_criu())
+    problem = dk.memory_snapshot_problem(dk.engine_endpoint(), _engine_info(), _find_criu())
     assert (sandbox.capabilities["snapshot.memory"] != "unsupported") is (problem is None)
     if problem is not None:
         with pytest.raises(CapabilityError, match="not available here"):
@@ -306,9 +312,7 @@ async def test_the_engine_decides_memory_snapshot_support(make_sandbox: Any) -> 
 
 
 def _remove_image(image: str) -> None:
-    endpoint = dk.engine_endpoint()
-    transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
-    with httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=60) as client:
+    with _engine_client() as client:
         client.delete(f"/images/{image}", params={"force": "1"})
 
 
@@ -345,6 +349,63 @@ async def test_failing_dockerfile_says_which_step_failed(tmp_path: Path) -> None
     assert "about to fail" in str(info.value)
     with pytest.raises(InvalidArgumentError, match="no Dockerfile at"):
         await AsyncSandbox("docker", config(provider_config={"dockerfile": str(tmp_path / "nope")})).start()
+
+
+def _volume_names() -> set[str]:
+    with _engine_client() as client:
+        return {v["Name"] for v in client.get("/volumes").json().get("Volumes") or []}
+
+
+def _volume(method: str, name: str) -> None:
+    with _engine_client() as client:
+        if method == "create":
+            client.post("/volumes/create", json={"Name": name}).raise_for_status()
+        else:
+            client.delete(f"/volumes/{name}")
+
+
+async def test_volumes_mount_and_only_the_sandboxes_own_are_removed(tmp_path: Path) -> None:
+    (tmp_path / "from-host.txt").write_text("host data")
+    mine, theirs = f"gc-test-{uuid.uuid4().hex[:8]}", f"gc-test-{uuid.uuid4().hex[:8]}"
+    async with AsyncSandbox("docker", config(provider_config={"volumes": [f"{theirs}:/data"]})) as first:
+        await first.execute("echo kept > /data/file")  # creates `theirs` as the first sandbox's volume
+    assert theirs not in _volume_names(), "a volume the sandbox created outlived it"
+    _volume("create", mine)  # the user's own volume
+    try:
+        volumes = [f"{tmp_path}:/host:ro", f"{mine}:/mine", "/scratch"]
+        async with AsyncSandbox("docker", config(provider_config={"volumes": volumes})) as sandbox:
+            shown = await sandbox.execute("cat /host/from-host.txt; echo x > /mine/f; echo y > /scratch/f")
+            assert (shown.stdout, shown.return_code) == ("host data", 0)
+            assert (await sandbox.execute("touch /host/nope")).return_code != 0, "ro bind is writable"
+        assert mine in _volume_names(), "closing removed a volume the sandbox did not create"
+    finally:
+        _volume("delete", mine)
+    with pytest.raises(InvalidArgumentError, match=r"provider_config\['volumes'\]"):
+        await AsyncSandbox("docker", config(provider_config={"volumes": ["relative"]})).start()
+    with pytest.raises(InvalidArgumentError, match="is not a directory on this machine"):
+        await AsyncSandbox("docker", config(provider_config={"volumes": ["/no/such/dir:/x"]})).start()
+
+
+async def test_ttl_stops_a_forgotten_sandbox(make_sandbox: Any) -> None:
+    sandbox = await make_sandbox(config(provider_config={"ttl": 2}), provider="docker")
+    assert (await sandbox.execute("echo alive")).stdout == "alive\n"
+    await _sleep(3.5)
+    with pytest.raises(SandboxNotRunningError, match="ttl"):
+        await sandbox.execute("echo too late")
+    with pytest.raises(InvalidArgumentError, match="positive number of seconds"):
+        await AsyncSandbox("docker", config(provider_config={"ttl": -1})).start()
+
+
+async def test_ports_are_published_on_loopback(make_sandbox: Any) -> None:
+    sandbox = await make_sandbox(config(ports=[8080, 9090]), provider="docker")
+    first, second = await sandbox.port_address(8080), await sandbox.port_address(9090)
+    assert first.startswith("127.0.0.1:")
+    assert second.startswith("127.0.0.1:")
+    assert first != second
+    with pytest.raises(
+        InvalidArgumentError, match=r"port 22 is not in SandboxConfig.ports \(\[8080, 9090\]\)"
+    ):
+        await sandbox.port_address(22)
 
 
 async def test_limits_are_enforced(make_sandbox: Any) -> None:

@@ -254,8 +254,8 @@ def assert_capability_error(error: CapabilityError, feature: str, operation: str
     assert error.provider == "local"
     assert error.operation == operation
     assert error.retryable is False
-    # only providers with an adapter are offered: docker has the limits and custom images, nobody else yet
-    docker_features = {"limits.memory", "limits.cpu", "image.custom"}
+    # only providers with an adapter are offered: of those, only docker has these
+    docker_features = {"snapshot.memory", "lifecycle.terminate_wake", "image.custom", "ports"}
     assert error.supported_by == (["docker"] if feature in docker_features else [])
     assert f"provider 'local' does not support {feature!r}" in str(error)
 

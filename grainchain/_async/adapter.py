@@ -130,6 +130,9 @@ class AsyncSandboxAdapter:
     async def wake_up(self, snapshot_id: str | None = None) -> None:
         raise self._unsupported(Feature.LIFECYCLE_TERMINATE_WAKE, "wake_up")
 
+    async def port_address(self, port: int) -> str:
+        raise self._unsupported(Feature.PORTS, "port_address")
+
     # -- helpers for subclasses -----------------------------------------------------------------------
 
     @classmethod

@@ -78,6 +78,7 @@ CONFIG_REQUIREMENTS: Final[dict[str, Feature]] = {
     "memory_limit": Feature.LIMITS_MEMORY,
     "cpu_limit": Feature.LIMITS_CPU,
     "image": Feature.IMAGE_CUSTOM,
+    "ports": Feature.PORTS,
 }
 
 # Every feature an operation may need (some only for certain arguments).
@@ -107,6 +108,7 @@ OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {
     "delete_snapshot": (Feature.SNAPSHOT_FILESYSTEM,),
     "terminate": (Feature.LIFECYCLE_TERMINATE_WAKE,),
     "wake_up": (Feature.LIFECYCLE_TERMINATE_WAKE,),
+    "port_address": (Feature.PORTS,),
     "create": (),
     "close": (),
     "connect": (Feature.LIFECYCLE_RECONNECT,),

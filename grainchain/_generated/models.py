@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from grainchain._types import ByteSize
+from grainchain._types import ByteSize, PortNumber
 
 
 class SupportLevel(StrEnum):
@@ -87,6 +87,10 @@ class SandboxConfig(BaseModel):
     keep_alive: bool = False
     """
     On leaving `async with`, detach instead of closing; the sandbox keeps running and can be reconnected.
+    """
+    ports: list[PortNumber] | None = None
+    """
+    TCP ports of the sandbox the caller wants to reach; port_address(port) says where.
     """
     provider_config: dict[str, Any] = {}
     """

@@ -57,11 +57,11 @@ BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {
             Feature.LIFECYCLE_TERMINATE_WAKE: SupportLevel.native,
             Feature.LIFECYCLE_RECONNECT: SupportLevel.native,
             Feature.IMAGE_CUSTOM: SupportLevel.native,
-            Feature.IMAGE_DOCKERFILE: SupportLevel.unsupported,
+            Feature.IMAGE_DOCKERFILE: SupportLevel.native,
             Feature.LIMITS_CPU: SupportLevel.native,
             Feature.LIMITS_MEMORY: SupportLevel.native,
             Feature.NETWORK_POLICY: SupportLevel.native,
-            Feature.PORTS: SupportLevel.unsupported,
+            Feature.PORTS: SupportLevel.native,
         },
     ),
     "e2b": ProviderInfo(

@@ -132,6 +132,9 @@ class SandboxAdapter:
     def wake_up(self, snapshot_id: str | None = None) -> None:
         raise self._unsupported(Feature.LIFECYCLE_TERMINATE_WAKE, "wake_up")
 
+    def port_address(self, port: int) -> str:
+        raise self._unsupported(Feature.PORTS, "port_address")
+
     # -- helpers for subclasses -----------------------------------------------------------------------
 
     @classmethod

@@ -252,3 +252,14 @@ class Sandbox(SandboxBase):
         adapter = self._gate("wake_up", *features)
         with self._errors("wake_up"):
             adapter.wake_up(snapshot_id=snapshot_id)
+
+    def port_address(self, port: int) -> str:
+        """Where the caller reaches a port listed in SandboxConfig.ports, as "host:port".
+
+        Needs: ports (else CapabilityError).
+        Raises: InvalidArgumentError.
+        """
+        features = [Feature.PORTS]
+        adapter = self._gate("port_address", *features)
+        with self._errors("port_address"):
+            return adapter.port_address(port=port)

@@ -20,6 +20,7 @@ SANDBOX_PROBES: dict[Feature, Callable[[Sandbox], Any]] = {
     Feature.SNAPSHOT_MEMORY: lambda s: s.create_snapshot(kind=SnapshotKind.memory),
     Feature.LIFECYCLE_TERMINATE_WAKE: lambda s: s.terminate(),
     Feature.LIFECYCLE_RECONNECT: lambda s: Sandbox.list_sandboxes(s.provider_name),
+    Feature.PORTS: lambda s: s.port_address(8080),
 }
 
 # Features asked for by setting a SandboxConfig field: creation must fail.
@@ -27,11 +28,11 @@ CONFIG_PROBES: dict[Feature, dict[str, Any]] = {
     Feature.LIMITS_MEMORY: {"memory_limit": "256MB"},
     Feature.LIMITS_CPU: {"cpu_limit": 0.5},
     Feature.IMAGE_CUSTOM: {"image": "grainchain-conformance-probe"},
+    Feature.PORTS: {"ports": [8080]},
 }
 
 # Declared in the spec, but no operation of the spec exercises them yet: reported, not tested.
 NOT_YET_TESTABLE: dict[Feature, str] = {
     Feature.IMAGE_DOCKERFILE: "set through provider_config; no provider-neutral call exists yet",
     Feature.NETWORK_POLICY: "no SandboxConfig field or operation expresses a policy yet",
-    Feature.PORTS: "no operation exposes ports yet",
 }

@@ -10,6 +10,7 @@ import hashlib
 import os
 import shlex
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -18,6 +19,7 @@ from grainchain._generated.features import Feature
 from grainchain.conformance.target import ConformanceTarget
 from grainchain.errors import (
     CommandTimeoutError,
+    InvalidArgumentError,
     OutputLimitExceededError,
     SandboxNotRunningError,
     SnapshotNotFoundError,
@@ -272,3 +274,38 @@ def test_terminated_sandbox_refuses_work_until_woken(conformance: ConformanceTar
         sandbox.wake_up()
         assert _status(sandbox) is SandboxStatus.running
         assert sandbox.execute("cat kept-file").stdout == "kept\n"
+
+
+# Serves www/index.html on port 8080 with whatever the image has: python3, or busybox's httpd.
+SERVE = (
+    "mkdir -p www && printf %s {token} > www/index.html && "
+    "(if command -v python3 >/dev/null; then cd www && exec python3 -m http.server 8080; "
+    "else exec busybox httpd -f -p 8080 -h www; fi) >/dev/null 2>&1 &"
+)
+
+
+def _fetch(url: str, within: float) -> str:
+    """The body at url, retried while nothing listens there yet."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                return str(response.read().decode())
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing answers at {url}: {exc}") from exc
+            time.sleep(0.1)
+
+
+@pytest.mark.feature("ports", "exec")
+def test_published_port_reaches_a_server_in_the_sandbox(conformance: ConformanceTarget) -> None:
+    token = os.urandom(8).hex()
+    with conformance.sandbox(ports=[8080]) as sandbox:
+        sandbox.execute(SERVE.format(token=token))
+        address = sandbox.port_address(8080)
+        host, _, port = address.rpartition(":")
+        assert host, f"{address!r} is not host:port"
+        assert port.isdigit(), f"{address!r} is not host:port"
+        assert _fetch(f"http://{address}/index.html", within=15) == token
+        with pytest.raises(InvalidArgumentError):
+            sandbox.port_address(8081)  # not published at creation

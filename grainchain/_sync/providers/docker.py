@@ -341,7 +341,9 @@ class DockerAdapter(SandboxAdapter):
         return dk.resolve(dk.WORKSPACE, config.working_directory or ".")
 
     @classmethod
-    def _container_body(cls, image: str, sandbox_id: str, config: SandboxConfig) -> dict[str, Any]:
+    def _container_body(
+        cls, image: str, sandbox_id: str, config: SandboxConfig, publish_ip: str
+    ) -> dict[str, Any]:
         env = {**config.environment_vars, SANDBOX_MARKER: sandbox_id}
         host: dict[str, Any] = {
             "PidsLimit": int(config.provider_config.get("pids_limit", dk.DEFAULT_PIDS_LIMIT)),
@@ -354,10 +356,18 @@ class DockerAdapter(SandboxAdapter):
         network = config.provider_config.get("network")
         if network is not None:
             host["NetworkMode"] = str(network)
+        ports = [f"{port}/tcp" for port in config.ports or []]
+        if ports:  # on host ports the engine picks
+            host["PortBindings"] = {port: [{"HostIp": publish_ip, "HostPort": ""}] for port in ports}
+        volumes = dk.parse_volumes(config.provider_config.get("volumes"))
+        if volumes.binds:
+            host["Binds"] = volumes.binds
         return {
             "Image": image,
-            "Entrypoint": dk.INIT_COMMAND,
+            "Entrypoint": dk.init_command(dk.parse_ttl(config.provider_config.get("ttl"))),
             "Cmd": None,
+            "ExposedPorts": {port: {} for port in ports},
+            "Volumes": {path: {} for path in volumes.anonymous},
             "WorkingDir": cls._cwd_of(config),
             "Env": [f"{k}={v}" for k, v in env.items()],
             "Labels": {
@@ -428,7 +438,7 @@ class DockerAdapter(SandboxAdapter):
             "POST",
             "/containers/create",
             "create container",
-            json=cls._container_body(image, sandbox_id, config),
+            json=cls._container_body(image, sandbox_id, config, engine.endpoint.publish_ip),
         )
         container_id = str(created["Id"])
         try:
@@ -476,11 +486,31 @@ class DockerAdapter(SandboxAdapter):
                 image = cls._image_of(config)
                 cls._ensure_image(engine, image)
             sandbox_id = "gc-" + uuid.uuid4().hex[:16]
+            cls._create_named_volumes(engine, sandbox_id, config)
             container_id = cls._start_container(engine, image, sandbox_id, config)
             return cls(engine, container_id, sandbox_id, cls._cwd_of(config), config, settings)
         except BaseException:
             engine.close()
             raise
+
+    @classmethod
+    def _create_named_volumes(cls, engine: _Engine, sandbox_id: str, config: SandboxConfig) -> None:
+        """Create the named volumes that do not exist yet, labelled as this sandbox's (close removes them)."""
+        for name in dk.parse_volumes(config.provider_config.get("volumes")).named:
+            try:
+                engine.request("GET", f"/volumes/{name}", "inspect volume")
+            except SandboxNotFoundError:
+                labels = {dk.LABEL: "1", dk.LABEL_SANDBOX: sandbox_id}
+                engine.request(
+                    "POST", "/volumes/create", "create volume", json={"Name": name, "Labels": labels}
+                )
+
+    def _remove_own_volumes(self) -> None:
+        filters = json.dumps({"label": [f"{dk.LABEL_SANDBOX}={self.sandbox_id}"]})
+        found = self._engine.json("GET", "/volumes", "list volumes", params={"filters": filters})
+        for volume in (found or {}).get("Volumes") or []:
+            with contextlib.suppress(SandboxNotFoundError):
+                self._engine.request("DELETE", f"/volumes/{volume['Name']}", "remove volume")
 
     @classmethod
     def _find(cls, engine: _Engine, sandbox_id: str | None) -> list[dict[str, Any]]:
@@ -554,6 +584,7 @@ class DockerAdapter(SandboxAdapter):
                         "remove container",
                         params={"force": "1", "v": "1"},
                     )
+                self._remove_own_volumes()
                 self._prune_deleted_snapshots()
             else:
                 with contextlib.suppress(SandboxNotFoundError):
@@ -983,3 +1014,23 @@ class DockerAdapter(SandboxAdapter):
         elif self.status is SandboxStatus.terminated:
             self._engine.request("POST", f"/containers/{self._container}/start", "start container")
         self.status = SandboxStatus.running
+
+    # -- ports ----------------------------------------------------------------------------------------
+
+    def port_address(self, port: int) -> str:
+        if port not in (self.config.ports or []):
+            raise InvalidArgumentError(
+                f"port {port} is not in SandboxConfig.ports ({self.config.ports or []}); ports are "
+                "published when the sandbox is created",
+                argument="port",
+                provider=dk.PROVIDER,
+            )
+        info = self._engine.json("GET", f"/containers/{self._container}/json", "inspect container")
+        bindings = ((info.get("NetworkSettings") or {}).get("Ports") or {}).get(f"{port}/tcp") or []
+        if not bindings:
+            raise ProviderError(
+                f"the engine published no host port for {port}/tcp (is the container running?)",
+                provider=dk.PROVIDER,
+            )
+        host = self._engine.endpoint.remote_host or str(bindings[0].get("HostIp") or "127.0.0.1")
+        return f"{host}:{bindings[0]['HostPort']}"
