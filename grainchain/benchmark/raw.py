@@ -180,6 +180,7 @@ class DockerBaseline(RawBaseline):
         endpoint = dk.engine_endpoint()
         transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
         self.client = httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=600)
+        self._root: str | None = None
 
     def call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         response = self.client.request(method, url, **kwargs)
@@ -201,6 +202,11 @@ class DockerBaseline(RawBaseline):
 
     def create(self) -> DockerBox:
         return DockerBox(self, self.start_container(self.image))
+
+    def docker_root(self) -> str:
+        if self._root is None:
+            self._root = str(self.call("GET", "/info").json()["DockerRootDir"])
+        return self._root
 
     def close(self) -> None:
         # snapshot images deleted while a container still used them stay behind, untagged
@@ -286,6 +292,9 @@ class DockerBox(RawBox):
         self._b.call("POST", f"/containers/{self._container}/stop", params={"t": "1"})
 
     def wake_up(self, snapshot: str) -> None:
+        # moby#42900: restoring the same checkpoint content twice fails ("already exists") until
+        # containerd collects garbage; the documented way round is a unique file in the checkpoint
+        dk.stage_checkpoint(dk.checkpoint_path(self._b.docker_root(), self._container, snapshot))
         self._b.call("POST", f"/containers/{self._container}/start", params={"checkpoint": snapshot})
         with contextlib.suppress(RawError):
             self._b.call("DELETE", f"/containers/{self._container}/checkpoints/{snapshot}")

@@ -92,7 +92,11 @@ def _row(m: Measurement) -> list[str]:
     if s is None:
         return [m.label, "error", *blank]
     raw = m.raw.summary if m.raw is not None else None
-    failed = f" ({m.failed_attempts} failed)" if m.failed_attempts else ""
+    failed = "".join(
+        f" ({series.errors} {side}failed)"
+        for side, series in (("", m.grainchain), ("raw ", m.raw))
+        if series is not None and series.errors
+    )
     return [
         m.label + failed,
         ms(s.p50),

@@ -70,10 +70,6 @@ class Measurement(_Model):
             return None
         return ours.p50 / theirs.p50
 
-    @property
-    def failed_attempts(self) -> int:
-        return self.grainchain.errors + (self.raw.errors if self.raw is not None else 0)
-
 
 class ProviderResult(_Model):
     provider: str
