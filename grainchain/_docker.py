@@ -339,6 +339,16 @@ STAT_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44; stat -c '%f %s %Y' -- "
 MKDIR_SCRIPT = r"""[ -d "$1" ] && exit 0; mkdir -p -- "$1" """
 DELETE_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44; rm -rf -- "$1" """
 MISSING = 44  # exit code of the scripts above for a path that does not exist
+# The container's count of OOM kills: cgroup v2, then v1 (kernels >= 4.13 count them there).
+OOM_SCRIPT = "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control"
+
+
+def oom_kills(text: str) -> int:
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        if key == "oom_kill" and value.strip().isdigit():
+            return int(value)
+    return 0
 
 
 def file_info_from_stat(path: str, line: str) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import threading
 from enum import Enum
 
 from grainchain._types import OutputCallback
-from grainchain.errors import CommandTimeoutError, OutputLimitExceededError
+from grainchain.errors import CommandTimeoutError, MemoryLimitExceededError, OutputLimitExceededError
 from grainchain.models import ExecutionResult
 
 
@@ -109,3 +109,16 @@ class OutputCollector:
             stdout=self.stdout,
             stderr=self.stderr,
         )
+
+
+def memory_limit_error(result: ExecutionResult, limit: int) -> MemoryLimitExceededError:
+    """The error for a command that failed while the kernel OOM-killed a process of the sandbox."""
+    return MemoryLimitExceededError(
+        f"command {result.command!r} failed (exit code {result.return_code}): the kernel killed a process "
+        f"of the sandbox for going over its memory limit ({limit} bytes) while it ran",
+        command=result.command,
+        limit=limit,
+        return_code=result.return_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+    )

@@ -24,6 +24,7 @@ from grainchain.errors import (
     ConfigurationError,
     FileNotFoundInSandboxError,
     InvalidArgumentError,
+    MemoryLimitExceededError,
     OutputLimitExceededError,
     ProviderError,
     ProviderUnavailableError,
@@ -412,8 +413,14 @@ async def test_limits_are_enforced(make_sandbox: Any) -> None:
     sandbox = await make_sandbox(
         config(memory_limit="32MB", cpu_limit=0.5, provider_config={"pids_limit": 64}), provider="docker"
     )
-    result = await sandbox.execute("dd if=/dev/zero of=/dev/null bs=100M count=1")
-    assert result.return_code == 137  # SIGKILL by the OOM killer
+    assert (await sandbox.execute("false")).return_code == 1  # a failure is not blamed on memory
+    with pytest.raises(MemoryLimitExceededError) as info:
+        await sandbox.execute("echo before; dd if=/dev/zero of=/dev/null bs=100M count=1")
+    assert info.value.return_code == 137  # SIGKILL by the OOM killer
+    assert info.value.limit == 32_000_000
+    assert info.value.stdout == "before\n"
+    assert "memory limit" in str(info.value)
+    assert (await sandbox.execute("exit 3")).return_code == 3  # the OOM kill is reported once
     assert (await sandbox.execute("echo alive")).stdout == "alive\n"
     cgroups = "/sys/fs/cgroup"  # cgroups v1 inside the container (this machine's kind)
     shown = await sandbox.execute(f"cat {cgroups}/cpu/cpu.cfs_quota_us {cgroups}/pids/pids.max")

@@ -37,7 +37,7 @@ from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.process import AsyncProcessHandle
 from grainchain._generated.features import Feature
 from grainchain._hostproc import EXEC_MARKER, SANDBOX_MARKER
-from grainchain._output import OutputCollector, Stream
+from grainchain._output import OutputCollector, Stream, memory_limit_error
 from grainchain._types import OutputCallback
 from grainchain.errors import (
     ConfigurationError,
@@ -324,6 +324,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         self._container = container_id
         self._cwd = cwd
         self._handles: list[AsyncDockerProcessHandle] = []
+        self._oom_seen = 0  # OOM kills in the container's cgroup so far (a new container starts at 0)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -698,7 +699,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
     ) -> ExecutionResult:
         await self._check_cwd(working_dir)
         output = self._collector(on_stdout, on_stderr)
-        return await self._run_to_completion(
+        result = await self._run_to_completion(
             ["/bin/sh", "-c", command],
             command,
             output,
@@ -706,6 +707,17 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             working_dir,
             environment,
         )
+        if result.return_code != 0 and self.config.memory_limit is not None and await self._new_oom_kill():
+            raise memory_limit_error(result, int(self.config.memory_limit))
+        return result
+
+    async def _new_oom_kill(self) -> bool:
+        """Whether the kernel OOM-killed a process of the container since the last look (asked only after
+        a command failed, so that successful commands pay nothing)."""
+        _, out = await self._script(dk.OOM_SCRIPT)
+        kills = dk.oom_kills(out.decode(errors="replace"))
+        seen, self._oom_seen = self._oom_seen, kills
+        return kills > seen
 
     async def start_process(
         self,
@@ -964,6 +976,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         await self._kill_handles()
         new = await self._start_container(self._engine, snapshot_id, self.sandbox_id, self.config, checkpoint)
         old, self._container = self._container, new
+        self._oom_seen = 0
         with contextlib.suppress(SandboxNotFoundError):
             await self._engine.request(
                 "DELETE", f"/containers/{old}", "remove container", params={"force": "1", "v": "1"}

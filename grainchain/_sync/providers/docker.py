@@ -37,7 +37,7 @@ from grainchain import _docker as dk
 from grainchain._acompat import Task, run_blocking, select, start_task
 from grainchain._generated.features import Feature
 from grainchain._hostproc import EXEC_MARKER, SANDBOX_MARKER
-from grainchain._output import OutputCollector, Stream
+from grainchain._output import OutputCollector, Stream, memory_limit_error
 from grainchain._sync.adapter import SandboxAdapter
 from grainchain._sync.process import ProcessHandle
 from grainchain._types import OutputCallback
@@ -326,6 +326,7 @@ class DockerAdapter(SandboxAdapter):
         self._container = container_id
         self._cwd = cwd
         self._handles: list[DockerProcessHandle] = []
+        self._oom_seen = 0  # OOM kills in the container's cgroup so far (a new container starts at 0)
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -696,7 +697,7 @@ class DockerAdapter(SandboxAdapter):
     ) -> ExecutionResult:
         self._check_cwd(working_dir)
         output = self._collector(on_stdout, on_stderr)
-        return self._run_to_completion(
+        result = self._run_to_completion(
             ["/bin/sh", "-c", command],
             command,
             output,
@@ -704,6 +705,17 @@ class DockerAdapter(SandboxAdapter):
             working_dir,
             environment,
         )
+        if result.return_code != 0 and self.config.memory_limit is not None and self._new_oom_kill():
+            raise memory_limit_error(result, int(self.config.memory_limit))
+        return result
+
+    def _new_oom_kill(self) -> bool:
+        """Whether the kernel OOM-killed a process of the container since the last look (asked only after
+        a command failed, so that successful commands pay nothing)."""
+        _, out = self._script(dk.OOM_SCRIPT)
+        kills = dk.oom_kills(out.decode(errors="replace"))
+        seen, self._oom_seen = self._oom_seen, kills
+        return kills > seen
 
     def start_process(
         self,
@@ -962,6 +974,7 @@ class DockerAdapter(SandboxAdapter):
         self._kill_handles()
         new = self._start_container(self._engine, snapshot_id, self.sandbox_id, self.config, checkpoint)
         old, self._container = self._container, new
+        self._oom_seen = 0
         with contextlib.suppress(SandboxNotFoundError):
             self._engine.request(
                 "DELETE", f"/containers/{old}", "remove container", params={"force": "1", "v": "1"}
