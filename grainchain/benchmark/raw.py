@@ -177,6 +177,7 @@ class DockerBaseline(RawBaseline):
         from grainchain._sync.providers.docker import DockerAdapter  # its choice of image, not a copy
 
         self.image = DockerAdapter._image_of(config)
+        self.env = [f"{k}={v}" for k, v in config.environment_vars.items()]  # as a sandbox's container has
         endpoint = dk.engine_endpoint()
         transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
         self.client = httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=600)
@@ -194,6 +195,7 @@ class DockerBaseline(RawBaseline):
             "Entrypoint": KEEP_ALIVE,
             "Cmd": None,
             "WorkingDir": dk.WORKSPACE,
+            "Env": self.env,
             "Labels": {RAW_LABEL: "1"},
         }
         container = str(self.call("POST", "/containers/create", json=body).json()["Id"])
