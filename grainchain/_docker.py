@@ -326,14 +326,14 @@ done
 exit 0
 """
 
-# Lists a directory ($1): per entry "<raw mode in hex> <size> <mtime>\t<name>\0", without following links.
+# Lists a directory ($1) without a process per entry (that made 1,000 entries take 0.6 s): the names ("./x"),
+# each followed by NUL, then one more NUL, then "<raw mode in hex> <size> <mtime>" lines in the same order
+# (two walks of one directory list it in the same order; `find -exec {} +` batches stat's arguments).
+# Links are not followed.
 LIST_SCRIPT = r"""
 cd -- "$1" || exit 44
-for f in .* *; do
-  case "$f" in .|..) continue ;; esac
-  [ -e "$f" ] || [ -L "$f" ] || continue
-  printf '%s\t%s\0' "$(stat -c '%f %s %Y' -- "$f")" "$f"
-done
+find . -mindepth 1 -maxdepth 1 -print0 && printf '\0' &&
+exec find . -mindepth 1 -maxdepth 1 -exec stat -c '%f %s %Y' -- {} +
 """
 STAT_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44; stat -c '%f %s %Y' -- "$1" """
 MKDIR_SCRIPT = r"""[ -d "$1" ] && exit 0; mkdir -p -- "$1" """
@@ -369,14 +369,16 @@ def file_info_from_stat(path: str, line: str) -> dict[str, Any]:
 
 
 def parse_listing(directory: str, output: bytes) -> list[dict[str, Any]]:
+    """FileInfo fields of LIST_SCRIPT's output."""
+    names, separator, stats = output.partition(b"\0\0")
+    if not separator:  # an empty directory
+        return []
+    lines = stats.decode().splitlines()
     entries = []
-    for record in output.split(b"\0"):
-        if not record:
-            continue
-        stat_line, _, name = record.partition(b"\t")
-        full = posixpath.join(directory, name.decode("utf-8", "replace"))
-        entries.append(file_info_from_stat(full, stat_line.decode()))
-    return entries
+    for name, stat_line in zip(names.split(b"\0"), lines, strict=True):
+        full = posixpath.join(directory, name.decode("utf-8", "replace").removeprefix("./"))
+        entries.append(file_info_from_stat(full, stat_line))
+    return sorted(entries, key=lambda entry: str(entry["name"]))
 
 
 @dataclass(frozen=True)

@@ -469,3 +469,13 @@ def test_frame_decoder_splits_partial_frames() -> None:
     decoder = dk.FrameDecoder()
     got = [f for i in range(len(frames)) for f in decoder.feed(frames[i : i + 1])]
     assert got == [(1, b"abc"), (2, b"de")]
+
+
+def test_listing_parser_handles_empty_and_awkward_names() -> None:
+    assert dk.parse_listing("/w", b"\0") == []
+    out = b"./b\0./a\nb\0\0" + b"81a4 3 1700000000\n41ed 4096 1700000001\n"
+    entries = dk.parse_listing("/w", out)
+    assert [(e["path"], e["size"], e["is_directory"]) for e in entries] == [
+        ("/w/a\nb", 0, True),
+        ("/w/b", 3, False),
+    ]
