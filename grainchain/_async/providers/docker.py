@@ -75,7 +75,8 @@ class _Engine:
         self.endpoint = dk.engine_endpoint()
         if self.endpoint.uds and not os.path.exists(self.endpoint.uds):  # (httpx would leak a socket)
             raise dk.unreachable(self.endpoint, FileNotFoundError(f"no socket at {self.endpoint.uds}"))
-        transport = httpx.AsyncHTTPTransport(uds=self.endpoint.uds) if self.endpoint.uds else None
+        # plain HTTP (socket or tcp://): no TLS, so no SSL context (building one costs ~25 ms per client)
+        transport = httpx.AsyncHTTPTransport(uds=self.endpoint.uds, verify=False)
         self.client = httpx.AsyncClient(
             transport=transport,
             base_url=self.endpoint.base_url,
@@ -209,6 +210,17 @@ class _Exec:
 async def _pause(seconds: float) -> None:
     """Sleep (no asyncio in _async/: a select of no descriptors)."""
     await aselect([], seconds)
+
+
+_MEMORY_PROBLEMS: dict[str, dict[Feature, str]] = {}
+
+
+def _memory_problems(endpoint: dk.Endpoint, info: dict[str, Any]) -> dict[Feature, str]:
+    key = endpoint.describe()
+    if key not in _MEMORY_PROBLEMS:
+        problem = dk.memory_snapshot_problem(endpoint, info, _find_criu())
+        _MEMORY_PROBLEMS[key] = {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
+    return _MEMORY_PROBLEMS[key]
 
 
 def _find_criu() -> str | None:
@@ -460,13 +472,12 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         except GrainchainError:
             return {}  # creating the sandbox will say the engine is unreachable
         try:
-            info = await engine.info()
+            info = await engine.info()  # cached: one /info per engine and process
         except GrainchainError:
             return {}
         finally:
             await engine.aclose()
-        problem = dk.memory_snapshot_problem(engine.endpoint, info, _find_criu())
-        return {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
+        return _memory_problems(engine.endpoint, info)
 
     @classmethod
     async def create(cls, config: SandboxConfig, settings: Settings) -> Self:

@@ -77,7 +77,8 @@ class _Engine:
         self.endpoint = dk.engine_endpoint()
         if self.endpoint.uds and not os.path.exists(self.endpoint.uds):  # (httpx would leak a socket)
             raise dk.unreachable(self.endpoint, FileNotFoundError(f"no socket at {self.endpoint.uds}"))
-        transport = httpx.HTTPTransport(uds=self.endpoint.uds) if self.endpoint.uds else None
+        # plain HTTP (socket or tcp://): no TLS, so no SSL context (building one costs ~25 ms per client)
+        transport = httpx.HTTPTransport(uds=self.endpoint.uds, verify=False)
         self.client = httpx.Client(
             transport=transport,
             base_url=self.endpoint.base_url,
@@ -211,6 +212,17 @@ class _Exec:
 def _pause(seconds: float) -> None:
     """Sleep (no asyncio in _async/: a select of no descriptors)."""
     select([], seconds)
+
+
+_MEMORY_PROBLEMS: dict[str, dict[Feature, str]] = {}
+
+
+def _memory_problems(endpoint: dk.Endpoint, info: dict[str, Any]) -> dict[Feature, str]:
+    key = endpoint.describe()
+    if key not in _MEMORY_PROBLEMS:
+        problem = dk.memory_snapshot_problem(endpoint, info, _find_criu())
+        _MEMORY_PROBLEMS[key] = {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
+    return _MEMORY_PROBLEMS[key]
 
 
 def _find_criu() -> str | None:
@@ -462,13 +474,12 @@ class DockerAdapter(SandboxAdapter):
         except GrainchainError:
             return {}  # creating the sandbox will say the engine is unreachable
         try:
-            info = engine.info()
+            info = engine.info()  # cached: one /info per engine and process
         except GrainchainError:
             return {}
         finally:
             engine.close()
-        problem = dk.memory_snapshot_problem(engine.endpoint, info, _find_criu())
-        return {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
+        return _memory_problems(engine.endpoint, info)
 
     @classmethod
     def create(cls, config: SandboxConfig, settings: Settings) -> Self:
