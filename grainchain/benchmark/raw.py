@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import tempfile
 import uuid
@@ -24,6 +25,7 @@ from typing import Any
 import httpx
 
 from grainchain import _docker as dk
+from grainchain import _isolation as iso
 from grainchain._hostproc import SHELL, scrubbed_environment
 from grainchain.models import SandboxConfig
 from grainchain.settings import Settings
@@ -86,8 +88,13 @@ class RawBaseline(ABC):
 
 
 def baseline_for(provider: str, config: SandboxConfig, settings: Settings) -> RawBaseline | None:
-    """The raw baseline of a provider, or None when it has none (its ratios are then left out)."""
+    """The raw baseline of a provider (and of its isolation mode), or None when it has none (its ratios
+    are then left out)."""
     if provider == "local":
+        # the sandbox's own reading of provider_config decides whether commands run in namespaces
+        options = iso.parse_options(config.provider_config, None)
+        if options.isolation == "namespaces":
+            return LocalNamespacesBaseline(settings, options.network)
         return LocalBaseline(settings)
     if provider == "docker":
         return DockerBaseline(config)
@@ -151,14 +158,60 @@ class LocalBox(RawBox):
         return name
 
     def restore(self, snapshot: str) -> None:
-        shutil.rmtree(self._workspace)
-        shutil.copytree(self._root / snapshot, self._workspace, symlinks=True)
+        # in place, not by replacing the directory: a holder's bind mount keeps seeing the same one
+        for entry in os.scandir(self._workspace):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+        shutil.copytree(self._root / snapshot, self._workspace, symlinks=True, dirs_exist_ok=True)
 
     def delete_snapshot(self, snapshot: str) -> None:
         shutil.rmtree(self._root / snapshot)
 
     def close(self) -> None:
         shutil.rmtree(self._root, ignore_errors=True)
+
+
+class LocalNamespacesBaseline(LocalBaseline):
+    description = (
+        "a bubblewrap holder per box, started as grainchain starts it; each command joins it with a plain "
+        "subprocess.run(['nsenter', ..., '/bin/sh', '-c', cmd]); os/shutil file calls"
+    )
+
+    def __init__(self, settings: Settings, network: str) -> None:
+        super().__init__(settings)
+        self._network = network
+
+    def create(self) -> LocalNamespacesBox:
+        return LocalNamespacesBox(Path(tempfile.mkdtemp(dir=self._root)), self._network)
+
+
+class LocalNamespacesBox(LocalBox):
+    """A workspace seen as /workspace by commands in the namespaces of one bwrap holder."""
+
+    def __init__(self, root: Path, network: str) -> None:
+        super().__init__(root)
+        self._env = scrubbed_environment({"HOME": iso.WORKSPACE, "TMPDIR": iso.SANDBOX_TMP})
+        self._holder = iso.start_holder(
+            self._workspace, self._tmp, root / "holder.log", network=network, env=self._env
+        )
+        self._enter = self._holder.enter_argv(None)
+
+    def exec(self, command: str) -> tuple[int, bytes, bytes]:
+        done = subprocess.run(
+            [*self._enter, SHELL, "-c", command],
+            env=self._env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            check=False,
+        )
+        return done.returncode, done.stdout, done.stderr
+
+    def close(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self._holder.pid, signal.SIGKILL)  # its pid 1: the whole pid namespace goes with it
+        super().close()
 
 
 # -- docker: the Engine API with httpx over the engine's socket -------------------------------------------
