@@ -125,9 +125,15 @@ class Options:
     isolation: Isolation
     network: Network
     pids_limit: int | None
+    snapshots: str = "copy"  # "layers" or "copy": decided by the adapter (grainchain/_layers.py)
 
     def stored(self) -> dict[str, Any]:
-        return {"isolation": self.isolation, "network": self.network, "pids_limit": self.pids_limit}
+        return {
+            "isolation": self.isolation,
+            "network": self.network,
+            "pids_limit": self.pids_limit,
+            "snapshots": self.snapshots,
+        }
 
 
 def _choice(config: Mapping[str, Any], key: str, values: Sequence[str], default: str | None) -> str | None:
@@ -216,6 +222,22 @@ class Holder:
 
     def alive(self) -> bool:
         return _alive(self.target)
+
+    def pids(self) -> list[int]:
+        """Host pids of the holder's own processes: bwrap outside, its pid 1, the waiting `sleep`."""
+        found = [self.pid, self.target]
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as f:
+                found.append(int(f.read().rsplit(b")", 1)[1].split()[1]))
+        except (OSError, ValueError, IndexError):
+            pass
+        return found
+
+    def wait_gone(self, within: float = 5.0) -> None:
+        """Wait until the (killed) holder has exited: its mount namespace, and what it mounted, go with it."""
+        deadline = time.monotonic() + within
+        while (_alive(self.pid) or _alive(self.target)) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
 
 def _alive(pid: int) -> bool:

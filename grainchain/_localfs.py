@@ -22,10 +22,12 @@ import re
 import shutil
 import stat
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from grainchain import _layers as layers
 from grainchain.errors import (
     FileNotFoundInSandboxError,
     InvalidArgumentError,
@@ -157,8 +159,11 @@ class SandboxDir:
         _write_json(self.meta, json.dumps(payload, indent=2))
 
     def remove(self) -> None:
-        """Best effort: closing must not fail because a file could not be deleted."""
+        """Best effort: closing must not fail because a file could not be deleted. A layered workspace is
+        unmounted first (deleting through the mount would only fill its upper layer with whiteouts)."""
         with contextlib.suppress(OSError):
+            if layers.is_mounted(self.workspace):
+                layers.unmount(self.workspace)
             remove_tree(self.root)
 
     def recover(self) -> None:
@@ -399,30 +404,33 @@ def _snapshot_dir(state_dir: Path, snapshot_id: str) -> Path:
 
 
 def snapshot_tree(state_dir: Path, snapshot_id: str) -> Path:
-    """The captured tree of a snapshot; SnapshotNotFoundError for an unknown or malformed id."""
+    """The captured tree of a copy snapshot (a layered one has layers.json instead, see snapshot_layers);
+    SnapshotNotFoundError for an unknown or malformed id."""
     return _snapshot_dir(state_dir, snapshot_id) / "tree"
 
 
-def _tree_size(root: Path) -> int:
-    return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(root) for f in files)
+def snapshot_layers(state_dir: Path, snapshot_id: str) -> list[str] | None:
+    """The layer ids (top first) of a layered snapshot, None for a copy snapshot; SnapshotNotFoundError
+    for an unknown or malformed id."""
+    return layers.snapshot_layer_ids(_snapshot_dir(state_dir, snapshot_id))
 
 
-def create_snapshot(state_dir: Path, box: SandboxDir) -> SnapshotInfo:
-    """Copy the workspace into `.staging-<id>` and rename it to `<id>` once complete (meta.json included),
-    so a snapshot id is never visible before all of it is on disk."""
+def _publish_snapshot(state_dir: Path, box: SandboxDir, fill: Callable[[Path], int]) -> SnapshotInfo:
+    """Write a snapshot into `.staging-<id>` (fill() writes its content and returns its size) and rename it
+    to `<id>` once complete, meta.json included, so an id is never visible before all of it is on disk."""
     snapshot_id = f"snap-{uuid.uuid4().hex}"
     final = _snapshots(state_dir) / snapshot_id
     staging = final.with_name(f".staging-{snapshot_id}")
     staging.mkdir(parents=True, mode=0o700)
     try:
-        _copy_tree(box.workspace, staging / "tree")
+        size = fill(staging)
         info = SnapshotInfo(
             snapshot_id=snapshot_id,
             provider=PROVIDER,
             kind=SnapshotKind.filesystem,
             created_at=datetime.now(UTC),
             source_sandbox_id=box.sandbox_id,
-            size_bytes=_tree_size(staging / "tree"),
+            size_bytes=size,
         )
         (staging / "meta.json").write_text(info.model_dump_json(indent=2), encoding="utf-8")
         staging.rename(final)
@@ -433,14 +441,48 @@ def create_snapshot(state_dir: Path, box: SandboxDir) -> SnapshotInfo:
     return info
 
 
+def create_layered_snapshot(state_dir: Path, box: SandboxDir, lowers: list[str], size: int) -> SnapshotInfo:
+    """A snapshot naming layers (see grainchain/_layers.py); `size` is what its own new layer holds."""
+
+    def fill(staging: Path) -> int:
+        layers.write_snapshot_layers(staging, lowers)
+        return size
+
+    return _publish_snapshot(state_dir, box, fill)
+
+
+def _tree_size(root: Path) -> int:
+    return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(root) for f in files)
+
+
+def create_snapshot(state_dir: Path, box: SandboxDir) -> SnapshotInfo:
+    """A copy snapshot: the whole workspace copied into the snapshot's tree/."""
+
+    def fill(staging: Path) -> int:
+        _copy_tree(box.workspace, staging / "tree")
+        return _tree_size(staging / "tree")
+
+    return _publish_snapshot(state_dir, box, fill)
+
+
 def restore_snapshot(state_dir: Path, box: SandboxDir, snapshot_id: str) -> None:
-    """Make the workspace exactly the snapshot's tree (same path, so commands keep finding it).
+    """Make the (plain, unmounted) workspace exactly the snapshot's tree; a layered snapshot's tree is
+    read from its layers' merged view (mounting it needs root)."""
+    lowers = snapshot_layers(state_dir, snapshot_id)
+    if lowers is None:
+        restore_tree(box, snapshot_tree(state_dir, snapshot_id))
+        return
+    with layers.merged_view(state_dir, lowers) as merged:
+        restore_tree(box, merged)
+
+
+def restore_tree(box: SandboxDir, source: Path) -> None:
+    """Make the workspace exactly a copy of `source` (same path, so commands keep finding it).
 
     The copy is made beside the workspace (.restore-*), renamed .ready-* once complete, then swapped in by
     two renames (workspace -> .old-*, .ready-* -> workspace). An error rolls back; a crash is finished or
     undone by SandboxDir.recover(). The old tree is deleted only after the new one is in place.
     """
-    source = snapshot_tree(state_dir, snapshot_id)
     box.recover()
     token = uuid.uuid4().hex
     copying = box.root / f"{_RESTORE_COPYING}{token}"

@@ -334,13 +334,14 @@ async def test_half_written_snapshots_are_ignored(sandbox: Any, state_dir: Path)
 
 # -- a restore interrupted by a crash ----------------------------------------------------------------------
 #
-# restore_snapshot copies the snapshot beside the workspace (.restore-*), renames the complete copy .ready-*,
+# With provider_config snapshots="copy", restore_snapshot copies the snapshot beside the workspace (.restore-*), renames the complete copy .ready-*,
 # then swaps it in with two renames (workspace -> .old-*, .ready-* -> workspace). These tests lay out on disk
 # what a process killed at each step leaves behind, and check that reconnecting repairs it.
 
 
 async def _detached_sandbox_with_snapshot(make_sandbox: Any) -> tuple[str, Path, dict[str, Any], Path]:
-    sandbox = await make_sandbox(SandboxConfig(keep_alive=True))
+    copies = {"isolation": "none", "snapshots": "copy"}  # the restore these tests interrupt copies trees
+    sandbox = await make_sandbox(SandboxConfig(keep_alive=True, provider_config=copies))
     ws = await workspace_of(sandbox)
     await sandbox.upload_file("version.txt", "snapshot")
     snapshot_id = await sandbox.create_snapshot()

@@ -14,6 +14,7 @@ paths. Blocking disk work lives in grainchain/_localfs.py.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import uuid
@@ -23,6 +24,7 @@ from typing import Any, Self
 
 from grainchain import _cgroups as cg
 from grainchain import _isolation as iso
+from grainchain import _layers as layers
 from grainchain import _localfs as fs
 from grainchain._acompat import arun_blocking
 from grainchain._async.adapter import AsyncSandboxAdapter
@@ -33,6 +35,7 @@ from grainchain._hostproc import (
     SANDBOX_MARKER,
     HostProcess,
     kill_marked,
+    marked_pids,
     scrubbed_environment,
     spawn,
 )
@@ -43,6 +46,7 @@ from grainchain.errors import (
     ConfigurationError,
     FileNotFoundInSandboxError,
     MemoryLimitExceededError,
+    ProviderUnavailableError,
 )
 from grainchain.models import (
     ExecutionResult,
@@ -55,7 +59,8 @@ from grainchain.models import (
 )
 from grainchain.settings import Settings
 
-KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset({"isolation", "network", "pids_limit"})
+KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset({"isolation", "network", "pids_limit", "snapshots"})
+SNAPSHOT_MODES = ("layers", "copy")
 DEFAULT_PIDS_LIMIT = 4096  # as docker's default: a fork bomb stops there
 
 
@@ -68,6 +73,21 @@ def _options(config: SandboxConfig) -> iso.Options:
             provider="local",
         )
     return iso.parse_options(config.provider_config, DEFAULT_PIDS_LIMIT)
+
+
+def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
+    """provider_config snapshots: "layers" (overlayfs, default where it works) or "copy"."""
+    mode = config.provider_config.get("snapshots")
+    if mode is not None and mode not in SNAPSHOT_MODES:
+        raise ConfigurationError(
+            f"provider_config 'snapshots' of local must be one of {', '.join(map(repr, SNAPSHOT_MODES))}, "
+            f"not {mode!r}",
+            provider="local",
+        )
+    reason = layers.overlay_unavailable(settings.state_dir.resolve())
+    if mode == "layers" and reason:
+        raise ProviderUnavailableError(f"snapshots 'layers' are not available: {reason}", provider="local")
+    return str(mode or ("copy" if reason else "layers"))
 
 
 def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
@@ -83,23 +103,34 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         box: fs.SandboxDir,
         config: SandboxConfig,
         settings: Settings,
-        options: iso.Options,
-        cgroup: cg.SandboxCgroup | None,
-        launcher: list[str],
+        runtime: dict[str, Any] | None = None,
     ) -> None:
+        """An adapter for a sandbox whose directory exists; `runtime` is what create() decided (isolation,
+        cgroup, launcher, layers, holder), as saved in its meta.json (read from there when not given)."""
         super().__init__(box.sandbox_id, config, settings)
+        runtime = box.runtime() if runtime is None else runtime
         self._box = box
-        self._state_dir = settings.state_dir
+        self._state_dir = settings.state_dir.resolve()
         self._handles: list[AsyncHostProcessHandle] = []
-        self._options = options
-        self._isolated = options.isolation == "namespaces"
+        self._options = iso.Options(**runtime["options"])
+        self._isolated = self._options.isolation == "namespaces"
+        self._cgroup = cg.SandboxCgroup.from_stored(runtime["cgroup"]) if runtime.get("cgroup") else None
+        self._launcher: list[str] = list(runtime.get("launcher", []))  # cgroup placement or rlimits
+        self._stack = layers.Stack.from_stored(runtime["stack"]) if runtime.get("stack") else None
+        self._holder = iso.Holder(**runtime["holder"]) if runtime.get("holder") else None
         # the workspace as commands see it; file operations take and show paths in this view
         self._view_root = iso.WORKSPACE if self._isolated else str(box.workspace)
-        self._cgroup = cgroup
-        self._launcher = launcher  # argv prefix: cgroup placement or rlimits
-        self._holder: iso.Holder | None = None
-        self._cwd = self._view_root  # set properly below, once paths can be resolved
-        self._cwd = self._resolve(config.working_directory or ".")[1]
+        self._cwd = self._view_of(self._working_directory(config.working_directory))
+
+    def _working_directory(self, working_dir: str | None) -> Path:
+        """The host directory commands start in by default."""
+        return fs.resolve_in_view(self._box.workspace, self._view_root, self._view_root, working_dir or ".")[
+            0
+        ]
+
+    def _view_of(self, host: Path) -> str:
+        rel = host.relative_to(self._box.workspace)
+        return self._view_root if rel == Path(".") else f"{self._view_root.rstrip('/')}/{rel}"
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -132,15 +163,29 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
                 operation="create",
                 hint="provider_config network 'none' needs isolation 'namespaces'",
             )
+        options = dataclasses.replace(
+            options, snapshots=await arun_blocking(_snapshot_mode, config, settings)
+        )
         box = await arun_blocking(fs.SandboxDir.create, settings.state_dir, config)
         cgroup: cg.SandboxCgroup | None = None
         try:
             cgroup, launcher = await arun_blocking(cls._make_limits, box.sandbox_id, _limits(config, options))
-            adapter = cls(box, config, settings, options, cgroup, launcher)
+            runtime: dict[str, Any] = {
+                "options": options.stored(),
+                "cgroup": None if cgroup is None else cgroup.stored(),
+                "launcher": launcher,
+            }
+            if options.snapshots == "layers":
+                stack = layers.Stack([layers.BASE])
+                runtime["stack"] = stack.stored()
+                state = settings.state_dir.resolve()
+                await arun_blocking(layers.base_layer, state)
+                await arun_blocking(layers.mount_stack, state, box.root, box.workspace, stack)
+            await arun_blocking(box.save, SandboxStatus.running, config, None, runtime)
+            adapter = cls(box, config, settings, runtime)
             await arun_blocking(adapter._host_cwd().mkdir, parents=True, exist_ok=True)
             if adapter._isolated:
                 await arun_blocking(adapter._start_holder)
-            await arun_blocking(box.save, SandboxStatus.running, config, None, adapter._runtime())
         except BaseException:
             if cgroup is not None:
                 await arun_blocking(cgroup.remove)
@@ -164,23 +209,35 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             "options": self._options.stored(),
             "cgroup": None if self._cgroup is None else self._cgroup.stored(),
             "launcher": self._launcher,
+            "stack": None if self._stack is None else self._stack.stored(),
             "holder": None
             if holder is None
             else {"pid": holder.pid, "target": holder.target, "network": holder.network},
         }
 
+    def _save(self, status: SandboxStatus = SandboxStatus.running) -> None:
+        self._box.save(status, self.config, None, self._runtime())
+
     @classmethod
     async def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
         box = await arun_blocking(fs.SandboxDir.open, settings.state_dir, sandbox_id)
-        await arun_blocking(box.recover)  # a restore its last owner did not finish (crash)
         stored = await arun_blocking(box.config)
         runtime = await arun_blocking(box.runtime)
-        options = iso.Options(**runtime["options"]) if "options" in runtime else _options(stored)
-        cgroup = cg.SandboxCgroup.from_stored(runtime["cgroup"]) if runtime.get("cgroup") else None
-        adapter = cls(box, stored, settings, options, cgroup, list(runtime.get("launcher", [])))
-        if runtime.get("holder"):
-            adapter._holder = iso.Holder(**runtime["holder"])
-        await arun_blocking(box.save, SandboxStatus.running, stored, None, adapter._runtime())
+        if "options" not in runtime:  # made before isolation existed: a plain host sandbox
+            runtime = {"options": iso.Options("none", "host", None).stored()}
+        group = runtime.get("cgroup")
+        if group and not all(os.path.isdir(d) for d in group["dirs"].values()):  # closed, or a reboot
+            limits = _limits(stored, iso.Options(**runtime["options"]))
+            cgroup, launcher = await arun_blocking(cls._make_limits, box.sandbox_id, limits)
+            runtime |= {"cgroup": None if cgroup is None else cgroup.stored(), "launcher": launcher}
+        adapter = cls(box, stored, settings, runtime)
+        if adapter._stack is None:
+            await arun_blocking(box.recover)  # a restore its last owner did not finish (crash)
+        else:  # mounts do not survive a reboot
+            await arun_blocking(
+                layers.mount_stack, adapter._state_dir, box.root, box.workspace, adapter._stack
+            )
+        await arun_blocking(adapter._save)
         return adapter
 
     @classmethod
@@ -193,12 +250,32 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             await arun_blocking(self._cgroup.remove)
         if self.config.auto_cleanup:
             await arun_blocking(self._box.remove)
+            if self._stack is not None:
+                await arun_blocking(self._collect_garbage)  # layers only this sandbox used
         else:
-            await arun_blocking(self._box.save, SandboxStatus.closed, self.config, None, self._runtime())
+            if self._stack is not None:
+                await arun_blocking(self._materialize)
+            await arun_blocking(self._save, SandboxStatus.closed)
         self.status = SandboxStatus.closed
 
+    def _materialize(self) -> None:
+        """Turn a layered workspace into a plain directory (a closed, kept sandbox leaves no mount behind);
+        the sandbox takes copy snapshots from then on."""
+        assert self._stack is not None
+        state, box = self._state_dir, self._box
+        with layers.locked(state):
+            layers.unmount(box.workspace)
+            stack = layers.freeze(state, box.root, self._stack)
+            with layers.merged_view(state, stack.lowers) as merged:
+                layers.copy_into(merged, box.workspace)
+            self._stack = None
+            self._options = dataclasses.replace(self._options, snapshots="copy")
+            self._save(SandboxStatus.closed)
+            layers.collect_garbage(state)
+
     async def _kill_all(self) -> None:
-        """Kill every process of the sandbox, the holder of its namespaces included."""
+        """Kill every process of the sandbox, the holder of its namespaces included, and wait until they
+        are gone (a remount of the workspace must not leave one behind on the old mount)."""
         for handle in self._handles:
             await handle.kill()
         self._handles.clear()
@@ -206,7 +283,13 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         await arun_blocking(kill_marked, f"{SANDBOX_MARKER}={self.sandbox_id}")
         if self._cgroup is not None:
             await arun_blocking(self._cgroup.kill_all)
+        if self._holder is not None:
+            await arun_blocking(self._holder.wait_gone)
         self._holder = None
+
+    def _collect_garbage(self) -> None:
+        with layers.locked(self._state_dir):
+            layers.collect_garbage(self._state_dir)
 
     # -- namespaces -----------------------------------------------------------------------------------
 
@@ -350,23 +433,84 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     # -- snapshots ------------------------------------------------------------------------------------
 
+    def _busy(self) -> bool:
+        """Whether a process of the sandbox other than the namespace holder runs (it may hold files of the
+        workspace open: the workspace cannot be remounted under it)."""
+        holder = set() if self._holder is None else set(self._holder.pids())
+        return any(pid not in holder for pid in marked_pids(f"{SANDBOX_MARKER}={self.sandbox_id}"))
+
     async def create_snapshot(self, kind: SnapshotKind = SnapshotKind.filesystem) -> str:
-        info = await arun_blocking(fs.create_snapshot, self._state_dir, self._box)
+        if self._stack is None:
+            info = await arun_blocking(fs.create_snapshot, self._state_dir, self._box)
+            return info.snapshot_id
+        if await arun_blocking(self._busy):
+            return await arun_blocking(self._snapshot_busy_layers)
+        # idle: freeze the upper layer in place of copying it; the holder's mount namespace goes with it
+        await self._kill_all()
+        return await arun_blocking(self._snapshot_by_freezing)
+
+    def _snapshot_by_freezing(self) -> str:
+        assert self._stack is not None
+        state, box = self._state_dir, self._box
+        with layers.locked(state):
+            if layers.unchanged(box.root, self._stack, state):  # nothing new: the same layers again
+                lowers = self._stack.lowers
+                return fs.create_layered_snapshot(
+                    state, box, lowers, layers.stack_size(state, lowers)
+                ).snapshot_id
+            layers.unmount(box.workspace)
+            stack = layers.freeze(state, box.root, self._stack)
+            if len(stack.lowers) > layers.MAX_DEPTH:
+                stack = layers.Stack([layers.flatten(state, stack.lowers)])
+            info = fs.create_layered_snapshot(
+                state, box, stack.lowers, layers.stack_size(state, stack.lowers)
+            )
+            self._stack = stack
+            self._save()
+            layers.mount_stack(state, box.root, box.workspace, stack)
+        return info.snapshot_id
+
+    def _snapshot_busy_layers(self) -> str:
+        assert self._stack is not None
+        state, box = self._state_dir, self._box
+        with layers.locked(state):
+            layer_id = layers.copy_upper(state, box.root, self._stack)
+            lowers = [layer_id, *self._stack.lowers]
+            if len(lowers) > layers.MAX_DEPTH:
+                lowers = [layers.flatten(state, lowers)]
+            info = fs.create_layered_snapshot(state, box, lowers, layers.stack_size(state, lowers))
         return info.snapshot_id
 
     async def restore_snapshot(self, snapshot_id: str) -> None:
         # An unknown id must fail before anything is touched (processes included).
-        await arun_blocking(fs.snapshot_tree, self._state_dir, snapshot_id)
+        lowers = await arun_blocking(fs.snapshot_layers, self._state_dir, snapshot_id)
         # A filesystem snapshot holds no processes: stop them so the tree is exactly the snapshot's. The
-        # holder goes too: its /workspace is bound to the directory the restore replaces.
+        # holder goes too: its /workspace is bound to the tree the restore replaces.
         await self._kill_all()
-        await arun_blocking(fs.restore_snapshot, self._state_dir, self._box, snapshot_id)
+        if self._stack is None:
+            await arun_blocking(fs.restore_snapshot, self._state_dir, self._box, snapshot_id)
+        else:
+            await arun_blocking(self._restore_layers, snapshot_id, lowers)
         await arun_blocking(self._host_cwd().mkdir, parents=True, exist_ok=True)
-        if self._isolated:
-            await arun_blocking(self._ensure_holder)
+        # the holder starts again with the next command
+
+    def _restore_layers(self, snapshot_id: str, lowers: list[str] | None) -> None:
+        assert self._stack is not None
+        state, box = self._state_dir, self._box
+        with layers.locked(state):
+            if lowers is None:  # a copy snapshot (made without layers): its tree becomes a layer
+                lowers = [layers.import_tree(state, fs.snapshot_tree(state, snapshot_id))]
+            old, new = self._stack, layers.Stack(list(lowers))
+            layers.unmount(box.workspace)
+            self._stack = new
+            self._save()  # from here on a crash leaves the new state, mounted again by connect()
+            layers.mount_stack(state, box.root, box.workspace, new)
+            layers.drop_upper(box.root, old)
+            layers.collect_garbage(state)
 
     async def list_snapshots(self) -> list[SnapshotInfo]:
         return await arun_blocking(fs.list_snapshots, self._state_dir)
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
         await arun_blocking(fs.delete_snapshot, self._state_dir, snapshot_id)
+        await arun_blocking(self._collect_garbage)  # its layers, once nothing else uses them
