@@ -103,6 +103,13 @@ def _machine_warnings(old: BenchmarkRun, new: BenchmarkRun) -> list[str]:
         a, b = getattr(old.machine, name), getattr(new.machine, name)
         if a != b and a is not None and b is not None:
             warnings.append(f"the machines differ in {name}: {a} vs {b}")
+    for before in old.providers:
+        after = new.provider(before.provider)
+        if after is not None and before.raw_baseline != after.raw_baseline:
+            warnings.append(
+                f"the raw baseline of {before.provider} changed ({before.raw_baseline!r} -> "
+                f"{after.raw_baseline!r}): its ratios do not compare"
+            )
     if old.settings.quick != new.settings.quick or old.settings.sizes != new.settings.sizes:
         warnings.append(
             "the runs used different sizes (a --quick run?): only operations with the same id compare"
