@@ -37,7 +37,7 @@ def config_file_path() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
     default_provider: str = Field("local", description="Provider used when none is named.")
     state_dir: Path = Field(
@@ -66,11 +66,38 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, config_file_path()))
 
 
+# Settings are read for every new Sandbox: remember the last reading while its sources are unchanged.
+_last_reading: tuple[Any, Settings] | None = None
+
+
+def _sources(path: Path) -> Any:
+    """What the settings are read from: the GRAINCHAIN_* environment and the config file's identity."""
+    try:
+        stat = path.stat()
+        file_key: Any = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+    except OSError:
+        file_key = None
+    # HOME and XDG_*: where the default state directory and config file are
+    env = tuple(
+        sorted(
+            (k, v) for k, v in os.environ.items() if k.upper().startswith((ENV_PREFIX, "XDG_")) or k == "HOME"
+        )
+    )
+    return (str(path), file_key, env)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """The settings in force now; invalid ones raise ConfigurationError naming each field and source."""
+    global _last_reading
     path = config_file_path()
+    sources = None if overrides else _sources(path)
+    if sources is not None and _last_reading is not None and _last_reading[0] == sources:
+        return _last_reading[1]
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        if sources is not None:
+            _last_reading = (sources, settings)
+        return settings
     except ValidationError as exc:
         raise ConfigurationError(
             _explain(exc, f"environment ({ENV_PREFIX}*) or config file {path}")

@@ -105,3 +105,20 @@ def test_unknown_setting_in_environment_file_is_rejected(
     monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))
     with pytest.raises(ConfigurationError, match="default_provder"):
         load_settings()
+
+
+def test_settings_are_read_again_when_a_source_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "grainchain.toml"
+    config.write_text('default_provider = "docker"\n')
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(config))
+    first = load_settings()
+    assert first.default_provider == "docker"
+    assert load_settings() is first  # unchanged sources: the same reading, not parsed again
+    config.write_text('default_provider = "local"  # edited\n')
+    assert load_settings().default_provider == "local"
+    monkeypatch.setenv("GRAINCHAIN_DEFAULT_PROVIDER", "e2b")
+    assert load_settings().default_provider == "e2b"
+    with pytest.raises(ValidationError):
+        first.default_provider = "morph"  # shared readings are frozen

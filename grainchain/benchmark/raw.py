@@ -235,6 +235,7 @@ class DockerBaseline(RawBaseline):
         transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
         self.client = httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=600)
         self._root: str | None = None
+        self.checkpoints = tempfile.mkdtemp(prefix="grainchain-bench-checkpoints-")
 
     def call(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
         response = self.client.request(method, url, **kwargs)
@@ -269,6 +270,7 @@ class DockerBaseline(RawBaseline):
         with contextlib.suppress(httpx.HTTPError):
             self.client.post("/images/prune", params={"filters": filters})
         self.client.close()
+        shutil.rmtree(self.checkpoints, ignore_errors=True)
 
 
 class DockerBox(RawBox):
@@ -277,6 +279,7 @@ class DockerBox(RawBox):
     def __init__(self, baseline: DockerBaseline, container: str) -> None:
         self._b = baseline
         self._container = container
+        self._memory_snapshots: list[tuple[str, str]] = []  # (image, saved checkpoint)
 
     def _abs(self, path: str) -> str:
         return dk.resolve(dk.WORKSPACE, path)
@@ -338,21 +341,51 @@ class DockerBox(RawBox):
         self._b.call("DELETE", f"/images/{snapshot}", params={"force": "1"})
 
     def memory_snapshot(self) -> str:
+        """The plain way to what grainchain's memory snapshot gives: a checkpoint that stops the container
+        (so that the files match the memory), a commit, a copy of the checkpoint kept outside the
+        container, then the container continues from its checkpoint."""
         name = "raw-" + uuid.uuid4().hex[:12]
-        body = {"CheckpointID": name, "Exit": False}
+        body = {"CheckpointID": name, "Exit": True}
         self._b.call("POST", f"/containers/{self._container}/checkpoints", json=body)
+        image = f"{RAW_REPO}:{name}"
+        params = {"container": self._container, "repo": RAW_REPO, "tag": name, "pause": "0"}
+        self._b.call("POST", "/commit", params=params, json={"Labels": {RAW_LABEL: "1"}})
+        checkpoint = dk.checkpoint_path(self._b.docker_root(), self._container, name)
+        saved = os.path.join(self._b.checkpoints, name)
+        dk.save_checkpoint(checkpoint, saved)
+        self._memory_snapshots.append((image, saved))
+        self._start_from_checkpoint(self._container, name, None)
         return name
+
+    def _start_from_checkpoint(self, container: str, name: str, saved: str | None) -> None:
+        # moby#42900: the same checkpoint content restored twice fails ("already exists") until containerd
+        # collects garbage; a unique file in the checkpoint directory is the way round
+        dk.stage_checkpoint(dk.checkpoint_path(self._b.docker_root(), container, name), saved)
+        self._b.call("POST", f"/containers/{container}/start", params={"checkpoint": name})
+        with contextlib.suppress(RawError):
+            self._b.call("DELETE", f"/containers/{container}/checkpoints/{name}")
 
     def terminate(self) -> None:
         self._b.call("POST", f"/containers/{self._container}/stop", params={"t": "1"})
 
     def wake_up(self, snapshot: str) -> None:
-        # moby#42900: restoring the same checkpoint content twice fails ("already exists") until
-        # containerd collects garbage; the documented way round is a unique file in the checkpoint
-        dk.stage_checkpoint(dk.checkpoint_path(self._b.docker_root(), self._container, snapshot))
-        self._b.call("POST", f"/containers/{self._container}/start", params={"checkpoint": snapshot})
-        with contextlib.suppress(RawError):
-            self._b.call("DELETE", f"/containers/{self._container}/checkpoints/{snapshot}")
+        """A new container of the committed image, started from the saved checkpoint."""
+        body = {
+            "Image": f"{RAW_REPO}:{snapshot}",
+            "Entrypoint": KEEP_ALIVE,
+            "Cmd": None,
+            "WorkingDir": dk.WORKSPACE,
+            "Env": self._b.env,
+            "Labels": {RAW_LABEL: "1"},
+        }
+        new = str(self._b.call("POST", "/containers/create", json=body).json()["Id"])
+        self._start_from_checkpoint(new, snapshot, os.path.join(self._b.checkpoints, snapshot))
+        old, self._container = self._container, new
+        self._b.call("DELETE", f"/containers/{old}", params={"force": "1", "v": "1"})
 
     def close(self) -> None:
         self._b.call("DELETE", f"/containers/{self._container}", params={"force": "1", "v": "1"})
+        for image, saved in self._memory_snapshots:
+            with contextlib.suppress(RawError):
+                self.delete_snapshot(image)
+            shutil.rmtree(saved, ignore_errors=True)
