@@ -479,3 +479,11 @@ def test_listing_parser_handles_empty_and_awkward_names() -> None:
         ("/w/a\nb", 0, True),
         ("/w/b", 3, False),
     ]
+
+
+async def test_volumes_of_a_sandbox_that_fails_to_start_are_removed() -> None:
+    name = f"gc-test-{uuid.uuid4().hex[:8]}"
+    cfg = config(image="no-such-image-grainchain:1", provider_config={"volumes": [f"{name}:/data"]})
+    with pytest.raises(ProviderUnavailableError):
+        await AsyncSandbox("docker", cfg).start()
+    assert name not in _volume_names()

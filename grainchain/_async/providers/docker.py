@@ -489,17 +489,24 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
                 provider=cls.provider_name,
             )
         engine = _Engine()
+        sandbox_id = "gc-" + uuid.uuid4().hex[:16]
         try:
             if "dockerfile" in config.provider_config or "build_context" in config.provider_config:
                 image = await cls._build_image(engine, config)
             else:
                 image = cls._image_of(config)
-                await cls._ensure_image(engine, image)
-            sandbox_id = "gc-" + uuid.uuid4().hex[:16]
             await cls._create_named_volumes(engine, sandbox_id, config)
-            container_id = await cls._start_container(engine, image, sandbox_id, config)
+            try:
+                container_id = await cls._start_container(engine, image, sandbox_id, config)
+            except SandboxNotFoundError as exc:  # the image is pulled only when it is missing
+                if "No such image" not in exc.message:
+                    raise
+                await cls._ensure_image(engine, image)
+                container_id = await cls._start_container(engine, image, sandbox_id, config)
             return cls(engine, container_id, sandbox_id, cls._cwd_of(config), config, settings)
         except BaseException:
+            with contextlib.suppress(Exception):  # volumes made for a sandbox that never came to be
+                await cls._remove_volumes_of(engine, sandbox_id)
             await engine.aclose()
             raise
 
@@ -515,12 +522,13 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
                     "POST", "/volumes/create", "create volume", json={"Name": name, "Labels": labels}
                 )
 
-    async def _remove_own_volumes(self) -> None:
-        filters = json.dumps({"label": [f"{dk.LABEL_SANDBOX}={self.sandbox_id}"]})
-        found = await self._engine.json("GET", "/volumes", "list volumes", params={"filters": filters})
+    @staticmethod
+    async def _remove_volumes_of(engine: _Engine, sandbox_id: str) -> None:
+        filters = json.dumps({"label": [f"{dk.LABEL_SANDBOX}={sandbox_id}"]})
+        found = await engine.json("GET", "/volumes", "list volumes", params={"filters": filters})
         for volume in (found or {}).get("Volumes") or []:
             with contextlib.suppress(SandboxNotFoundError):
-                await self._engine.request("DELETE", f"/volumes/{volume['Name']}", "remove volume")
+                await engine.request("DELETE", f"/volumes/{volume['Name']}", "remove volume")
 
     @classmethod
     async def _find(cls, engine: _Engine, sandbox_id: str | None) -> list[dict[str, Any]]:
@@ -596,7 +604,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
                         "remove container",
                         params={"force": "1", "v": "1"},
                     )
-                await self._remove_own_volumes()
+                await self._remove_volumes_of(self._engine, self.sandbox_id)
                 await self._prune_deleted_snapshots()
             else:
                 with contextlib.suppress(SandboxNotFoundError):
