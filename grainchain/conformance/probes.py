@@ -23,6 +23,9 @@ SANDBOX_PROBES: dict[Feature, Callable[[Sandbox], Any]] = {
     Feature.PORTS: lambda s: s.port_address(8080),
 }
 
+# Supported features that the behaviour tests (state machine, examples) exercise.
+BEHAVIOUR_CHECKED = frozenset({*SANDBOX_PROBES, Feature.LIMITS_MEMORY})
+
 # Features asked for by setting a SandboxConfig field: creation must fail.
 CONFIG_PROBES: dict[Feature, dict[str, Any]] = {
     Feature.LIMITS_MEMORY: {"memory_limit": "256MB"},

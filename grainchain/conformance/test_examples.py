@@ -20,6 +20,7 @@ from grainchain.conformance.target import ConformanceTarget
 from grainchain.errors import (
     CommandTimeoutError,
     InvalidArgumentError,
+    MemoryLimitExceededError,
     OutputLimitExceededError,
     SandboxNotRunningError,
     SnapshotNotFoundError,
@@ -309,3 +310,15 @@ def test_published_port_reaches_a_server_in_the_sandbox(conformance: Conformance
         assert _fetch(f"http://{address}/index.html", within=15) == token
         with pytest.raises(InvalidArgumentError):
             sandbox.port_address(8081)  # not published at creation
+
+
+@pytest.mark.feature("limits.memory", "exec")
+def test_command_over_the_memory_limit_is_reported(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox(memory_limit="64MB") as sandbox:
+        assert sandbox.execute("echo fits").stdout == "fits\n"
+        with pytest.raises(MemoryLimitExceededError) as info:  # dd allocates its 256 MB block
+            sandbox.execute("echo before; dd if=/dev/zero of=/dev/null bs=256M count=1")
+        assert info.value.limit == 64_000_000
+        assert info.value.return_code != 0
+        assert info.value.stdout == "before\n"
+        assert sandbox.execute("echo still usable").stdout == "still usable\n"

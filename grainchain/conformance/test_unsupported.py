@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from grainchain._generated.features import Feature
-from grainchain.conformance.probes import CONFIG_PROBES, NOT_YET_TESTABLE, SANDBOX_PROBES
+from grainchain.conformance.probes import (
+    BEHAVIOUR_CHECKED,
+    CONFIG_PROBES,
+    NOT_YET_TESTABLE,
+    SANDBOX_PROBES,
+)
 from grainchain.conformance.target import ConformanceTarget
 from grainchain.errors import CapabilityError
 from grainchain.sync import Sandbox
@@ -18,7 +23,7 @@ def _unsupported_or_skip(conformance: ConformanceTarget, feature: Feature) -> No
     if conformance.supports(feature):
         checked = (
             "behaviour tests check it"
-            if feature in SANDBOX_PROBES
+            if feature in BEHAVIOUR_CHECKED
             else "the suite has no provider-neutral behaviour check for it yet"
         )
         pytest.skip(f"not applicable: {conformance.name!r} supports {feature.value} ({checked})")
