@@ -192,6 +192,9 @@ class SandboxCgroup:
     def from_stored(cls, data: dict[str, Any]) -> SandboxCgroup:
         return cls(int(data["version"]), {str(k): str(v) for k, v in data["dirs"].items()})
 
+    def exists(self) -> bool:
+        return all(os.path.isdir(path) for path in self.dirs.values())
+
     def launcher(self) -> list[str]:
         """argv prefix: put the launching shell in the cgroup(s), then exec the rest of the argv."""
         moves = " && ".join(

@@ -85,22 +85,25 @@ def spawn(
     env: Mapping[str, str],
     marker: tuple[str, str],
     prefix: Sequence[str] = (),
+    stdin: str = os.devnull,
 ) -> HostProcess:
     """Start `sh -c command` in a new session (its own process group) with exactly `env` plus the marker.
 
     `prefix` is an argv that execs the shell in the end (cgroup placement, rlimits, entering namespaces);
-    each program in it must keep the process group and the environment."""
+    each program in it must keep the environment. `stdin` is the file the command reads (an isolated
+    sandbox's own /dev/null)."""
     name, value = marker
-    popen = subprocess.Popen(
-        [*prefix, SHELL, "-c", command],
-        cwd=cwd,
-        env={**env, name: value},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        close_fds=True,
-    )
+    with open(stdin, "rb") as source:
+        popen = subprocess.Popen(
+            [*prefix, SHELL, "-c", command],
+            cwd=cwd,
+            env={**env, name: value},
+            stdin=source,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
     exit_fd = None
     with contextlib.suppress(AttributeError, OSError):  # no pidfd: callers poll instead
         exit_fd = os.pidfd_open(popen.pid)

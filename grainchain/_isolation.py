@@ -1,19 +1,22 @@
 """Namespaces for the local provider (flavour-free): one bubblewrap "holder" per sandbox, commands join it.
 
-    bwrap --unshare-user/pid/ipc/uts [--unshare-net] ... -- sleep infinity      the holder, started once
-    nsenter -t <holder> -U -m -u -i -p [-n] -r -w -- [env -C DIR] /bin/sh -c CMD   every command
+    setsid --fork bwrap [--bind ROOTFS /] --unshare-pid/ipc/uts [--unshare-net] ... --as-pid-1 -- sh -c WAIT
+    nsenter -t <holder> -m -u -i -p [-n] -r -w -- setpriv CAPS -- [env -C DIR --] setsid /bin/sh -c CMD
 
 One holder per sandbox (not one bwrap per command) so that all commands of a sandbox share one view, the
 way the processes of a container do: a daemon started by one command is visible to the next, pids written
 by one command mean the same thing to the next, and a network namespace without network is still one
 namespace (a server on its 127.0.0.1 answers the sandbox's other commands). Joining with nsenter also costs
-less than a fresh bwrap.
+less than a fresh bwrap. The holder's shell is the sandbox's pid 1 and reaps what commands leave behind.
 
 What a sandboxed command sees: its workspace at /workspace, a private /tmp, the host's system directories
 read-only (/usr, /etc, /opt, the /bin-style links), fresh /proc and /dev; nothing else of the host (no
-/root, /home, host /tmp, other sandboxes). It runs as root of its own user namespace: full capabilities
-over its namespaces, none over the host's (it cannot remount the read-only directories, make device nodes,
-or see host processes). The host's password hashes are masked.
+/root, /home, host /tmp, other sandboxes). The host's password hashes are masked. As root, sandboxes have no
+user namespace (CRIU cannot restore a mount namespace inside one): commands run as root with a container's
+capabilities only (KEPT_CAPABILITIES: no mounts, device nodes, raw network, ptrace or open_by_handle_at),
+the root is a read-only bind of an empty directory. Other users get a user namespace (bwrap is not setuid):
+root of it, with no power over the host's mounts, devices or processes. Either way host processes are
+out of sight (own pid namespace).
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def namespaces_unavailable() -> str | None:
             probe = subprocess.run(
                 [
                     "bwrap",
-                    *_namespace_args(network="none"),
+                    *_namespace_args(network="none", userns=use_userns()),
                     *_system_binds(),
                     "--proc",
                     "/proc",
@@ -178,59 +181,105 @@ def parse_options(config: Mapping[str, Any], default_pids_limit: int | None) -> 
 # -- the holder -----------------------------------------------------------------------------------------
 
 
-def _namespace_args(*, network: str) -> list[str]:
-    args = ["--unshare-user", "--uid", "0", "--gid", "0", "--unshare-pid", "--unshare-ipc", "--unshare-uts"]
-    args += ["--hostname", HOSTNAME]
+def _namespace_args(*, network: str, userns: bool) -> list[str]:
+    args = ["--unshare-user", "--uid", "0", "--gid", "0"] if userns else ["--cap-drop", "ALL"]
+    args += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--hostname", HOSTNAME]
     if network == "none":
         args.append("--unshare-net")
     return args
 
 
-def holder_args(workspace: Path, tmp: Path, *, network: str) -> list[str]:
+def use_userns() -> bool:
+    """Root runs sandboxes without a user namespace (CRIU cannot restore a mount namespace inside one) and
+    drops capabilities instead; anyone else needs one (bwrap is not setuid on Debian)."""
+    return os.geteuid() != 0
+
+
+# What a command keeps as root without a user namespace: docker's default set, less mknod, raw sockets,
+# audit and file capabilities. No sys_admin (mounts), no dac_read_search (open_by_handle_at), no ptrace.
+KEPT_CAPABILITIES = (
+    "chown", "dac_override", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap", "net_bind_service",
+    "sys_chroot",
+)  # fmt: skip
+
+
+def holder_args(workspace: Path, tmp: Path, rootfs: Path, *, network: str, userns: bool) -> list[str]:
     """bwrap's arguments for a sandbox's holder (passed through --args, so that host paths do not show
-    in the sandbox's /proc/1/cmdline)."""
+    in the sandbox's /proc/1/cmdline). Without a user namespace the root is the (empty, read-only)
+    directory `rootfs` rather than a tmpfs, so that CRIU can restore the mount namespace on it."""
     return [
-        *_namespace_args(network=network),
+        *([] if userns else ["--bind", str(rootfs), "/"]),
+        *_namespace_args(network=network, userns=userns),
         *_system_binds(),
         "--proc", "/proc",
         "--dev", "/dev",
         "--bind", str(workspace), WORKSPACE,
         "--bind", str(tmp), SANDBOX_TMP,
         "--chdir", WORKSPACE,
+        # The holder's shell is pid 1 itself (no bwrap reaper: CRIU cannot dump a process mapped from a
+        # mount outside the sandbox) and leads its own session (CRIU wants session leaders inside).
+        "--as-pid-1", "--new-session",
         # no --die-with-parent: it follows the creating *thread*, and a kept-alive sandbox outlives us
+        *([] if userns else ["--remount-ro", "/"]),
     ]  # fmt: skip
+
+
+# pid 1 of a sandbox: waits forever and, waiting, reaps the orphans commands leave behind (they become its
+# children). Its stdio is the sandbox's /dev/null, not a host file (CRIU could not dump that).
+HOLDER_INIT = [
+    "/bin/sh",
+    "-c",
+    "exec </dev/null >/dev/null 2>&1; while :; do sleep 2147483647 & wait $!; done",
+]
 
 
 @dataclass(frozen=True)
 class Holder:
-    """A running holder: `pid` is the host pid of its pid 1 (bwrap's reaper: when it dies, every process of
-    the sandbox dies), `target` the host pid of the process whose namespaces, root and cwd commands join."""
+    """A running holder: `pid` is the host pid of the sandbox's pid 1 (when it dies, every process of the
+    sandbox dies), `target` the host pid of the process whose namespaces, root and cwd commands join (the
+    same process; kept apart in case a holder needs a helper one day)."""
 
     pid: int
     target: int
     network: str
+    userns: bool = True
 
     def enter_argv(self, cwd: str | None) -> list[str]:
         """The argv prefix that runs a program inside the holder's namespaces, at `cwd` (sandbox view)."""
-        argv = ["nsenter", "-t", str(self.target), "-U", "--preserve-credentials", "-m", "-u", "-i", "-p"]
-        if self.network == "none":
-            argv.append("-n")
-        argv += ["-r", "-w", "--"]
+        argv = ["nsenter", "-t", str(self.target)]
+        argv += ["-U", "--preserve-credentials"] if self.userns else []
+        argv += ["-m", "-u", "-i", "-p"] + (["-n"] if self.network == "none" else []) + ["-r", "-w", "--"]
+        if not self.userns:  # real root: keep only the capabilities a container would have
+            bounding = ",".join(["-all", *(f"+{cap}" for cap in KEPT_CAPABILITIES)])
+            argv += ["setpriv", f"--bounding-set={bounding}", "--inh-caps=-all", "--"]
         if cwd is not None and cwd != WORKSPACE:
             argv += ["env", "-C", cwd, "--"]
-        return argv
+        # a session of its own inside the sandbox: what the command leaves running then has its session
+        # leader in the sandbox's pid namespace, as CRIU requires (the markers still find the whole tree)
+        return [*argv, "setsid"]
+
+    def dev_null(self) -> str:
+        """The sandbox's own /dev/null, as the host reaches it: the stdin of its commands."""
+        return f"/proc/{self.target}/root/dev/null"
 
     def alive(self) -> bool:
         return _alive(self.target)
 
     def pids(self) -> list[int]:
-        """Host pids of the holder's own processes: bwrap outside, its pid 1, the waiting `sleep`."""
+        """Host pids of the holder's own processes: bwrap outside, pid 1, the `sleep` it waits for."""
         found = [self.pid, self.target]
         try:
             with open(f"/proc/{self.pid}/stat", "rb") as f:
                 found.append(int(f.read().rsplit(b")", 1)[1].split()[1]))
         except (OSError, ValueError, IndexError):
             pass
+        for child in _children(self.pid):
+            try:
+                with open(f"/proc/{child}/cmdline", "rb") as f:
+                    if f.read() == b"sleep\x002147483647\x00":
+                        found.append(child)
+            except OSError:
+                continue
         return found
 
     def wait_gone(self, within: float = 5.0) -> None:
@@ -265,19 +314,26 @@ def start_holder(
     network: str,
     env: Mapping[str, str],
     launcher: Sequence[str] = (),
+    rootfs: Path | None = None,
 ) -> Holder:
     """Start the holder of a sandbox and wait until commands can join it. `launcher` is an argv prefix
-    (cgroup placement, rlimits) that bwrap is started through.
+    (cgroup placement, rlimits) that bwrap is started through; `rootfs` (default: beside the log file) the
+    directory that becomes the sandbox's read-only root when it runs without a user namespace.
 
     `setsid --fork` makes the holder nobody's child here: a kept-alive sandbox outlives this process, and
     nothing of ours has to reap it (PID 1 or the nearest subreaper does)."""
     args_r, args_w = os.pipe()
     info_r, info_w = os.pipe()
     try:
-        payload = "\0".join(["--info-fd", str(info_w), *holder_args(workspace, tmp, network=network)]) + "\0"
+        userns = use_userns()
+        rootfs = log_file.parent / "rootfs" if rootfs is None else rootfs
+        shutil.rmtree(rootfs, ignore_errors=True)  # bwrap makes its mount points and links there afresh
+        rootfs.mkdir(mode=0o755)
+        args = holder_args(workspace, tmp, rootfs, network=network, userns=userns)
+        payload = "\0".join(["--info-fd", str(info_w), *args]) + "\0"
         with open(log_file, "wb") as stderr:
             subprocess.run(
-                [*launcher, "setsid", "--fork", "bwrap", "--args", str(args_r), "--", "sleep", "infinity"],
+                [*launcher, "setsid", "--fork", "bwrap", "--args", str(args_r), "--", *HOLDER_INIT],
                 cwd="/",
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
@@ -295,7 +351,7 @@ def start_holder(
             f.write(payload.encode())
         init = _read_child_pid(info_r)  # EOF first: bwrap failed
         deadline = time.monotonic() + HOLDER_START_TIMEOUT
-        while init is not None and not (kids := _children(init)):  # pid 1 forks `sleep` once set up
+        while init is not None and not _children(init):  # pid 1 forks `sleep` once set up
             if not _alive(init) or time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(init, signal.SIGKILL)
@@ -307,7 +363,7 @@ def start_holder(
             raise ProviderError(
                 f"the sandbox's namespaces could not be set up (bwrap: {detail})", provider=PROVIDER
             )
-        return Holder(pid=init, target=kids[0], network=network)
+        return Holder(pid=init, target=init, network=network, userns=userns)
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ProviderError(f"cannot start bwrap: {exc}", provider=PROVIDER) from exc
     finally:

@@ -121,12 +121,26 @@ def test_host_processes_are_invisible(isolated: Sandbox) -> None:
 
 def test_system_directories_are_read_only_and_secrets_masked(isolated: Sandbox) -> None:
     assert isolated.execute("touch /usr/grainchain-x").return_code != 0
+    assert isolated.execute("touch /grainchain-x").return_code != 0  # the root too
     assert isolated.execute("mount -o remount,rw /usr 2>&1").return_code != 0
     assert isolated.execute("mknod /workspace/disk b 8 0").return_code != 0
     assert not Path("/usr/grainchain-x").exists()
     if Path("/etc/shadow").exists():
         assert isolated.execute("cat /etc/shadow").stdout == ""
     assert isolated.execute("hostname").stdout.strip() == "grainchain"
+
+
+def test_root_keeps_only_a_container_s_capabilities(isolated: Sandbox) -> None:
+    status = isolated.execute("grep -E '^Cap(Eff|Bnd)' /proc/self/status").stdout.split()
+    effective, bounding = int(status[1], 16), int(status[3], 16)
+    if os.geteuid() != 0:  # root of a user namespace instead: all capabilities, over its namespaces only
+        return
+    sys_admin, mknod, dac_read_search, sys_ptrace, net_raw, chown = 21, 27, 2, 19, 13, 0
+    for cap in (sys_admin, mknod, dac_read_search, sys_ptrace, net_raw):
+        assert not effective & (1 << cap), f"capability {cap} kept"
+        assert not bounding & (1 << cap), f"capability {cap} can be regained"
+    assert effective & (1 << chown)
+    assert isolated.execute("id -u").stdout == "0\n"
 
 
 def test_commands_share_one_sandbox_and_background_pids_are_sandbox_pids(isolated: Sandbox) -> None:

@@ -210,9 +210,7 @@ class LocalAdapter(SandboxAdapter):
             "cgroup": None if self._cgroup is None else self._cgroup.stored(),
             "launcher": self._launcher,
             "stack": None if self._stack is None else self._stack.stored(),
-            "holder": None
-            if holder is None
-            else {"pid": holder.pid, "target": holder.target, "network": holder.network},
+            "holder": None if holder is None else dataclasses.asdict(holder),
         }
 
     def _save(self, status: SandboxStatus = SandboxStatus.running) -> None:
@@ -226,7 +224,7 @@ class LocalAdapter(SandboxAdapter):
         if "options" not in runtime:  # made before isolation existed: a plain host sandbox
             runtime = {"options": iso.Options("none", "host", None).stored()}
         group = runtime.get("cgroup")
-        if group and not all(os.path.isdir(d) for d in group["dirs"].values()):  # closed, or a reboot
+        if group and not run_blocking(cg.SandboxCgroup.from_stored(group).exists):  # closed, a reboot
             limits = _limits(stored, iso.Options(**runtime["options"]))
             cgroup, launcher = run_blocking(cls._make_limits, box.sandbox_id, limits)
             runtime |= {"cgroup": None if cgroup is None else cgroup.stored(), "launcher": launcher}
@@ -344,8 +342,9 @@ class LocalAdapter(SandboxAdapter):
         marker = (EXEC_MARKER, uuid.uuid4().hex)
         if not self._isolated:
             return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=self._launcher)
-        prefix = [*self._launcher, *self._ensure_holder().enter_argv(cwd)]
-        return spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix)
+        holder = self._ensure_holder()
+        prefix = [*self._launcher, *holder.enter_argv(cwd)]
+        return spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
 
     def _collector(
         self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
