@@ -202,6 +202,13 @@ class SandboxCgroup:
         )
         return ["/bin/sh", "-c", f'{moves} && exec "$@"', "grainchain-cgroup"]
 
+    def adopt(self, pids: list[int]) -> None:
+        """Move running processes (restored by CRIU) into the cgroup(s)."""
+        for path in self.dirs.values():
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, OSError):
+                    _write(Path(path) / "cgroup.procs", str(pid))
+
     def oom_kills(self) -> int:
         """How many processes the kernel killed for going over the memory limit, so far."""
         if self.version == 1:

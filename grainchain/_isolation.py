@@ -282,6 +282,12 @@ class Holder:
                 continue
         return found
 
+    def kill(self) -> None:
+        """SIGKILL pid 1: the kernel then kills every process of the sandbox's pid namespace."""
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+
     def wait_gone(self, within: float = 5.0) -> None:
         """Wait until the (killed) holder has exited: its mount namespace, and what it mounted, go with it."""
         deadline = time.monotonic() + within

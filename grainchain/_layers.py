@@ -239,6 +239,21 @@ def copy_into(src: Path, dst: Path) -> None:
     _copy_tree(src, dst)
 
 
+def copy_into_new(src: Path, dst: Path) -> None:
+    """Copy the tree `src` to `dst`, which must not exist yet (everything kept: cp -a)."""
+    _copy_tree(src, dst)
+
+
+def stack_size_of(path: Path) -> int:
+    """Bytes of the files below `path`."""
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
 def freeze(state_dir: Path, root: Path, stack: Stack) -> Stack:
     """Turn the (idle, unmounted) upper layer into a new layer; returns the stack to mount next."""
     layer_id = _new_layer_id()

@@ -89,7 +89,7 @@ def _copy_entry(src: str, dst: str) -> str:
     return dst
 
 
-def _copy_tree(src: Path, dst: Path) -> None:
+def copy_tree(src: Path, dst: Path) -> None:
     """Copy a tree exactly: contents, modes, mtimes, symlinks as symlinks (also dangling ones)."""
     shutil.copytree(src, dst, symlinks=True, copy_function=_copy_entry)
 
@@ -409,13 +409,28 @@ def snapshot_tree(state_dir: Path, snapshot_id: str) -> Path:
     return _snapshot_dir(state_dir, snapshot_id) / "tree"
 
 
+def snapshot_info(state_dir: Path, snapshot_id: str) -> SnapshotInfo:
+    path = _snapshot_dir(state_dir, snapshot_id)
+    return SnapshotInfo.model_validate_json((path / "meta.json").read_bytes())
+
+
+def snapshot_path(state_dir: Path, snapshot_id: str) -> Path:
+    """The directory of a snapshot; SnapshotNotFoundError for an unknown or malformed id."""
+    return _snapshot_dir(state_dir, snapshot_id)
+
+
 def snapshot_layers(state_dir: Path, snapshot_id: str) -> list[str] | None:
     """The layer ids (top first) of a layered snapshot, None for a copy snapshot; SnapshotNotFoundError
     for an unknown or malformed id."""
     return layers.snapshot_layer_ids(_snapshot_dir(state_dir, snapshot_id))
 
 
-def _publish_snapshot(state_dir: Path, box: SandboxDir, fill: Callable[[Path], int]) -> SnapshotInfo:
+def publish_snapshot(
+    state_dir: Path,
+    box: SandboxDir,
+    fill: Callable[[Path], int],
+    kind: SnapshotKind = SnapshotKind.filesystem,
+) -> SnapshotInfo:
     """Write a snapshot into `.staging-<id>` (fill() writes its content and returns its size) and rename it
     to `<id>` once complete, meta.json included, so an id is never visible before all of it is on disk."""
     snapshot_id = f"snap-{uuid.uuid4().hex}"
@@ -427,7 +442,7 @@ def _publish_snapshot(state_dir: Path, box: SandboxDir, fill: Callable[[Path], i
         info = SnapshotInfo(
             snapshot_id=snapshot_id,
             provider=PROVIDER,
-            kind=SnapshotKind.filesystem,
+            kind=kind,
             created_at=datetime.now(UTC),
             source_sandbox_id=box.sandbox_id,
             size_bytes=size,
@@ -448,7 +463,7 @@ def create_layered_snapshot(state_dir: Path, box: SandboxDir, lowers: list[str],
         layers.write_snapshot_layers(staging, lowers)
         return size
 
-    return _publish_snapshot(state_dir, box, fill)
+    return publish_snapshot(state_dir, box, fill)
 
 
 def _tree_size(root: Path) -> int:
@@ -459,10 +474,10 @@ def create_snapshot(state_dir: Path, box: SandboxDir) -> SnapshotInfo:
     """A copy snapshot: the whole workspace copied into the snapshot's tree/."""
 
     def fill(staging: Path) -> int:
-        _copy_tree(box.workspace, staging / "tree")
+        copy_tree(box.workspace, staging / "tree")
         return _tree_size(staging / "tree")
 
-    return _publish_snapshot(state_dir, box, fill)
+    return publish_snapshot(state_dir, box, fill)
 
 
 def restore_snapshot(state_dir: Path, box: SandboxDir, snapshot_id: str) -> None:
@@ -489,7 +504,7 @@ def restore_tree(box: SandboxDir, source: Path) -> None:
     ready = box.root / f"{_RESTORE_READY}{token}"
     outgoing = box.root / f"{_RESTORE_OUTGOING}{token}"
     try:
-        _copy_tree(source, copying)
+        copy_tree(source, copying)
         copying.rename(ready)
     except BaseException:
         with contextlib.suppress(OSError):

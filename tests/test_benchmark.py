@@ -251,7 +251,8 @@ def test_quick_local_run_writes_json_markdown_and_chart(local_run: tuple[Any, Pa
     (result,) = run.providers
     assert result.error is None
     assert result.raw_baseline
-    _check_sane(result, _planned(quick=True, iterations=3))
+    # local's memory snapshots (where CRIU is) have no raw baseline yet in grainchain/benchmark/raw.py
+    _check_sane(result, _planned(quick=True, iterations=3), skip={"memory_snapshot", "terminate", "wake_up"})
     assert run.import_time is not None
     assert run.import_time.ratio is not None
     summary = (out / "summary.md").read_text()
@@ -260,18 +261,26 @@ def test_quick_local_run_writes_json_markdown_and_chart(local_run: tuple[Any, Pa
     assert "exec true" in done.stdout  # the table, on the terminal too
 
 
-def test_memory_snapshots_on_local_are_reported_unsupported(local_run: tuple[Any, Path]) -> None:
+def test_memory_snapshots_on_local_are_reported_as_this_machine_has_them(local_run: tuple[Any, Path]) -> None:
+    """Local takes memory snapshots where CRIU works (root, namespaces); elsewhere they are unsupported."""
     done, out = local_run
     result = load_run(out / "results.json").providers[0]
+    supported = result.capabilities["snapshot.memory"] != "unsupported"
     for op in ("memory_snapshot", "terminate", "wake_up"):
         m = result.get(op)
         assert m is not None
+        assert m.grainchain.errors == 0
+        if supported:
+            assert m.status is Status.ok, (op, m.grainchain.error)
+            continue
         assert m.status is Status.unsupported
         assert m.note
         assert "snapshot.memory" in m.note
-        assert m.grainchain.errors == 0
     assert done.returncode == 0  # unsupported is not a failure
-    assert "Unsupported (memory snapshot, terminate, wake_up (memory))" in (out / "summary.md").read_text()
+    if not supported:
+        assert (
+            "Unsupported (memory snapshot, terminate, wake_up (memory))" in (out / "summary.md").read_text()
+        )
 
 
 @pytest.fixture

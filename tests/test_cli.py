@@ -208,7 +208,7 @@ def test_providers_json(tmp_path: Path) -> None:
         True,
     )
     assert local["features"]["exec"] == "native"
-    assert local["features"]["snapshot.memory"] == "unsupported"
+    assert local["features"]["image.custom"] == "unsupported"
     assert records["e2b"]["status"] == "planned"
     assert records["e2b"]["missing_credentials"] == ["E2B_API_KEY"]  # empty counts as missing
     assert records["modal"]["missing_credentials"] == ["MODAL_TOKEN_SECRET"]

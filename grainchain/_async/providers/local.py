@@ -15,6 +15,7 @@ paths. Blocking disk work lives in grainchain/_localfs.py.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import uuid
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from grainchain import _cgroups as cg
+from grainchain import _criu as criu
 from grainchain import _isolation as iso
 from grainchain import _layers as layers
 from grainchain import _localfs as fs
@@ -151,6 +153,12 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             memory = await arun_blocking(cg.unavailable, cg.Limits(memory=1 << 30))
             if memory:
                 missing[Feature.LIMITS_MEMORY] = f"{memory}, and no prlimit for the rlimit fallback"
+        if options.isolation == "none":
+            missing[Feature.SNAPSHOT_MEMORY] = (
+                "memory snapshots need isolation 'namespaces' (a pid namespace)"
+            )
+        elif reason := await arun_blocking(criu.unavailable):
+            missing[Feature.SNAPSHOT_MEMORY] = reason
         return missing
 
     @classmethod
@@ -277,7 +285,11 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         for handle in self._handles:
             await handle.kill()
         self._handles.clear()
-        # processes a command left behind (`sleep 100 &`, daemons) carry the sandbox marker, as does the holder
+        # processes a command left behind (`sleep 100 &`, daemons) carry the sandbox marker, as does the holder;
+        # isolated, killing pid 1 ends the whole pid namespace (also processes a memory snapshot restored,
+        # whose marker may name the sandbox they were captured in)
+        if self._holder is not None:
+            await arun_blocking(self._holder.kill)
         await arun_blocking(kill_marked, f"{SANDBOX_MARKER}={self.sandbox_id}")
         if self._cgroup is not None:
             await arun_blocking(self._cgroup.kill_all)
@@ -434,11 +446,18 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     def _busy(self) -> bool:
         """Whether a process of the sandbox other than the namespace holder runs (it may hold files of the
-        workspace open: the workspace cannot be remounted under it)."""
+        workspace open: the workspace cannot be remounted under it). Processes a memory snapshot brought
+        back may carry another sandbox's marker: they are found as pid 1's descendants."""
         holder = set() if self._holder is None else set(self._holder.pids())
-        return any(pid not in holder for pid in marked_pids(f"{SANDBOX_MARKER}={self.sandbox_id}"))
+        inside = (
+            set() if self._holder is None or not self._holder.alive() else set(criu.tree(self._holder.pid))
+        )
+        marked = marked_pids(f"{SANDBOX_MARKER}={self.sandbox_id}")
+        return any(pid not in holder for pid in [*marked, *inside])
 
     async def create_snapshot(self, kind: SnapshotKind = SnapshotKind.filesystem) -> str:
+        if kind is SnapshotKind.memory:
+            return await arun_blocking(self._memory_snapshot)
         if self._stack is None:
             info = await arun_blocking(fs.create_snapshot, self._state_dir, self._box)
             return info.snapshot_id
@@ -483,15 +502,88 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     async def restore_snapshot(self, snapshot_id: str) -> None:
         # An unknown id must fail before anything is touched (processes included).
         lowers = await arun_blocking(fs.snapshot_layers, self._state_dir, snapshot_id)
-        # A filesystem snapshot holds no processes: stop them so the tree is exactly the snapshot's. The
-        # holder goes too: its /workspace is bound to the tree the restore replaces.
+        info = await arun_blocking(fs.snapshot_info, self._state_dir, snapshot_id)
+        memory = info.kind is SnapshotKind.memory
+        if memory and (reason := self._no_memory_snapshots()):
+            raise CapabilityError(
+                Feature.SNAPSHOT_MEMORY.value, self.provider_name, operation="restore_snapshot", hint=reason
+            )
+        # The filesystem comes back first, then (memory snapshot) the processes on it. What runs now goes: a
+        # filesystem snapshot holds no processes; the holder too, its /workspace is bound to the old tree.
         await self._kill_all()
         if self._stack is None:
             await arun_blocking(fs.restore_snapshot, self._state_dir, self._box, snapshot_id)
         else:
             await arun_blocking(self._restore_layers, snapshot_id, lowers)
         await arun_blocking(self._host_cwd().mkdir, parents=True, exist_ok=True)
-        # the holder starts again with the next command
+        if memory:
+            await arun_blocking(self._restore_processes, snapshot_id)
+        # else the holder starts again with the next command
+
+    def _no_memory_snapshots(self) -> str | None:
+        if not self._isolated:
+            return "memory snapshots need isolation 'namespaces' (a pid namespace)"
+        return criu.unavailable()
+
+    def _memory_snapshot(self) -> str:
+        """criu dump of the sandbox's process tree (left stopped meanwhile), then its files: a layer of what
+        changed (or a copy), the sandbox's /tmp and its root's mount points; the tree then runs on."""
+        if reason := self._no_memory_snapshots():
+            raise CapabilityError(
+                Feature.SNAPSHOT_MEMORY.value, self.provider_name, operation="create_snapshot", hint=reason
+            )
+        holder = self._ensure_holder()
+        state, box = self._state_dir, self._box
+
+        def fill(staging: Path) -> int:
+            criu.dump(holder.pid, staging / "criu")
+            try:
+                if self._stack is None:
+                    fs.copy_tree(box.workspace, staging / "tree")
+                    size = layers.stack_size_of(staging / "tree")
+                else:
+                    with layers.locked(state):
+                        lowers = [layers.copy_upper(state, box.root, self._stack), *self._stack.lowers]
+                        if len(lowers) > layers.MAX_DEPTH:
+                            lowers = [layers.flatten(state, lowers)]
+                        layers.write_snapshot_layers(staging, lowers)
+                        size = layers.stack_size(state, lowers)
+                layers.copy_into_new(box.tmp, staging / "tmp")
+                layers.copy_into_new(box.root / "rootfs", staging / "rootfs")
+                (staging / "memory.json").write_text(json.dumps({"network": holder.network}))
+            finally:
+                criu.resume(holder.pid)
+            return size + layers.stack_size_of(staging / "criu")
+
+        return fs.publish_snapshot(state, box, fill, SnapshotKind.memory).snapshot_id
+
+    def _restore_processes(self, snapshot_id: str) -> None:
+        """Bring a memory snapshot's processes back, on the files restore_snapshot just put in place."""
+        source = fs.snapshot_path(self._state_dir, snapshot_id)
+        box = self._box
+        for name, target in (("tmp", box.tmp), ("rootfs", box.root / "rootfs")):
+            fs.remove_tree(target)
+            layers.copy_into_new(source / name, target)
+        network = json.loads((source / "memory.json").read_text())["network"]
+        pid = criu.restore(source / "criu", box.root / "rootfs", box.workspace, box.tmp)
+        self._holder = iso.Holder(pid=pid, target=pid, network=network, userns=False)
+        if self._cgroup is not None:
+            self._cgroup.adopt(criu.tree(pid))
+        self._save()
+
+    async def terminate(self) -> None:
+        """Stop every process (the holder too); files and snapshots stay for wake_up()."""
+        await self._kill_all()
+        self.status = SandboxStatus.terminated
+        await arun_blocking(self._save, SandboxStatus.terminated)
+
+    async def wake_up(self, snapshot_id: str | None = None) -> None:
+        """Run again: from a snapshot when given (a memory snapshot brings its processes back), else on the
+        files as they were; the holder starts with the next command."""
+        if snapshot_id is not None:
+            await self.restore_snapshot(snapshot_id)
+        self.status = SandboxStatus.running
+        await arun_blocking(self._save)
 
     def _restore_layers(self, snapshot_id: str, lowers: list[str] | None) -> None:
         assert self._stack is not None
