@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -173,3 +174,15 @@ def test_without_cgroups_rlimits_stand_in_and_cpu_is_refused(isolation: str) -> 
         assert out["small"] == "1\n"
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+@needs_cgroups
+def test_the_caller_stays_in_its_own_cgroups(isolation: str) -> None:
+    """With v1 the spawning thread steps into the sandbox's cgroups while it forks: it must step out."""
+    own = Path(f"/proc/self/task/{threading.get_native_id()}/cgroup").read_text()
+    with Sandbox("local", config(isolation, memory_limit="256MiB", cpu_limit=1.0)) as sandbox:
+        sandbox.execute("true")
+        sandbox.start_process("sleep 1").kill()
+        groups = sandbox.execute("cat /proc/self/cgroup").stdout
+        assert sandbox.sandbox_id in groups  # the command itself is in the sandbox's cgroups
+        assert Path(f"/proc/self/task/{threading.get_native_id()}/cgroup").read_text() == own

@@ -16,12 +16,13 @@ paths. Blocking disk work lives in grainchain/_localfs.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -305,14 +306,26 @@ class LocalAdapter(SandboxAdapter):
         return scrubbed_environment({SANDBOX_MARKER: self.sandbox_id})
 
     def _start_holder(self) -> None:
-        self._holder = iso.start_holder(
-            self._box.workspace,
-            self._box.tmp,
-            self._box.root / "holder.log",
-            network=self._options.network,
-            env=self._holder_env(),
-            launcher=self._launcher,
-        )
+        with self._in_cgroup() as launcher:
+            self._holder = iso.start_holder(
+                self._box.workspace,
+                self._box.tmp,
+                self._box.root / "holder.log",
+                network=self._options.network,
+                env=self._holder_env(),
+                launcher=launcher,
+            )
+
+    @contextlib.contextmanager
+    def _in_cgroup(self) -> Iterator[list[str]]:
+        """Around a spawn: the argv prefix that puts the new process in the sandbox's cgroup (rlimits
+        without one); none when this thread could step into the cgroup itself (v1: one exec less)."""
+        moves = None if self._cgroup is None else self._cgroup.enter_thread()
+        try:
+            yield [] if moves is not None else self._launcher
+        finally:
+            if moves is not None:
+                cg.SandboxCgroup.leave_thread(moves)
 
     def _ensure_holder(self) -> iso.Holder:
         """The holder, started again when it is gone (a restore, a command that killed every process of the
@@ -352,11 +365,14 @@ class LocalAdapter(SandboxAdapter):
             {SANDBOX_MARKER: self.sandbox_id},
         )
         marker = (EXEC_MARKER, uuid.uuid4().hex)
-        if not self._isolated:
-            return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=self._launcher)
-        holder = self._ensure_holder()
-        prefix = [*self._launcher, *holder.enter_argv(cwd)]
-        return spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
+        holder = self._ensure_holder() if self._isolated else None
+        with self._in_cgroup() as launcher:
+            if holder is None:
+                return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=launcher)
+            prefix = [*launcher, *holder.enter_argv(cwd)]
+            return spawn(
+                command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null()
+            )
 
     def _collector(
         self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
