@@ -3,9 +3,8 @@
 cgroup v1 (one hierarchy per controller) or v2 (one unified tree), whichever has the controllers a sandbox
 needs and lets us create directories; the sandbox's cgroup sits below ours (v1) or below
 <mount>/grainchain (v2, whose "no internal processes" rule forbids a child of a busy cgroup). Processes
-are placed in it before they run anything, so even a program's first fork is counted: with v1, the
-spawning thread steps into the sandbox's cgroups while it forks (a child starts in its parent thread's
-cgroups) and back; with v2 (one cgroup per process) a launcher shell does `echo $$ > cgroup.procs; exec ...`. Where no cgroup can be made (not root, v2 not delegated), an
+are placed in it by a launcher shell before they exec what they run (`echo $$ > cgroup.procs; exec ...`),
+so even a program's first fork is counted. Where no cgroup can be made (not root, v2 not delegated), an
 rlimit launcher (`prlimit`) gives a weaker version of the memory and process limits: RLIMIT_AS caps each
 process's address space rather than the sandbox's total, and RLIMIT_NPROC counts every process of the user
 (root ignores it). No rlimit can cap CPU rate.
@@ -17,7 +16,6 @@ import contextlib
 import os
 import shlex
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -49,26 +47,15 @@ def _mounts() -> Iterator[tuple[str, str, set[str]]]:
                 yield left.split()[4], fstype, set(options.split(","))
 
 
-def _own_paths(source: str = "/proc/self/cgroup") -> dict[str, str]:
-    """Our cgroup per v1 controller, and under "" the v2 one, from /proc/self/cgroup (or a thread's)."""
+def _own_paths() -> dict[str, str]:
+    """Our cgroup per v1 controller, and under "" the v2 one, from /proc/self/cgroup."""
     paths: dict[str, str] = {}
-    with open(source) as f:
+    with open("/proc/self/cgroup") as f:
         for line in f:
             _, controllers, path = line.rstrip("\n").split(":", 2)
             for name in controllers.split(",") if controllers else [""]:
                 paths[name] = path
     return paths
-
-
-_v1_mounts: dict[str, Path] = {}
-
-
-def _v1_mount(controller: str) -> Path:
-    """Where a v1 controller's hierarchy is mounted (looked up once: mounts of cgroups do not move)."""
-    if controller not in _v1_mounts:
-        mount = next(m for m, fstype, opts in _mounts() if fstype == "cgroup" and controller in opts)
-        _v1_mounts[controller] = Path(mount)
-    return _v1_mounts[controller]
 
 
 def _v1_parents(controllers: list[str]) -> dict[str, Path] | None:
@@ -204,32 +191,6 @@ class SandboxCgroup:
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> SandboxCgroup:
         return cls(int(data["version"]), {str(k): str(v) for k, v in data["dirs"].items()})
-
-    def enter_thread(self) -> list[tuple[Path, Path]] | None:
-        """v1: move the calling thread into the sandbox's cgroups, so that what it forks now starts there
-        (a child starts in its parent thread's cgroups) without a launcher process; returns what
-        leave_thread() undoes, or None where it cannot be done (v2: one cgroup per process; an error)."""
-        if self.version != 1:
-            return None
-        tid = str(threading.get_native_id())
-        own = _own_paths(f"/proc/self/task/{tid}/cgroup")
-        moves: list[tuple[Path, Path]] = []
-        try:
-            for name, path in self.dirs.items():
-                home = _v1_mount(name) / own[name].lstrip("/") / "tasks"
-                _write(Path(path) / "tasks", tid)
-                moves.append((Path(path) / "tasks", home))
-        except (OSError, KeyError):
-            self.leave_thread(moves)
-            return None
-        return moves
-
-    @staticmethod
-    def leave_thread(moves: list[tuple[Path, Path]]) -> None:
-        tid = str(threading.get_native_id())
-        for _, home in reversed(moves):
-            with contextlib.suppress(OSError):
-                _write(home, tid)
 
     def exists(self) -> bool:
         return all(os.path.isdir(path) for path in self.dirs.values())

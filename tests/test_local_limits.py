@@ -186,3 +186,13 @@ def test_the_caller_stays_in_its_own_cgroups(isolation: str) -> None:
         groups = sandbox.execute("cat /proc/self/cgroup").stdout
         assert sandbox.sandbox_id in groups  # the command itself is in the sandbox's cgroups
         assert Path(f"/proc/self/task/{threading.get_native_id()}/cgroup").read_text() == own
+
+
+@needs_cgroups
+def test_isolated_sandboxes_get_a_default_process_limit() -> None:
+    if namespaces_unavailable():
+        pytest.skip("no namespaces here")
+    with Sandbox("local", config("namespaces")) as isolated, Sandbox("local", config("none")) as plain:
+        limits = [d / "pids.max" for d in cgroup_dirs(isolated.sandbox_id) if (d / "pids.max").exists()]
+        assert [p.read_text().strip() for p in limits] == ["4096"]
+        assert cgroup_dirs(plain.sandbox_id) == []  # plain host processes pay for no cgroup unless asked

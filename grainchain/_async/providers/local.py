@@ -4,7 +4,7 @@ provider_config:
   isolation   "namespaces" (default where bwrap works; grainchain/_isolation.py) or "none" (plain host
               processes in a private workspace directory: not an isolation boundary)
   network     "host" (default) or "none" (a network namespace with only loopback; needs namespaces)
-  pids_limit  most processes at once (default 4096; None for no limit)
+  pids_limit  most processes at once (default 4096 with namespaces, none without; None for no limit)
 
 Every sandbox has a scrubbed environment, whole-tree kills on timeout and close, file operations confined
 to the workspace, limits in a cgroup (grainchain/_cgroups.py) and filesystem snapshots that outlive the
@@ -14,13 +14,12 @@ paths. Blocking disk work lives in grainchain/_localfs.py.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -64,7 +63,10 @@ from grainchain.settings import Settings
 
 KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset({"isolation", "network", "pids_limit", "snapshots"})
 SNAPSHOT_MODES = ("layers", "copy")
-DEFAULT_PIDS_LIMIT = 4096  # as docker's default: a fork bomb stops there
+# as docker's default: a fork bomb stops there. Isolated sandboxes only: a cgroup costs each command about
+# 1 ms here (moving a process between v1 cgroups waits for an RCU grace period), which plain host
+# processes (isolation "none") do not pay unless they ask for a limit.
+DEFAULT_PIDS_LIMIT = 4096
 
 
 def _options(config: SandboxConfig) -> iso.Options:
@@ -75,7 +77,10 @@ def _options(config: SandboxConfig) -> iso.Options:
             f"(known: {', '.join(sorted(KNOWN_PROVIDER_CONFIG))})",
             provider="local",
         )
-    return iso.parse_options(config.provider_config, DEFAULT_PIDS_LIMIT)
+    options = iso.parse_options(config.provider_config, None)
+    if options.isolation == "namespaces" and "pids_limit" not in config.provider_config:
+        options = dataclasses.replace(options, pids_limit=DEFAULT_PIDS_LIMIT)
+    return options
 
 
 def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
@@ -308,26 +313,14 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         return scrubbed_environment({SANDBOX_MARKER: self.sandbox_id})
 
     def _start_holder(self) -> None:
-        with self._in_cgroup() as launcher:
-            self._holder = iso.start_holder(
-                self._box.workspace,
-                self._box.tmp,
-                self._box.root / "holder.log",
-                network=self._options.network,
-                env=self._holder_env(),
-                launcher=launcher,
-            )
-
-    @contextlib.contextmanager
-    def _in_cgroup(self) -> Iterator[list[str]]:
-        """Around a spawn: the argv prefix that puts the new process in the sandbox's cgroup (rlimits
-        without one); none when this thread could step into the cgroup itself (v1: one exec less)."""
-        moves = None if self._cgroup is None else self._cgroup.enter_thread()
-        try:
-            yield [] if moves is not None else self._launcher
-        finally:
-            if moves is not None:
-                cg.SandboxCgroup.leave_thread(moves)
+        self._holder = iso.start_holder(
+            self._box.workspace,
+            self._box.tmp,
+            self._box.root / "holder.log",
+            network=self._options.network,
+            env=self._holder_env(),
+            launcher=self._launcher,
+        )
 
     def _ensure_holder(self) -> iso.Holder:
         """The holder, started again when it is gone (a restore, a command that killed every process of the
@@ -367,14 +360,11 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             {SANDBOX_MARKER: self.sandbox_id},
         )
         marker = (EXEC_MARKER, uuid.uuid4().hex)
-        holder = self._ensure_holder() if self._isolated else None
-        with self._in_cgroup() as launcher:
-            if holder is None:
-                return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=launcher)
-            prefix = [*launcher, *holder.enter_argv(cwd)]
-            return spawn(
-                command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null()
-            )
+        if not self._isolated:
+            return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=self._launcher)
+        holder = self._ensure_holder()
+        prefix = [*self._launcher, *holder.enter_argv(cwd)]
+        return spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
 
     def _collector(
         self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
