@@ -105,8 +105,8 @@ LIARS = [
         "forget_config_env",
         "SandboxConfig.environment_vars never reach a command",
         """
-        def __init__(self, box, config, settings):
-            super().__init__(box, config.model_copy(update={"environment_vars": {}}), settings)
+        def __init__(self, box, config, *args, **kwargs):
+            super().__init__(box, config.model_copy(update={"environment_vars": {}}), *args, **kwargs)
         """,
         caught_by=frozenset({"test_config_environment_reaches_every_command"}),
     ),

@@ -19,7 +19,7 @@ from grainchain.errors import (
 def test_every_public_error_is_a_grainchain_error() -> None:
     classes = [getattr(errors, name) for name in errors.__all__]
     assert all(inspect.isclass(c) and issubclass(c, GrainchainError) for c in classes)
-    assert len(classes) == 16
+    assert len(classes) == 17
 
 
 def test_errors_fit_builtin_exceptions() -> None:
