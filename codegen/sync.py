@@ -29,6 +29,7 @@ REPLACEMENTS = {
     "AsyncProcessHandle": "ProcessHandle",
     "AsyncHostProcessHandle": "HostProcessHandle",
     "AsyncLocalAdapter": "LocalAdapter",
+    "AsyncLocalProcessHandle": "LocalProcessHandle",
     "AsyncDockerAdapter": "DockerAdapter",
     "AsyncDockerProcessHandle": "DockerProcessHandle",
     # httpx (the docker provider)

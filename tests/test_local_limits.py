@@ -83,6 +83,18 @@ def test_memory_limit_kills_with_a_clear_report(isolation: str, sandbox_dirs: li
         assert sandbox.execute(ALLOCATE.format(mib=16)).stdout == "held\n"
 
 
+@needs_cgroups
+def test_a_background_command_killed_at_the_memory_limit_says_so(isolation: str) -> None:
+    with Sandbox("local", config(isolation, memory_limit="64MiB")) as sandbox:
+        handle = sandbox.start_process("echo started; " + ALLOCATE.format(mib=256))
+        with pytest.raises(MemoryLimitExceededError) as caught:
+            handle.wait(timeout=60)
+        assert caught.value.return_code == 137
+        assert caught.value.stdout == "started\n"
+        assert caught.value.provider == "local"
+        assert sandbox.start_process("exit 4").wait(timeout=30).return_code == 4  # a plain failure stays one
+
+
 def test_without_a_memory_limit_big_allocations_work(isolation: str) -> None:
     with Sandbox("local", config(isolation)) as sandbox:
         assert sandbox.execute(ALLOCATE.format(mib=256)).stdout == "held\n"

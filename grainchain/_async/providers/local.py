@@ -19,7 +19,7 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -98,6 +98,18 @@ def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
 def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
     memory = None if config.memory_limit is None else int(config.memory_limit)
     return cg.Limits(memory=memory, cpu=config.cpu_limit, pids=options.pids_limit)
+
+
+class AsyncLocalProcessHandle(AsyncHostProcessHandle):
+    """A background command of a local sandbox: wait() also reports an OOM kill, as execute() does."""
+
+    on_result: Callable[[ExecutionResult], None] | None = None
+
+    async def wait(self, timeout: float | None = None) -> ExecutionResult:
+        result = await super().wait(timeout)
+        if self.on_result is not None:
+            self.on_result(result)
+        return result
 
 
 class AsyncLocalAdapter(AsyncSandboxAdapter):
@@ -381,18 +393,24 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         child = self._spawn(command, working_dir, environment)
         output = self._collector(on_stdout, on_stderr)
         result = await run_to_completion(child, command, output, self.command_timeout(timeout))
-        if result.return_code != 0 and self._oom_kills() > oom_before:
-            limit = int(self.config.memory_limit or 0)
-            raise MemoryLimitExceededError(
-                f"command {command!r} failed (exit code {result.return_code}): the kernel killed a process "
-                f"of the sandbox for going over its memory limit ({limit} bytes) while it ran",
-                command=command,
-                limit=limit,
-                return_code=result.return_code,
-                stdout=result.stdout,
-                stderr=result.stderr,
-            )
+        self._raise_if_oom_killed(result, oom_before)
         return result
+
+    def _raise_if_oom_killed(self, result: ExecutionResult, oom_before: int) -> None:
+        """A failed command during which the kernel OOM-killed a process of the sandbox: say so."""
+        if result.return_code == 0 or self._oom_kills() <= oom_before:
+            return
+        limit = int(self.config.memory_limit or 0)
+        raise MemoryLimitExceededError(
+            f"command {result.command!r} failed (exit code {result.return_code}): the kernel killed a process "
+            f"of the sandbox for going over its memory limit ({limit} bytes) while it ran",
+            command=result.command,
+            limit=limit,
+            return_code=result.return_code,
+            stdout=result.stdout,
+            stderr=result.stderr,
+            provider=self.provider_name,
+        )
 
     def _oom_kills(self) -> int:
         if self._cgroup is None or self.config.memory_limit is None:
@@ -406,9 +424,11 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         environment: dict[str, str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
-    ) -> AsyncHostProcessHandle:
+    ) -> AsyncLocalProcessHandle:
+        oom_before = self._oom_kills()
         child = self._spawn(command, working_dir, environment)
-        handle = AsyncHostProcessHandle(child, command, self._collector(on_stdout, on_stderr))
+        handle = AsyncLocalProcessHandle(child, command, self._collector(on_stdout, on_stderr))
+        handle.on_result = lambda result: self._raise_if_oom_killed(result, oom_before)
         if self._isolated:  # the pid its commands know it by (nsenter forks it into the pid namespace)
             inner = await arun_blocking(iso.joined_child, child.pid)
             handle.pid = (inner and iso.in_sandbox_pid(inner)) or handle.pid
