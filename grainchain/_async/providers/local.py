@@ -141,9 +141,10 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     def _working_directory(self, working_dir: str | None) -> Path:
         """The host directory commands start in by default."""
-        return fs.resolve_in_view(self._box.workspace, self._view_root, self._view_root, working_dir or ".")[
-            0
-        ]
+        host, _ = fs.resolve_in_view(
+            self._box.workspace, self._view_root, self._view_root, working_dir or "."
+        )
+        return host
 
     def _view_of(self, host: Path) -> str:
         rel = host.relative_to(self._box.workspace)
