@@ -111,8 +111,9 @@ class OutputCollector:
         )
 
 
-def memory_limit_error(result: ExecutionResult, limit: int) -> MemoryLimitExceededError:
-    """The error for a command that failed while the kernel OOM-killed a process of the sandbox."""
+def memory_limit_error(result: ExecutionResult, limit: int, provider: str) -> MemoryLimitExceededError:
+    """The error for a command that failed while the kernel OOM-killed a process of the sandbox (the
+    provider is named here: a background handle's wait() raises it outside the facade)."""
     return MemoryLimitExceededError(
         f"command {result.command!r} failed (exit code {result.return_code}): the kernel killed a process "
         f"of the sandbox for going over its memory limit ({limit} bytes) while it ran",
@@ -121,4 +122,5 @@ def memory_limit_error(result: ExecutionResult, limit: int) -> MemoryLimitExceed
         return_code=result.return_code,
         stdout=result.stdout,
         stderr=result.stderr,
+        provider=provider,
     )

@@ -41,7 +41,7 @@ class Sandbox(SandboxBase):
             on_stderr: Called with each decoded chunk of stderr.
 
         Needs: exec; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set (else CapabilityError).
-        Raises: CommandTimeoutError, OutputLimitExceededError, PathOutsideSandboxError, FileNotFoundInSandboxError.
+        Raises: CommandTimeoutError, OutputLimitExceededError, MemoryLimitExceededError, PathOutsideSandboxError, FileNotFoundInSandboxError.
         """
         check_non_empty("execute", "command", command)
         check_positive("execute", "timeout", timeout)

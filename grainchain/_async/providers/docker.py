@@ -727,7 +727,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             environment,
         )
         if result.return_code != 0 and self.config.memory_limit is not None and await self._new_oom_kill():
-            raise memory_limit_error(result, int(self.config.memory_limit))
+            raise memory_limit_error(result, int(self.config.memory_limit), dk.PROVIDER)
         return result
 
     async def _new_oom_kill(self) -> bool:

@@ -725,7 +725,7 @@ class DockerAdapter(SandboxAdapter):
             environment,
         )
         if result.return_code != 0 and self.config.memory_limit is not None and self._new_oom_kill():
-            raise memory_limit_error(result, int(self.config.memory_limit))
+            raise memory_limit_error(result, int(self.config.memory_limit), dk.PROVIDER)
         return result
 
     def _new_oom_kill(self) -> bool:

@@ -41,7 +41,7 @@ from grainchain._hostproc import (
     scrubbed_environment,
     spawn,
 )
-from grainchain._output import OutputCollector
+from grainchain._output import OutputCollector, memory_limit_error
 from grainchain._sync.adapter import SandboxAdapter
 from grainchain._sync.hostexec import HostProcessHandle, run_to_completion
 from grainchain._types import OutputCallback
@@ -49,7 +49,6 @@ from grainchain.errors import (
     CapabilityError,
     ConfigurationError,
     FileNotFoundInSandboxError,
-    MemoryLimitExceededError,
     ProviderUnavailableError,
 )
 from grainchain.models import (
@@ -399,17 +398,7 @@ class LocalAdapter(SandboxAdapter):
         """A failed command during which the kernel OOM-killed a process of the sandbox: say so."""
         if result.return_code == 0 or self._oom_kills() <= oom_before:
             return
-        limit = int(self.config.memory_limit or 0)
-        raise MemoryLimitExceededError(
-            f"command {result.command!r} failed (exit code {result.return_code}): the kernel killed a process "
-            f"of the sandbox for going over its memory limit ({limit} bytes) while it ran",
-            command=result.command,
-            limit=limit,
-            return_code=result.return_code,
-            stdout=result.stdout,
-            stderr=result.stderr,
-            provider=self.provider_name,
-        )
+        raise memory_limit_error(result, int(self.config.memory_limit or 0), self.provider_name)
 
     def _oom_kills(self) -> int:
         if self._cgroup is None or self.config.memory_limit is None:
