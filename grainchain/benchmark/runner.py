@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from grainchain import AsyncSandbox, Feature, SandboxConfig, SnapshotKind
 from grainchain.benchmark.machine import describe_machine
@@ -196,6 +196,7 @@ class _Unsupported(Exception):
         self.reason = reason
 
 
+_T = TypeVar("_T")
 Timings = dict[str, float]  # op id -> seconds of one call
 Side = Callable[[], Timings]
 
@@ -246,6 +247,15 @@ def _interleave(step: Step, pair: _Pair, progress: Progress) -> tuple[_Tally, _T
                     tally.samples[op].append(seconds)
         progress.advance()
     return ours, theirs
+
+
+def _timed(op: str, call: Callable[[], _T], check: Callable[[_T], object] = lambda _: None) -> Timings:
+    """One call on the clock; its check runs after the clock has stopped."""
+    t0 = time.perf_counter()
+    got = call()
+    elapsed = time.perf_counter() - t0
+    check(got)
+    return {op: elapsed}
 
 
 def _check(result: ExecutionResult) -> None:
@@ -423,19 +433,11 @@ class _ProviderRun:
         op = step.ops[0].id
 
         def ours() -> Timings:
-            t0 = time.perf_counter()
-            result = sandbox.execute(command)
-            t1 = time.perf_counter()
-            _check(result)
-            return {op: t1 - t0}
+            return _timed(op, lambda: sandbox.execute(command), _check)
 
         def theirs() -> Timings:
             assert box is not None
-            t0 = time.perf_counter()
-            outcome = box.exec(command)
-            t1 = time.perf_counter()
-            _check_raw(command, outcome)
-            return {op: t1 - t0}
+            return _timed(op, lambda: box.exec(command), lambda outcome: _check_raw(command, outcome))
 
         yield _Pair(ours, theirs if box is not None else None)
 
@@ -452,15 +454,11 @@ class _ProviderRun:
         path, op = f"bench/up-{step.param}", step.ops[0].id
 
         def ours() -> Timings:
-            t0 = time.perf_counter()
-            sandbox.upload_file(path, data, "wb")
-            return {op: time.perf_counter() - t0}
+            return _timed(op, lambda: sandbox.upload_file(path, data, "wb"))
 
         def theirs() -> Timings:
             assert box is not None
-            t0 = time.perf_counter()
-            box.upload(path, data)
-            return {op: time.perf_counter() - t0}
+            return _timed(op, lambda: box.upload(path, data))
 
         yield _Pair(ours, theirs if box is not None else None)
 
@@ -479,19 +477,11 @@ class _ProviderRun:
                 raise BenchmarkError(f"downloaded {len(got)} bytes, not the {len(data)} uploaded")
 
         def ours() -> Timings:
-            t0 = time.perf_counter()
-            got = sandbox.download_file(path)
-            t1 = time.perf_counter()
-            check(got)
-            return {op: t1 - t0}
+            return _timed(op, lambda: sandbox.download_file(path), check)
 
         def theirs() -> Timings:
             assert box is not None
-            t0 = time.perf_counter()
-            got = box.download(path)
-            t1 = time.perf_counter()
-            check(got)
-            return {op: t1 - t0}
+            return _timed(op, lambda: box.download(path), check)
 
         yield _Pair(ours, theirs if box is not None else None)
 
@@ -510,19 +500,11 @@ class _ProviderRun:
                 raise BenchmarkError(f"listed {found} entries, not {entries}")
 
         def ours() -> Timings:
-            t0 = time.perf_counter()
-            found = sandbox.list_files(directory)
-            t1 = time.perf_counter()
-            check(len(found))
-            return {op: t1 - t0}
+            return _timed(op, lambda: len(sandbox.list_files(directory)), check)
 
         def theirs() -> Timings:
             assert box is not None
-            t0 = time.perf_counter()
-            found = box.list(directory)
-            t1 = time.perf_counter()
-            check(found)
-            return {op: t1 - t0}
+            return _timed(op, lambda: box.list(directory), check)
 
         yield _Pair(ours, theirs if box is not None else None)
 
