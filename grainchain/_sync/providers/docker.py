@@ -95,6 +95,11 @@ class _Engine:
             _ENGINE_INFO[key] = self.json("GET", "/info", "engine info")
         return _ENGINE_INFO[key]
 
+    def checkpoint_path(self, container_id: str, name: str) -> str:
+        """Where the engine keeps a container's checkpoint `name` (its data directory is on this machine)."""
+        root = str((self.info()).get("DockerRootDir"))
+        return dk.checkpoint_path(root, container_id, name)
+
     def request(
         self,
         method: str,
@@ -214,15 +219,7 @@ def _pause(seconds: float) -> None:
     select([], seconds)
 
 
-_MEMORY_PROBLEMS: dict[str, dict[Feature, str]] = {}
-
-
-def _memory_problems(endpoint: dk.Endpoint, info: dict[str, Any]) -> dict[Feature, str]:
-    key = endpoint.describe()
-    if key not in _MEMORY_PROBLEMS:
-        problem = dk.memory_snapshot_problem(endpoint, info, _find_criu())
-        _MEMORY_PROBLEMS[key] = {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
-    return _MEMORY_PROBLEMS[key]
+_MEMORY_PROBLEMS: dict[str, dict[Feature, str]] = {}  # per engine address: what missing_features says
 
 
 def _find_criu() -> str | None:
@@ -234,8 +231,7 @@ def _find_criu() -> str | None:
 def _resume(engine: _Engine, container_id: str, name: str, saved: str | None) -> None:
     """Start a container from its checkpoint `name` (first copied in from `saved`, when given), then drop
     the container's copy of the checkpoint."""
-    root = str((engine.info()).get("DockerRootDir"))
-    checkpoint = dk.checkpoint_path(root, container_id, name)
+    checkpoint = engine.checkpoint_path(container_id, name)
     run_blocking(dk.stage_checkpoint, checkpoint, saved)
     for delay in (0.2, 0.5, 1.0, 2.0, None):
         try:
@@ -470,16 +466,21 @@ class DockerAdapter(SandboxAdapter):
     @classmethod
     def missing_features(cls, config: SandboxConfig, settings: Settings) -> dict[Feature, str]:
         try:
+            key = dk.engine_endpoint().describe()
+            if key in _MEMORY_PROBLEMS:  # asked before every create: no client once it is known
+                return _MEMORY_PROBLEMS[key]
             engine = _Engine()
         except GrainchainError:
             return {}  # creating the sandbox will say the engine is unreachable
         try:
-            info = engine.info()  # cached: one /info per engine and process
+            info = engine.info()
         except GrainchainError:
             return {}
         finally:
             engine.close()
-        return _memory_problems(engine.endpoint, info)
+        problem = dk.memory_snapshot_problem(engine.endpoint, info, _find_criu())
+        _MEMORY_PROBLEMS[key] = {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
+        return _MEMORY_PROBLEMS[key]
 
     @classmethod
     def create(cls, config: SandboxConfig, settings: Settings) -> Self:
@@ -919,8 +920,8 @@ class DockerAdapter(SandboxAdapter):
             timeout=_BIG_TIMEOUT,
         )
         try:
-            root = str((self._engine.info()).get("DockerRootDir"))
-            run_blocking(dk.save_checkpoint, dk.checkpoint_path(root, self._container, name), saved)
+            checkpoint = self._engine.checkpoint_path(self._container, name)
+            run_blocking(dk.save_checkpoint, checkpoint, saved)
             self._commit(tag, labels, pause=False)
         except BaseException:
             run_blocking(shutil.rmtree, saved, True)
