@@ -63,6 +63,10 @@ KNOWN_PROVIDER_CONFIG = frozenset(
 DEFAULT_PIDS_LIMIT = 4096
 API_TIMEOUT = 60.0  # seconds for one ordinary Engine API call
 CONNECT_TIMEOUT = 10.0
+# The engine answers an exec start with "200 OK" and no framing, streams on the hijacked connection and
+# then only half-closes it; without this header the client's pool takes that dead connection back and a
+# concurrent request can be sent on it and fail ("ConnectionClosed when state=SEND_RESPONSE").
+EXEC_START_HEADERS = {"Connection": "close"}
 START_HINT = (
     "start the Docker engine (`dockerd &`, `systemctl start docker`, or `.ci/docker-up` in grainchain's "
     "checkout) or point DOCKER_HOST at a running one"

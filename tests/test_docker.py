@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
@@ -462,6 +463,42 @@ async def test_unreachable_engine_says_how_to_start_it(monkeypatch: pytest.Monke
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(ProviderUnavailableError, match="start the Docker engine"):
         await AsyncSandbox("docker", config()).start()
+
+
+def test_exec_start_connections_are_not_kept_for_reuse() -> None:
+    """The engine only half-closes an exec's hijacked connection. Without dk.EXEC_START_HEADERS the
+    client's connection goes back to idle, and a pool shared by threads or tasks can hand it to a
+    concurrent request, which then fails (the benchmark's concurrent batch did, about 1 in 200 runs)."""
+    endpoint = dk.engine_endpoint()
+    if not endpoint.uds:
+        pytest.skip("checked over the engine's unix socket")
+    origin = httpcore.Origin(b"http", b"localhost", 80)
+    with _engine_client() as client:
+        body = {"Image": IMAGE, "Cmd": ["sleep", "60"], "Labels": {dk.LABEL: "1"}}
+        container = client.post("/containers/create", json=body).json()["Id"]
+        try:
+            assert client.post(f"/containers/{container}/start").status_code == 204
+
+            def connection_after_exec(headers: dict[str, str]) -> httpcore.HTTPConnection:
+                exec_body = {"AttachStdout": True, "Cmd": ["echo", "hi"]}
+                exec_id = client.post(f"/containers/{container}/exec", json=exec_body).json()["Id"]
+                connection = httpcore.HTTPConnection(origin, uds=endpoint.uds)
+                response = connection.request(
+                    "POST",
+                    f"http://localhost/exec/{exec_id}/start",
+                    headers={"Content-Type": "application/json", **headers},
+                    content=json.dumps({"Detach": False, "Tty": False}).encode(),
+                )
+                assert (response.status, response.content) == (200, b"\x01\x00\x00\x00\x00\x00\x00\x03hi\n")
+                return connection
+
+            plain = connection_after_exec({})
+            engine_closed_its_end = plain.is_idle() and plain.has_expired()
+            assert engine_closed_its_end, "the engine changed: is the header still needed?"
+            plain.close()
+            assert connection_after_exec(dk.EXEC_START_HEADERS).is_closed()
+        finally:
+            client.delete(f"/containers/{container}", params={"force": "1"})
 
 
 def test_frame_decoder_splits_partial_frames() -> None:

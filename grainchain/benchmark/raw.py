@@ -290,7 +290,10 @@ class DockerBox(RawBox):
         out: dict[int, bytearray] = {1: bytearray(), 2: bytearray()}
         decoder = dk.FrameDecoder()
         with self._b.client.stream(
-            "POST", f"/exec/{exec_id}/start", json={"Detach": False, "Tty": False}
+            "POST",
+            f"/exec/{exec_id}/start",
+            json={"Detach": False, "Tty": False},
+            headers=dk.EXEC_START_HEADERS,
         ) as response:
             for chunk in response.iter_raw():
                 for stream, payload in decoder.feed(chunk):

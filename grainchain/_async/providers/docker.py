@@ -643,7 +643,11 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         )
         exec_id = str(created["Id"])
         response = await self._engine.open_stream(
-            f"/exec/{exec_id}/start", "start exec", timeout, json={"Detach": False, "Tty": False}
+            f"/exec/{exec_id}/start",
+            "start exec",
+            timeout,
+            json={"Detach": False, "Tty": False},
+            headers=dk.EXEC_START_HEADERS,
         )
         return _Exec(self._engine, exec_id, marker, response)
 

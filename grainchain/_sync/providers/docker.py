@@ -641,7 +641,11 @@ class DockerAdapter(SandboxAdapter):
         created = self._engine.json("POST", f"/containers/{self._container}/exec", "create exec", json=body)
         exec_id = str(created["Id"])
         response = self._engine.open_stream(
-            f"/exec/{exec_id}/start", "start exec", timeout, json={"Detach": False, "Tty": False}
+            f"/exec/{exec_id}/start",
+            "start exec",
+            timeout,
+            json={"Detach": False, "Tty": False},
+            headers=dk.EXEC_START_HEADERS,
         )
         return _Exec(self._engine, exec_id, marker, response)
 
