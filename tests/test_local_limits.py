@@ -7,19 +7,15 @@ fails the test without taking the machine down.
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
-import shutil
 import subprocess
-import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _local import run_as_nobody
 
 from grainchain import MemoryLimitExceededError, SandboxConfig
 from grainchain._cgroups import Limits, unavailable
@@ -162,30 +158,11 @@ print(json.dumps(out))
 
 
 def test_without_cgroups_rlimits_stand_in_and_cpu_is_refused(isolation: str) -> None:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run a child as nobody")
-    scratch = Path(tempfile.mkdtemp(prefix="grainchain-limits-"))
-    try:
-        scratch.chmod(0o777)
-        env = {
-            **os.environ,
-            "GRAINCHAIN_STATE_DIR": str(scratch / "state"),
-            "GRAINCHAIN_CONFIG": str(scratch / "none.toml"),
-            "HOME": str(scratch),
-        }
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
-             AS_NOBODY.replace("ISOLATION", isolation)],
-            capture_output=True, text=True, cwd=scratch, env=env, timeout=120, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        out = json.loads(done.stdout)
-        assert "limits.cpu" in out["cpu"]
-        assert "not available here" in out["cpu"]
-        assert out["big"] == [1, ["MemoryError"]]  # RLIMIT_AS: the allocation fails, nothing is killed
-        assert out["small"] == "1\n"
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    out = run_as_nobody(AS_NOBODY.replace("ISOLATION", isolation))
+    assert "limits.cpu" in out["cpu"]
+    assert "not available here" in out["cpu"]
+    assert out["big"] == [1, ["MemoryError"]]  # RLIMIT_AS: the allocation fails, nothing is killed
+    assert out["small"] == "1\n"
 
 
 @needs_cgroups

@@ -7,17 +7,13 @@ cannot work, the CapabilityError says why.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _local import run_as_nobody
 
 from grainchain import CapabilityError, SandboxConfig, SandboxNotRunningError, SandboxStatus, SnapshotKind
 from grainchain._criu import unavailable
@@ -127,24 +123,6 @@ with Sandbox("local") as sandbox:
 
 
 def test_as_an_ordinary_user_memory_snapshots_are_refused_with_the_reason() -> None:
-    if os.geteuid() != 0 or shutil.which("setpriv") is None:
-        pytest.skip("needs root and setpriv to run a child as nobody")
-    scratch = Path(tempfile.mkdtemp(prefix="grainchain-memory-"))
-    try:
-        scratch.chmod(0o777)
-        env = {
-            **os.environ,
-            "GRAINCHAIN_STATE_DIR": str(scratch / "state"),
-            "GRAINCHAIN_CONFIG": str(scratch / "none.toml"),
-            "HOME": str(scratch),
-        }
-        done = subprocess.run(
-            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", AS_NOBODY],
-            capture_output=True, text=True, cwd=scratch, env=env, timeout=120, check=False,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        message = json.loads(done.stdout)
-        assert "snapshot.memory" in message
-        assert "not available here" in message
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    message = run_as_nobody(AS_NOBODY)
+    assert "snapshot.memory" in message
+    assert "not available here" in message
