@@ -21,6 +21,7 @@ REPLACEMENTS = {
     "astart_task": "start_task",
     "AsyncTask": "Task",
     "arun_blocking": "run_blocking",
+    "arun_in": "run_in",
     "AFLAVOUR": "FLAVOUR",
     # facade and adapters
     "AsyncSandbox": "Sandbox",

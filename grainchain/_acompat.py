@@ -7,6 +7,7 @@ unasync step renames them for grainchain/_sync/: each async name on the left has
     astart_task    -> start_task      run a function concurrently (task / daemon thread)
     AsyncTask      -> Task
     arun_blocking  -> run_blocking    blocking I/O off the event loop (sync: just call it)
+    arun_in        -> run_in          run a function on a given thread (a sandbox's spawner) and wait for it
     AFLAVOUR       -> FLAVOUR         "async" / "sync": which adapter class a provider loads
 """
 
@@ -17,10 +18,18 @@ import functools
 import select as _select
 import threading
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, ParamSpec, TypeVar
+from concurrent.futures import Future
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 T = TypeVar("T")
 P = ParamSpec("P")
+
+
+class Runner(Protocol):
+    """Something that runs a function on its own thread (grainchain/_spawner.py's Spawner)."""
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]: ...
+
 
 _POLL_READABLE = _select.POLLIN | _select.POLLHUP | _select.POLLERR | _select.POLLNVAL
 
@@ -87,6 +96,11 @@ async def arun_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -
     return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
 
+async def arun_in(runner: Runner, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run `fn` on the runner's thread; the event loop goes on meanwhile."""
+    return await asyncio.wrap_future(runner.submit(functools.partial(fn, *args, **kwargs)))
+
+
 # ---------------------------------------------------------------------------------------------- sync
 
 FLAVOUR = "sync"
@@ -136,15 +150,22 @@ def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return fn(*args, **kwargs)
 
 
+def run_in(runner: Runner, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return runner.submit(functools.partial(fn, *args, **kwargs)).result()
+
+
 __all__ = [
     "AFLAVOUR",
     "FLAVOUR",
     "AsyncTask",
+    "Runner",
     "Task",
     "arun_blocking",
+    "arun_in",
     "aselect",
     "astart_task",
     "run_blocking",
+    "run_in",
     "select",
     "start_task",
 ]

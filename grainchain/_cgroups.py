@@ -15,12 +15,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from grainchain._hostproc import stop_then_kill
 
 CPU_PERIOD_US = 100_000
 _probe_cache: dict[str, Any] = {}
@@ -195,11 +196,22 @@ class SandboxCgroup:
     def exists(self) -> bool:
         return all(os.path.isdir(path) for path in self.dirs.values())
 
-    def launcher(self) -> list[str]:
-        """argv prefix: put the launching shell in the cgroup(s), then exec the rest of the argv."""
-        moves = " && ".join(
-            f"echo $$ > {shlex.quote(str(Path(p) / 'cgroup.procs'))}" for p in self.dirs.values()
-        )
+    def thread_tasks(self) -> list[str]:
+        """The v1 `tasks` files a spawner thread joins (grainchain/_spawner.py): the pids controller's only.
+        Empty on v2, where the threads of a process cannot be in different (domain) cgroups."""
+        if self.version == 1 and "pids" in self.dirs:
+            return [str(Path(self.dirs["pids"]) / "tasks")]
+        return []
+
+    def launcher(self, *, besides_thread: bool = False) -> list[str]:
+        """argv prefix: put the launching shell in the cgroup(s), then exec the rest of the argv. With
+        `besides_thread`, only the cgroups a spawner thread does not already hold its children in (empty
+        when there are none: no shell at all)."""
+        placed = {"pids"} if besides_thread and self.thread_tasks() else set()
+        dirs = [p for name, p in self.dirs.items() if name not in placed]
+        if not dirs:
+            return []
+        moves = " && ".join(f"echo $$ > {shlex.quote(str(Path(p) / 'cgroup.procs'))}" for p in dirs)
         return ["/bin/sh", "-c", f'{moves} && exec "$@"', "grainchain-cgroup"]
 
     def adopt(self, pids: list[int]) -> None:
@@ -227,22 +239,22 @@ class SandboxCgroup:
         return 0
 
     def pids(self) -> list[int]:
+        """The sandbox's processes. On v1 a client's spawner thread sits in the pids cgroup too, which
+        lists its whole process in cgroup.procs: a process counts only when its main thread (tid = pid)
+        is in the cgroup, which a client's never is."""
         found: set[int] = set()
         for path in self.dirs.values():
             with contextlib.suppress(OSError):
-                found.update(int(p) for p in Path(path, "cgroup.procs").read_text().split())
+                procs = {int(p) for p in Path(path, "cgroup.procs").read_text().split()}
+                if self.version == 1:
+                    procs &= {int(t) for t in Path(path, "tasks").read_text().split()}
+                found |= procs
         return sorted(found)
 
-    def kill_all(self) -> None:
-        """SIGKILL every process in the cgroup, again while new ones appear."""
-        for _ in range(20):
-            pids = self.pids()
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.005)
+    def kill_all(self, within: float = 5.0) -> None:
+        """SIGKILL every process of the sandbox; stopped first, round after round until no new one
+        appears, so that a fork bomb cannot outrun the kill (see _hostproc.stop_then_kill)."""
+        stop_then_kill(self.pids, within=within)
 
     def remove(self, within: float = 2.0) -> None:
         """Kill what is left and remove the directories (best effort: closing must not fail)."""
@@ -252,7 +264,7 @@ class SandboxCgroup:
                 try:
                     os.rmdir(path)
                 except OSError:  # EBUSY while killed processes are still exiting
-                    self.kill_all()
+                    self.kill_all(within=0.5)
                     if time.monotonic() > deadline:
                         break
                     time.sleep(0.01)

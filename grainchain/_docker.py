@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import posixpath
+import re
 import shutil
 import tarfile
 import time
@@ -21,7 +22,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from grainchain._types import BYTE_SIZE_FORMS, parse_byte_size
 from grainchain.errors import (
+    ConfigurationError,
     GrainchainError,
     InvalidArgumentError,
     ProviderError,
@@ -36,13 +39,17 @@ DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 WORKSPACE = "/workspace"
 SNAPSHOT_REPO = "grainchain-snapshot"
+SNAPSHOT_TAG = re.compile(r"[0-9a-f]{1,64}")  # create_snapshot's tags: hex, so no path can hide in one
 LABEL = "grainchain"  # "1" on everything grainchain creates (images pass it on to their containers)
 LABEL_SANDBOX = "grainchain.sandbox"  # the sandbox id: set on each container, never inherited usefully
 LABEL_CONFIG = "grainchain.config"  # the SandboxConfig (JSON) the sandbox was created with
 LABEL_SNAPSHOT = "grainchain.snapshot"
 LABEL_SOURCE = "grainchain.snapshot.source"
 LABEL_KIND = "grainchain.snapshot.kind"  # "filesystem" or "memory"
-LABEL_CHECKPOINT = "grainchain.snapshot.checkpoint"  # memory snapshots: the saved checkpoint's directory
+# memory snapshots: the saved checkpoint's directory; "" on filesystem snapshots. Written on every commit
+# (a commit inherits the labels of the container's image, which anyone can build), and even so trusted only
+# inside grainchain's own checkpoint directory (see owned_checkpoint).
+LABEL_CHECKPOINT = "grainchain.snapshot.checkpoint"
 # The container's main process. Not docker-init (tini): CRIU cannot restore a container it runs. A shell
 # that waits reaps the orphans of exec'd commands (they become its children), so none linger as zombies.
 INIT_COMMAND = ["/bin/sh", "-c", 'trap "exit 0" TERM; while :; do sleep 2147483647 & wait $!; done']
@@ -58,7 +65,7 @@ def init_command(ttl: float | None) -> list[str]:
 
 
 KNOWN_PROVIDER_CONFIG = frozenset(
-    {"image", "network", "pids_limit", "dockerfile", "build_context", "ports", "volumes", "ttl"}
+    {"image", "network", "pids_limit", "disk_limit", "dockerfile", "build_context", "ports", "volumes", "ttl"}
 )
 DEFAULT_PIDS_LIMIT = 4096
 API_TIMEOUT = 60.0  # seconds for one ordinary Engine API call
@@ -254,6 +261,45 @@ def parse_ttl(value: Any) -> float | None:
     return float(value)
 
 
+def parse_disk_limit(value: Any) -> int | None:
+    """provider_config["disk_limit"] in bytes (None: no quota, the engine's default)."""
+    if value is None:
+        return None
+    try:
+        return parse_byte_size(value)
+    except ValueError:
+        raise ConfigurationError(
+            f"provider_config['disk_limit'] of docker must be a size, got {value!r}; accepted: {BYTE_SIZE_FORMS}",
+            provider=PROVIDER,
+        ) from None
+
+
+# What engines say when a container's StorageOpt size cannot be had (overlay2 20.10: "--storage-opt is
+# supported only for overlay over xfs with 'pquota' mount option"; other drivers word it their own way).
+_STORAGE_OPT_REFUSED = re.compile(r"storage[- ]?opt|quota", re.IGNORECASE)
+
+
+def storage_opt_refused(engine_said: str) -> bool:
+    """Whether an engine's error is its refusal of a container's StorageOpt (disk_limit)."""
+    return _STORAGE_OPT_REFUSED.search(engine_said) is not None
+
+
+def disk_limit_error(value: Any, engine_said: str, info: dict[str, Any]) -> ConfigurationError:
+    """Why provider_config disk_limit cannot be had on this engine, and what to do; `info` is GET /info."""
+    driver = str(info.get("Driver") or "unknown")
+    status = {str(pair[0]): str(pair[1]) for pair in info.get("DriverStatus") or [] if len(pair) == 2}
+    backing = status.get("Backing Filesystem", "unknown")
+    root = str(info.get("DockerRootDir") or "the engine's data root")
+    return ConfigurationError(
+        f"provider_config['disk_limit'] = {value!r} cannot be enforced by this Docker engine (storage driver "
+        f"{driver}, backing filesystem {backing}, data root {root}): {engine_said}. The overlay2 driver has "
+        f"a disk quota per container only on XFS mounted with the 'pquota' option: put {root} on such a "
+        "filesystem (grainchain's .ci/docker-up mounts an XFS image there) or use a storage driver that "
+        "supports `--storage-opt size`; or leave disk_limit unset (no quota).",
+        provider=PROVIDER,
+    )
+
+
 # -- builds ---------------------------------------------------------------------------------------------
 
 BUILD_REPO = "grainchain-build"
@@ -316,19 +362,39 @@ class FrameDecoder:
         return frames
 
 
-# Kills every process whose environment carries the exec marker ($1): stop them all first (no new forks),
-# then kill. Runs as its own exec, inside the container, so it sees the container's pids.
+# Kills every process whose environment carries the exec marker ($1), inside the container (its own exec, so
+# it sees the container's pids). One grep reads every /proc/<pid>/environ per scan (a process per candidate
+# made a 2,000-process fork bomb take 6 s); what it finds is stopped, so it can fork no more, and the scan is
+# repeated until two agree; then all are killed. A round starts again while any is left. Exit 0: none left;
+# anything else (e.g. "can't fork" at the container's pids limit) means some may be left.
 KILL_SCRIPT = r"""
-for pass in STOP KILL; do
-  for d in /proc/[0-9]*; do
-    [ "${d#/proc/}" = "$$" ] && continue
-    if tr '\0' '\n' < "$d/environ" 2>/dev/null | grep -qx "GRAINCHAIN_EXEC_ID=$1"; then
-      kill -s "$pass" "${d#/proc/}" 2>/dev/null
-    fi
+id="GRAINCHAIN_EXEC_ID=$1"
+if printf '%s\0' "$id" | grep -qzxF -e "$id" 2>/dev/null; then
+  scan() { grep -lzxsF -e "$id" /proc/[0-9]*/environ; }
+else  # a grep without -z: a tr and a grep per process
+  scan() { for d in /proc/[0-9]*; do tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -qxF -e "$id" && echo "$d/environ"; done; }
+fi
+for round in 1 2 3 4 5 6 7 8 9 10; do
+  last=-1
+  while :; do
+    pids="" n=0
+    for f in $(scan); do
+      p=${f#/proc/}; p=${p%/environ}
+      [ "$p" = "$$" ] || { pids="$pids $p"; n=$((n + 1)); }
+    done
+    [ "$n" = 0 ] && exit 0
+    kill -s STOP $pids 2>/dev/null
+    [ "$n" = "$last" ] && break
+    last=$n
   done
+  kill -s KILL $pids 2>/dev/null
 done
-exit 0
+exit 1
 """
+# Fork-free (a builtin of the exec'd shell): stop or continue every process of the container but its pid 1.
+# For a kill that cannot fork because a fork bomb holds every pid the container's pids limit allows.
+SIGNAL_ALL_SCRIPT = 'kill -s "$1" -1'
+KILL_PIDS_HEADROOM = 64  # pids lent to the container for such a kill
 
 # Lists a directory ($1) without a process per entry (that made 1,000 entries take 0.6 s): the names ("./x"),
 # each followed by NUL, then one more NUL, then "<raw mode in hex> <size> <mtime>" lines in the same order
@@ -461,6 +527,23 @@ RESTORE_MARK = "grainchain-restore.json"
 
 def checkpoint_path(docker_root: str, container_id: str, name: str) -> str:
     return os.path.join(docker_root, "containers", container_id, "checkpoints", name)
+
+
+def owned_checkpoint(store: str, labelled: str | None) -> str | None:
+    """The real path of the saved checkpoint a snapshot image's label names, if it is a directory entry
+    directly inside grainchain's checkpoint store `store` (<state_dir>/docker/checkpoints); else None.
+
+    A label is only a hint: images carry labels their author chose and commits inherit them, so a label
+    must never make grainchain delete or copy a host directory outside its own store."""
+    if not labelled:
+        return None
+    real = os.path.realpath(labelled)
+    if os.path.dirname(real) != os.path.realpath(store):
+        log.debug(
+            "ignoring the checkpoint label %r: not inside grainchain's checkpoint store %s", labelled, store
+        )
+        return None
+    return real
 
 
 def stage_checkpoint(checkpoint: str, saved: str | None = None) -> None:

@@ -12,17 +12,28 @@ namespace and cgroup bound what it can start; the markers still find the process
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 MINIMAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_MARKER = "GRAINCHAIN_SANDBOX_ID"
+# Which state dir's sandbox a process belongs to, as a hash (no host path enters a sandbox): lets tests and
+# tools tell apart the processes of concurrent grainchain users of one machine.
+STATE_MARKER = "GRAINCHAIN_STATE_TAG"
 EXEC_MARKER = "GRAINCHAIN_EXEC_ID"
 SHELL = "/bin/sh"
+Candidates = Callable[[], Iterable[int]]  # the pids a kill looks among (a sandbox's cgroup members)
+
+
+def state_tag(state_dir: Path) -> str:
+    """The STATE_MARKER value of sandboxes under `state_dir` (resolved)."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
 
 
 def scrubbed_environment(*layers: Mapping[str, str]) -> dict[str, str]:
@@ -38,6 +49,7 @@ class HostProcess:
     popen: subprocess.Popen[bytes]
     marker: str  # "NAME=value" entry every descendant inherits
     exit_fd: int | None = field(default=None)
+    candidates: Candidates | None = field(default=None)  # where its descendants are (else all of /proc)
 
     @property
     def pid(self) -> int:
@@ -61,7 +73,7 @@ class HostProcess:
         drains the process reaps it (so another thread may call this while a pump runs)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
-        kill_marked(self.marker)
+        kill_marked(self.marker, self.candidates)
 
     def kill_tree(self) -> None:
         """signal_tree(), then reap the process (a brief blocking wait: SIGKILL cannot be ignored)."""
@@ -110,34 +122,56 @@ def spawn(
     return HostProcess(popen, f"{name}={value}", exit_fd)
 
 
-def marked_pids(marker: str) -> list[int]:
-    """PIDs of the processes whose environment holds the `NAME=value` marker (Linux /proc; else empty)."""
+def _all_pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except FileNotFoundError:  # no /proc: nothing to find
+        return []
+
+
+def marked_pids(marker: str, candidates: Candidates | None = None) -> list[int]:
+    """PIDs of the processes whose environment holds the `NAME=value` marker, among `candidates()` (a
+    sandbox's cgroup members: no scan of the whole host) or else every process of /proc."""
     entry = marker.encode()
     found = []
-    try:
-        names = os.listdir("/proc")
-    except FileNotFoundError:
-        return []
     me = os.getpid()
-    for name in names:
-        if not name.isdigit() or int(name) == me:
+    for pid in _all_pids() if candidates is None else candidates():
+        if pid == me:
             continue
         try:
-            with open(f"/proc/{name}/environ", "rb") as f:
+            with open(f"/proc/{pid}/environ", "rb") as f:
                 environ = f.read()
         except OSError:  # gone meanwhile, or not ours
             continue
         if entry in environ.split(b"\0"):
-            found.append(int(name))
+            found.append(pid)
     return found
 
 
-def kill_marked(marker: str, *, rounds: int = 5) -> None:
-    """SIGKILL every process carrying the marker, again while new ones appear (a tree may fork meanwhile)."""
-    for _ in range(rounds):
-        pids = marked_pids(marker)
-        if not pids:
-            return
-        for pid in pids:
+def stop_then_kill(find: Candidates, *, within: float = 5.0) -> None:
+    """SIGKILL every process `find()` returns, in a way a fork bomb cannot outrun: SIGSTOP first, round
+    after round until a round finds no process that is not stopped yet (a stopped process cannot fork),
+    then SIGKILL them all, again until none is left or `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    stopped: set[int] = set()
+    while time.monotonic() < deadline:
+        fresh = [pid for pid in find() if pid not in stopped]
+        if not fresh:
+            break
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+    while True:
+        left = find()
+        for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
+        if not left or time.monotonic() >= deadline:
+            return
+        time.sleep(0.001)  # killed processes leave the listing once they have exited
+
+
+def kill_marked(marker: str, candidates: Candidates | None = None, *, within: float = 5.0) -> None:
+    """SIGKILL every process carrying the marker (see stop_then_kill), among `candidates()` if given."""
+    stop_then_kill(lambda: marked_pids(marker, candidates), within=within)

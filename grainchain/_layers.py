@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from grainchain import _confined as confined
 from grainchain.errors import ProviderError
 
 PROVIDER = "local"
@@ -72,7 +73,7 @@ def is_mounted(target: Path) -> bool:
         return any(line.split()[4] == path for line in f)
 
 
-def _options(lowers: list[str], upper: Path | None, work: Path | None, extra: str) -> str:
+def _options(lowers: list[str], upper: str | None, work: str | None, extra: str) -> str:
     data = "lowerdir=" + ":".join(lowers)
     if upper is not None and work is not None:
         data += f",upperdir={upper},workdir={work}"
@@ -82,17 +83,18 @@ def _options(lowers: list[str], upper: Path | None, work: Path | None, extra: st
 def _mount_overlay(
     target: Path, lowers: list[Path], upper: Path | None, work: Path | None, extra: str, flags: int = 0
 ) -> None:
-    """Mount an overlay. Lower layers are passed as /proc/self/fd/N of open directories: the options of a
-    mount must fit in a page, and a stack of long state-dir paths would not."""
-    fds = [os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in lowers]
+    """Mount an overlay. Every directory is passed as /proc/self/fd/N of an open one: the options of a
+    mount must fit in a page (a stack of long state-dir paths would not), and they show in the sandbox's
+    /proc/self/mountinfo, which must not reveal host paths."""
+    dirs = [*lowers, *([] if upper is None or work is None else [upper, work])]
+    fds = [os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in dirs]
+    names = [f"/proc/self/fd/{fd}" for fd in fds]
     try:
-        _mount(
-            "overlay",
-            target,
-            "overlay",
-            flags,
-            _options([f"/proc/self/fd/{fd}" for fd in fds], upper, work, extra),
-        )
+        if upper is None or work is None:
+            _mount("overlay", target, "overlay", flags, _options(names, None, None, extra))
+        else:
+            lower_names, upper_name, work_name = names[:-2], names[-2], names[-1]
+            _mount("overlay", target, "overlay", flags, _options(lower_names, upper_name, work_name, extra))
     finally:
         for fd in fds:
             os.close(fd)
@@ -225,33 +227,36 @@ def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _copy_tree(src: Path, dst: Path, *, hardlink: bool = False) -> None:
-    """cp -a keeps everything overlayfs wrote into a layer (whiteouts are character devices, opaque
-    directories and redirects are trusted.* xattrs); -l links instead of copying (immutable sources)."""
-    args = ["cp", "-a", "--no-target-directory"] + (["-l"] if hardlink else [])
-    done = subprocess.run([*args, str(src), str(dst)], capture_output=True, text=True, check=False)
+def _copy_tree(src: Path, dst: Path, *, into: bool = False) -> None:
+    """Copy a tree with everything overlayfs wrote into a layer (whiteouts are character devices 0/0,
+    opaque directories and redirects are trusted.* xattrs), by descriptors (grainchain/_confined.py): the
+    source may be live (a busy sandbox's upper layer, its /tmp), its commands swapping entries for
+    symlinks meanwhile, and no link may be followed. Sockets are kept too (as cp -a did; _seal drops them
+    from layers); other device nodes are left out."""
+    confined.copy_tree(src, dst, into=into, whiteouts=True, sockets=True)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """cp -al: hard links instead of copies, for an immutable source that grainchain owns."""
+    args = ["cp", "-a", "-l", "--no-target-directory", str(src), str(dst)]
+    done = subprocess.run(args, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise ProviderError(f"copying {src} failed: {done.stderr.strip()}", provider=PROVIDER)
 
 
 def copy_into(src: Path, dst: Path) -> None:
     """Copy the tree `src` into the (empty) directory `dst`, its root's mode and times included."""
-    _copy_tree(src, dst)
+    _copy_tree(src, dst, into=True)
 
 
 def copy_into_new(src: Path, dst: Path) -> None:
-    """Copy the tree `src` to `dst`, which must not exist yet (everything kept: cp -a)."""
+    """Copy the tree `src` to `dst`, which must not exist yet."""
     _copy_tree(src, dst)
 
 
 def stack_size_of(path: Path) -> int:
-    """Bytes of the files below `path`."""
-    total = 0
-    for dirpath, _, files in os.walk(path):
-        for name in files:
-            with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-    return total
+    """Bytes of the files below `path` (by descriptors: it may be a live tree)."""
+    return confined.tree_size(path)
 
 
 def freeze(state_dir: Path, root: Path, stack: Stack) -> Stack:
@@ -282,7 +287,7 @@ def import_tree(state_dir: Path, tree: Path) -> str:
     layer_id = _new_layer_id()
     staging = layers_dir(state_dir) / f".staging-{layer_id}"
     try:
-        _copy_tree(tree, staging, hardlink=True)
+        _link_tree(tree, staging)
         _record(state_dir, layer_id, _seal(staging))
         staging.rename(layers_dir(state_dir) / layer_id)
     except BaseException:

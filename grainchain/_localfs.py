@@ -1,4 +1,5 @@
-"""Blocking filesystem work of the local provider: its on-disk layout, file operations and snapshots.
+"""Blocking filesystem work of the local provider: its on-disk layout and snapshots (file operations,
+confined to the workspace by descriptors: grainchain/_confined.py).
 
     <state_dir>/local/sandboxes/<sandbox_id>/meta.json     SandboxInfo + the SandboxConfig it was made with
                                             /workspace/    what commands and file operations see
@@ -14,11 +15,8 @@ and are renamed, so a crash at any point leaves either the old or the new state 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
-import posixpath
 import re
 import shutil
 import stat
@@ -28,15 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from grainchain import _confined as confined
+from grainchain import _disk as disk
 from grainchain import _layers as layers
 from grainchain.errors import (
-    FileNotFoundInSandboxError,
-    InvalidArgumentError,
-    PathOutsideSandboxError,
     SandboxNotFoundError,
     SnapshotNotFoundError,
 )
-from grainchain.models import FileInfo, SandboxConfig, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind
+from grainchain.models import SandboxConfig, SandboxInfo, SandboxStatus, SnapshotInfo, SnapshotKind
 
 PROVIDER = "local"
 _SANDBOX_ID = re.compile(r"local-[0-9a-f]{32}")  # always fullmatch(): no separators, no "\n"
@@ -78,65 +75,51 @@ def remove_tree(path: Path) -> None:
         shutil.rmtree(path)
 
 
-_FICLONE = 0x40049409  # ioctl: make dst share src's extents (btrfs, xfs with reflink, bcachefs ...)
-_no_reflink: set[int] = set()  # devices where FICLONE failed once: plain copies there
-
-
-def _reflink(src: str, dst: str, st: os.stat_result) -> bool:
-    """Clone the file's data instead of copying it where the filesystem can (a copy snapshot or restore
-    then costs metadata only); False where it cannot, and nothing was written."""
-    if st.st_dev in _no_reflink:
-        return False
-    with open(src, "rb") as source, open(dst, "wb") as target:
-        try:
-            fcntl.ioctl(target.fileno(), _FICLONE, source.fileno())
-        except OSError:
-            _no_reflink.add(st.st_dev)
-            cloned = False
-        else:
-            cloned = True
-    if not cloned:
-        os.unlink(dst)
-        return False
-    shutil.copystat(src, dst)
-    return True
-
-
-def _copy_entry(src: str, dst: str) -> str:
-    """copytree's copy function: regular files with their metadata (cloned where the filesystem has
-    reflinks, else copied), named pipes recreated; sockets and device nodes hold no data that could be
-    captured and are left out (a plain copy would fail or hang)."""
-    st = os.lstat(src)
-    if stat.S_ISREG(st.st_mode):
-        if _reflink(src, dst, st):
-            return dst
-        return str(shutil.copy2(src, dst))
-    if stat.S_ISFIFO(st.st_mode):
-        os.mkfifo(dst, stat.S_IMODE(st.st_mode))
-        shutil.copystat(src, dst)
-    return dst
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    """Copy a tree exactly: contents, modes, mtimes, symlinks as symlinks (also dangling ones)."""
-    shutil.copytree(src, dst, symlinks=True, copy_function=_copy_entry)
+def copy_tree(src: Path, dst: Path) -> int:
+    """Copy a tree exactly: contents (cloned where the filesystem has reflinks), modes, owners (as root),
+    mtimes, symlinks as symlinks (also dangling ones), named pipes; sockets and device nodes hold nothing
+    that could be captured and are left out. By descriptors (grainchain/_confined.py): the source may be a
+    live workspace whose commands swap entries for symlinks meanwhile. Returns the bytes of its files."""
+    return confined.copy_tree(src, dst)
 
 
 class SandboxDir:
-    """The directory of one local sandbox."""
+    """The directory of one local sandbox. What the sandbox can write (workspace, or the overlay's upper
+    and work dirs, and /tmp) and its root directory live in `data`: the mount point of its size-limited
+    disk (grainchain/_disk.py) when it has one, else the sandbox's directory itself."""
 
     def __init__(self, state_dir: Path, sandbox_id: str) -> None:
         self.sandbox_id = sandbox_id
+        self.state_dir = state_dir
         self.root = state_dir / "local" / "sandboxes" / sandbox_id
         self.meta = self.root / "meta.json"
-        self.workspace = self.root / "workspace"
-        self.tmp = self.root / "tmp"
+        self.image = self.root / "disk.img"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "disk" if self.image.exists() else self.root
+
+    @property
+    def workspace(self) -> Path:
+        return self.data / "workspace"
+
+    @property
+    def tmp(self) -> Path:
+        return self.data / "tmp"
+
+    @property
+    def rootfs(self) -> Path:
+        """The (empty, read-only) root directory of the sandbox's namespaces, as root."""
+        return self.data / "rootfs"
 
     @classmethod
-    def create(cls, state_dir: Path, config: SandboxConfig) -> SandboxDir:
+    def create(cls, state_dir: Path, config: SandboxConfig, disk_limit: int | None = None) -> SandboxDir:
+        """A new sandbox directory; with `disk_limit` (bytes) on a disk of that size."""
         box = cls(state_dir.resolve(), f"local-{uuid.uuid4().hex}")
         box.root.mkdir(parents=True, mode=0o700)
         try:
+            if disk_limit is not None:
+                disk.create(box.state_dir, box.image, box.root / "disk", disk_limit)
             box.workspace.mkdir(mode=0o700)
             box.tmp.mkdir(mode=0o700)
             box.save(SandboxStatus.running, config, created_at=datetime.now(UTC))
@@ -144,6 +127,16 @@ class SandboxDir:
             box.remove()  # nothing half-made stays behind
             raise
         return box
+
+    def mount_disk(self) -> None:
+        """Mount the sandbox's disk if it has one and it is not mounted (after a reboot, or a close that
+        kept the sandbox)."""
+        if self.image.exists():
+            disk.mount(self.image, self.root / "disk")
+
+    def unmount_disk(self) -> None:
+        if self.image.exists():
+            disk.unmount(self.root / "disk")
 
     @classmethod
     def open(cls, state_dir: Path, sandbox_id: str) -> SandboxDir:
@@ -192,6 +185,8 @@ class SandboxDir:
         with contextlib.suppress(OSError):
             if layers.is_mounted(self.workspace):
                 layers.unmount(self.workspace)
+            if self.image.exists():
+                disk.unmount(self.root / "disk")
             remove_tree(self.root)
 
     def recover(self) -> None:
@@ -201,8 +196,8 @@ class SandboxDir:
         of restore_snapshot: the complete new copy (.ready-*) wins, else the old tree (.old-*) goes back.
         """
         if not os.path.lexists(self.workspace):
-            ready = sorted(self.root.glob(f"{_RESTORE_READY}*"))
-            outgoing = sorted(self.root.glob(f"{_RESTORE_OUTGOING}*"))
+            ready = sorted(self.data.glob(f"{_RESTORE_READY}*"))
+            outgoing = sorted(self.data.glob(f"{_RESTORE_OUTGOING}*"))
             if ready:
                 ready[-1].rename(self.workspace)
             elif outgoing:
@@ -210,7 +205,7 @@ class SandboxDir:
             else:
                 self.workspace.mkdir(mode=0o700)
         for prefix in (_RESTORE_COPYING, _RESTORE_READY, _RESTORE_OUTGOING):
-            for leftover in self.root.glob(f"{prefix}*"):
+            for leftover in self.data.glob(f"{prefix}*"):
                 remove_tree(leftover)
         self.tmp.mkdir(mode=0o700, exist_ok=True)
 
@@ -226,195 +221,6 @@ def list_sandboxes(state_dir: Path) -> list[SandboxInfo]:
         except (SandboxNotFoundError, OSError, ValueError):
             continue  # half-created or foreign directory
     return found
-
-
-# -- files ----------------------------------------------------------------------------------------------
-
-_MAX_LINKS = 40  # as the kernel's limit on symlinks followed in one lookup
-
-
-def _within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def resolve_in_view(
-    host_root: Path, view_root: str, view_cwd: str, path: str, *, follow_symlinks: bool = True
-) -> tuple[Path, str]:
-    """Map a path as the sandbox's commands see it to the host file it names: (host path, shown path).
-
-    `view_root` is the workspace as commands see it (/workspace when isolated, else the host path itself);
-    a relative `path` starts at `view_cwd`. `..` is resolved by name first (`link/..` is the directory
-    holding `link`); symlinks are then followed the way the sandbox's kernel view would follow them, so an
-    absolute link target means a path inside the sandbox, not on the host. The host path returned has every
-    link resolved (the host must not follow a link with its own view); the shown path is the normalised
-    one, for FileInfo.path and messages. Raises PathOutsideSandboxError when the path, or a link on the
-    way, leads out of the workspace. With follow_symlinks=False a link as the last component is not followed.
-    """
-    shown = posixpath.normpath(posixpath.join(view_cwd, path))
-    if shown.startswith("//"):
-        shown = shown[1:]
-    if not _within(shown, view_root):
-        raise PathOutsideSandboxError(
-            path, f"it resolves to {shown}, outside the sandbox's workspace {view_root}"
-        )
-    pending = [c for c in shown[len(view_root) :].split("/") if c]
-    resolved: list[str] = []  # components below view_root, every one a real directory or the last name
-    links = 0
-    while pending:
-        name = pending.pop(0)
-        if name == ".":
-            continue
-        if name == "..":
-            if not resolved:
-                raise PathOutsideSandboxError(
-                    path, f"a symlink on the way leads above the workspace {view_root}"
-                )
-            resolved.pop()
-            continue
-        host = host_root.joinpath(*resolved, name)
-        if (pending or follow_symlinks) and os.path.islink(host):
-            links += 1
-            if links > _MAX_LINKS:
-                raise InvalidArgumentError(f"too many levels of symbolic links in {path!r}", argument="path")
-            target = os.readlink(host)
-            if target.startswith("/"):
-                target = posixpath.normpath(target)
-                if not _within(target, view_root):
-                    raise PathOutsideSandboxError(
-                        path,
-                        f"a symlink on the way leads to {target}, outside the sandbox's workspace {view_root}",
-                    )
-                resolved = []
-                target = target[len(view_root) :]
-            pending = [c for c in target.split("/") if c] + pending
-            continue
-        resolved.append(name)
-    return host_root.joinpath(*resolved), shown
-
-
-def file_info(path: Path, shown: str | None = None) -> FileInfo:
-    shown = str(path) if shown is None else shown
-    try:
-        st = path.lstat()
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileNotFoundInSandboxError(shown, provider=PROVIDER) from None
-    is_link = stat.S_ISLNK(st.st_mode)
-    is_dir = stat.S_ISDIR(path.stat().st_mode if is_link and path.exists() else st.st_mode)
-    return FileInfo(
-        path=shown,
-        name=posixpath.basename(shown),
-        size=0 if is_dir else st.st_size,
-        is_directory=is_dir,
-        is_symlink=is_link,
-        mode=stat.S_IMODE(st.st_mode),
-        modified_time=datetime.fromtimestamp(st.st_mtime, UTC),
-    )
-
-
-def list_directory(path: Path, shown: str | None = None) -> list[FileInfo]:
-    shown = str(path) if shown is None else shown
-    try:
-        names = sorted(os.listdir(path))
-    except FileNotFoundError:
-        raise FileNotFoundInSandboxError(shown, provider=PROVIDER) from None
-    except NotADirectoryError:
-        if not os.path.lexists(path):  # a file on the way: "file.txt/x"
-            raise FileNotFoundInSandboxError(shown, provider=PROVIDER) from None
-        raise InvalidArgumentError(
-            f"{shown} is not a directory", argument="path", provider=PROVIDER
-        ) from None
-    infos = []
-    for name in names:
-        try:
-            infos.append(file_info(path / name, posixpath.join(shown, name)))
-        except FileNotFoundInSandboxError:
-            continue  # deleted while listing
-    return infos
-
-
-def _not_regular(shown: str, st: os.stat_result, operation: str) -> InvalidArgumentError:
-    what = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-    hint = (
-        "; list_files() lists it" if stat.S_ISDIR(st.st_mode) else f" (only regular files can be {operation})"
-    )
-    return InvalidArgumentError(f"{shown} is {what}{hint}", argument="path", provider=PROVIDER)
-
-
-def write_file(path: Path, data: bytes, *, append: bool, shown: str | None = None) -> None:
-    shown = str(path) if shown is None else shown
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        raise InvalidArgumentError(
-            f"{posixpath.dirname(shown)} (or a parent) exists and is not a directory",
-            argument="path",
-            provider=PROVIDER,
-        ) from None
-    # O_NONBLOCK: opening a named pipe nobody reads must fail, not hang; no O_TRUNC before the type check.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_APPEND if append else 0)
-    try:
-        fd = os.open(path, flags, 0o666)
-    except IsADirectoryError:
-        raise InvalidArgumentError(f"{shown} is a directory", argument="path", provider=PROVIDER) from None
-    except OSError as exc:
-        if exc.errno != errno.ENXIO:  # ENXIO: a named pipe without a reader
-            raise
-        raise InvalidArgumentError(
-            f"{shown} is not a regular file (only regular files can be written)",
-            argument="path",
-            provider=PROVIDER,
-        ) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(shown, st, "written")
-        if not append:
-            os.ftruncate(fd, 0)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
-def read_file(path: Path, shown: str | None = None) -> bytes:
-    shown = str(path) if shown is None else shown
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a named pipe must not hang us
-    except (FileNotFoundError, NotADirectoryError):
-        raise FileNotFoundInSandboxError(shown, provider=PROVIDER) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise _not_regular(shown, st, "read")
-    except BaseException:
-        os.close(fd)
-        raise
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
-
-
-def delete(path: Path, root: Path, shown: str | None = None) -> None:
-    if path == root:
-        raise InvalidArgumentError(
-            "cannot delete the sandbox's root directory", argument="path", provider=PROVIDER
-        )
-    if path.is_dir() and not path.is_symlink():
-        remove_tree(path)
-    elif path.is_symlink() or path.exists():
-        path.unlink()
-    else:
-        raise FileNotFoundInSandboxError(str(path) if shown is None else shown, provider=PROVIDER)
-
-
-def make_directory(path: Path, shown: str | None = None) -> None:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        shown = str(path) if shown is None else shown
-        raise InvalidArgumentError(
-            f"{shown} (or a parent) exists and is not a directory", argument="path", provider=PROVIDER
-        ) from None
 
 
 # -- snapshots ------------------------------------------------------------------------------------------
@@ -495,7 +301,7 @@ def create_layered_snapshot(state_dir: Path, box: SandboxDir, lowers: list[str],
 
 
 def _tree_size(root: Path) -> int:
-    return sum((Path(d) / f).lstat().st_size for d, _, files in os.walk(root) for f in files)
+    return confined.tree_size(root)
 
 
 def create_snapshot(state_dir: Path, box: SandboxDir) -> SnapshotInfo:
@@ -528,9 +334,9 @@ def restore_tree(box: SandboxDir, source: Path) -> None:
     """
     box.recover()
     token = uuid.uuid4().hex
-    copying = box.root / f"{_RESTORE_COPYING}{token}"
-    ready = box.root / f"{_RESTORE_READY}{token}"
-    outgoing = box.root / f"{_RESTORE_OUTGOING}{token}"
+    copying = box.data / f"{_RESTORE_COPYING}{token}"
+    ready = box.data / f"{_RESTORE_READY}{token}"
+    outgoing = box.data / f"{_RESTORE_OUTGOING}{token}"
     try:
         copy_tree(source, copying)
         copying.rename(ready)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from grainchain import AsyncSandbox, ExecutionResult, SandboxConfig, SandboxInfo
+from grainchain._localfs import SandboxDir
 from grainchain.sync import ProcessHandle
 from grainchain.sync import Sandbox as SyncSandbox
 
@@ -113,7 +114,7 @@ async def workspace_of(sandbox: Any) -> Path:
     if seen != "/workspace" and not seen.startswith("/workspace/"):
         return Path(seen)
     state = Path(os.environ["GRAINCHAIN_STATE_DIR"]).resolve()
-    return state / "local" / "sandboxes" / sandbox.sandbox_id / "workspace" / seen[len("/workspace/") :]
+    return SandboxDir(state, sandbox.sandbox_id).workspace / seen[len("/workspace/") :]
 
 
 def tree_state(root: Path) -> dict[str, tuple[Any, ...]]:

@@ -13,7 +13,7 @@ from _procs import process_environments
 from _support import AwaitableSync, close
 
 from grainchain import AsyncSandbox, SandboxConfig
-from grainchain._hostproc import SANDBOX_MARKER
+from grainchain._hostproc import SANDBOX_MARKER, STATE_MARKER, state_tag
 from grainchain.sync import Sandbox as SyncSandbox
 
 
@@ -28,30 +28,20 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def sandbox_processes(state: Path | None = None) -> list[int]:
     """PIDs of live processes started by grainchain sandboxes (they carry the sandbox marker); with `state`,
-    only those of sandboxes under that state dir (their HOME or TMPDIR lies there), so that concurrent test
-    runs on the same machine do not count."""
+    only those of sandboxes under that state dir (their state tag says so, or their HOME or TMPDIR lies
+    there), so that concurrent test runs on the same machine do not count."""
     found = []
+    marker = SANDBOX_MARKER.encode() + b"="
     for pid, environ in process_environments():
-        if not any(e.startswith(SANDBOX_MARKER.encode() + b"=") for e in environ):
+        if not any(e.startswith(marker) for e in environ):
             continue
         if state is not None:
+            tag = f"{STATE_MARKER}={state_tag(state.resolve())}".encode()
             prefixes = [f"{var}={state}".encode() for var in ("HOME", "TMPDIR")]
-            if not any(e.startswith(p) for e in environ for p in prefixes) and not _mounts_from(pid, state):
+            if tag not in environ and not any(e.startswith(p) for e in environ for p in prefixes):
                 continue
         found.append(pid)
     return found
-
-
-def _mounts_from(pid: int, state: Path) -> bool:
-    """Whether the process sees a mount of a directory under `state` (an isolated sandbox's /workspace is
-    a bind mount of its host workspace; its HOME and TMPDIR are sandbox paths). Mount roots are relative to
-    their filesystem, so only the tail of the state path is compared."""
-    tail = "/" + "/".join(state.parts[-3:]) + "/"
-    try:
-        with open(f"/proc/{pid}/mountinfo") as f:
-            return any(tail in line.split()[3] + "/" for line in f)
-    except OSError:
-        return False
 
 
 @pytest.fixture(autouse=True)

@@ -180,14 +180,18 @@ async def test_auto_cleanup_false_keeps_a_closed_sandbox(flavour: str) -> None:
         await sandbox.upload_file("result.txt", "keep")
         sandbox_id = sandbox.sandbox_id
 
-    assert (ws / "result.txt").read_text() == "keep"
     listed = {info.sandbox_id: info for info in await list_sandboxes(flavour)}
     assert listed[sandbox_id].status is SandboxStatus.closed
 
     again = await connect(flavour, sandbox_id)
+    assert (ws / "result.txt").read_text() == "keep"
     assert await again.download_file("result.txt") == b"keep"
     await close(again)
-    assert ws.is_dir()  # still auto_cleanup=False
+    third = await connect(flavour, sandbox_id)  # still auto_cleanup=False
+    try:
+        assert await third.download_file("result.txt") == b"keep"
+    finally:
+        await close(third)
 
 
 async def test_list_sandboxes(make_sandbox: Any) -> None:

@@ -53,7 +53,7 @@ async def test_environment_is_scrubbed(make_sandbox: Any, monkeypatch: pytest.Mo
     assert env["HOME"] == workspace
     # nothing else of the host leaks: only the minimal variables, the markers and what the shell adds
     allowed = {"PATH", "LANG", "HOME", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_"}
-    allowed |= {"GRAINCHAIN_SANDBOX_ID", "GRAINCHAIN_EXEC_ID"}
+    allowed |= {"GRAINCHAIN_SANDBOX_ID", "GRAINCHAIN_EXEC_ID", "GRAINCHAIN_STATE_TAG"}
     assert set(env) <= allowed, set(env) - allowed
     assert os.path.isdir(env["TMPDIR"])
 

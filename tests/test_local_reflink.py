@@ -14,7 +14,8 @@ import pytest
 from grainchain import SandboxConfig
 from grainchain.sync import Sandbox
 
-COPIES = SandboxConfig(provider_config={"isolation": "none", "snapshots": "copy"})
+# no disk quota: the workspace then lies on the state dir's filesystem, where the snapshots are
+COPIES = SandboxConfig(provider_config={"isolation": "none", "snapshots": "copy", "disk_limit": None})
 
 
 @pytest.fixture

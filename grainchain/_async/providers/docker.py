@@ -360,6 +360,9 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             host["MemorySwap"] = int(config.memory_limit)  # no swap: over the limit means killed
         if config.cpu_limit is not None:
             host["NanoCpus"] = int(config.cpu_limit * 1e9)
+        disk_limit = dk.parse_disk_limit(config.provider_config.get("disk_limit"))
+        if disk_limit is not None:  # the container's writable layer; engines that cannot, refuse (see create)
+            host["StorageOpt"] = {"size": str(disk_limit)}
         network = config.provider_config.get("network")
         if network is not None:
             host["NetworkMode"] = str(network)
@@ -441,25 +444,43 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         checkpoint: tuple[str, str] | None = None,
     ) -> str:
         """Create and start a container; from a saved checkpoint (name, directory) when one is given."""
-        created = await engine.json(
-            "POST",
-            "/containers/create",
-            "create container",
-            json=cls._container_body(image, sandbox_id, config, engine.endpoint.publish_ip),
-        )
+        try:
+            created = await engine.json(
+                "POST",
+                "/containers/create",
+                "create container",
+                json=cls._container_body(image, sandbox_id, config, engine.endpoint.publish_ip),
+            )
+        except (ProviderError, InvalidArgumentError) as exc:
+            await cls._explain_disk_limit(engine, config, exc)
+            raise
         container_id = str(created["Id"])
         try:
             if checkpoint is None:
                 await engine.request("POST", f"/containers/{container_id}/start", "start container")
             else:
                 await _resume(engine, container_id, *checkpoint)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 await engine.request(
                     "DELETE", f"/containers/{container_id}", "remove container", params={"force": "1"}
                 )
+            if isinstance(exc, ProviderError | InvalidArgumentError):
+                await cls._explain_disk_limit(engine, config, exc)  # drivers that refuse only at start
             raise
         return container_id
+
+    @staticmethod
+    async def _explain_disk_limit(engine: _Engine, config: SandboxConfig, exc: GrainchainError) -> None:
+        """Raise a ConfigurationError when the engine refused the container because it cannot enforce
+        provider_config disk_limit (its storage driver or filesystem); return otherwise."""
+        value = config.provider_config.get("disk_limit")
+        if value is None or not dk.storage_opt_refused(exc.message):
+            return
+        info: dict[str, Any] = {}
+        with contextlib.suppress(GrainchainError):
+            info = await engine.info()
+        raise dk.disk_limit_error(value, exc.message, info) from exc
 
     @classmethod
     async def missing_features(cls, config: SandboxConfig, settings: Settings) -> dict[Feature, str]:
@@ -489,6 +510,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
                 f"(known: {', '.join(sorted(dk.KNOWN_PROVIDER_CONFIG))})",
                 provider=cls.provider_name,
             )
+        dk.parse_disk_limit(config.provider_config.get("disk_limit"))  # a bad value fails before the engine
         engine = _Engine()
         sandbox_id = "gc-" + uuid.uuid4().hex[:16]
         try:
@@ -652,11 +674,50 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         return _Exec(self._engine, exec_id, marker, response)
 
     async def _kill_marked(self, marker: str) -> None:
-        run = await self._exec(["sh", "-c", dk.KILL_SCRIPT, "sh", marker], "/", None, _KILL_TIMEOUT)
+        """Kill every process of an exec (they carry its marker)."""
+        if await self._helper_exec(dk.KILL_SCRIPT, marker) == 0:
+            return
+        # The kill script could not finish: most likely a fork bomb holds every pid the pids limit allows,
+        # so the script cannot fork. Stop everything (a builtin: no fork), lend the container a few pids for
+        # the script, then give the limit back and let the sandbox's other processes continue.
+        dk.log.info("killing a command's processes at the sandbox's pids limit (a fork bomb?)")
+        await self._helper_exec(dk.SIGNAL_ALL_SCRIPT, "STOP")
+        limit = await self._pids_limit()
+        code = None
         try:
-            await run.pump(OutputCollector(limit=1 << 20), time.monotonic() + _KILL_TIMEOUT)
+            if limit:
+                await self._set_pids_limit(limit + dk.KILL_PIDS_HEADROOM)
+            code = await self._helper_exec(dk.KILL_SCRIPT, marker)
+        finally:
+            with contextlib.suppress(GrainchainError):
+                if limit:
+                    await self._set_pids_limit(limit)
+                await self._helper_exec(dk.SIGNAL_ALL_SCRIPT, "CONT")
+        if code != 0:
+            raise ProviderError(
+                f"could not kill the processes of a command in container {self._container[:12]} "
+                f"(the kill script ended with {code if code is not None else 'a timeout'})",
+                provider=dk.PROVIDER,
+            )
+
+    async def _helper_exec(self, script: str, *args: str) -> int | None:
+        """Run a kill helper script as its own exec; its exit code (None: it did not end in time)."""
+        run = await self._exec(["sh", "-c", script, "sh", *args], "/", None, _KILL_TIMEOUT)
+        try:
+            finished = await run.pump(OutputCollector(limit=1 << 20), time.monotonic() + _KILL_TIMEOUT)
         finally:
             await run.close()
+        return await run.exit_code() if finished else None
+
+    async def _pids_limit(self) -> int | None:
+        info = await self._engine.json("GET", f"/containers/{self._container}/json", "inspect container")
+        limit = (info.get("HostConfig") or {}).get("PidsLimit")
+        return int(limit) if limit and int(limit) > 0 else None
+
+    async def _set_pids_limit(self, limit: int) -> None:
+        await self._engine.request(
+            "POST", f"/containers/{self._container}/update", "update pids limit", json={"PidsLimit": limit}
+        )
 
     def _collector(
         self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
@@ -970,7 +1031,8 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
 
     async def _snapshot_image(self, snapshot_id: str) -> dict[str, str]:
         """The labels of a snapshot's image (SnapshotNotFoundError when it is not one of ours)."""
-        if not snapshot_id.startswith(dk.SNAPSHOT_REPO + ":"):
+        repo, _, tag = snapshot_id.rpartition(":")
+        if repo != dk.SNAPSHOT_REPO or not dk.SNAPSHOT_TAG.fullmatch(tag):  # the tag names a checkpoint
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER)
         try:
             image: dict[str, Any] = await self._engine.json(
@@ -984,10 +1046,19 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         return labels
 
     def _saved_checkpoint(self, snapshot_id: str, labels: dict[str, str]) -> tuple[str, str] | None:
-        """(checkpoint name, saved directory) of a memory snapshot; None for a filesystem snapshot."""
-        saved = labels.get(dk.LABEL_CHECKPOINT)
-        if labels.get(dk.LABEL_KIND) != SnapshotKind.memory.value or not saved:
+        """(checkpoint name, saved directory) of a memory snapshot; None for a filesystem snapshot. Only a
+        directory in grainchain's checkpoint store is ever copied into a container (dk.owned_checkpoint)."""
+        if labels.get(dk.LABEL_KIND) != SnapshotKind.memory.value:
             return None
+        store = str(self._checkpoint_store())
+        labelled = labels.get(dk.LABEL_CHECKPOINT)
+        saved = labelled
+        if saved is None:
+            raise SnapshotNotFoundError(
+                f"{snapshot_id} (its memory checkpoint {labelled!r} is not in this grainchain's checkpoint "
+                f"directory {store}: was it made with another GRAINCHAIN_STATE_DIR?)",
+                provider=dk.PROVIDER,
+            )
         if not os.path.isdir(saved):
             raise SnapshotNotFoundError(
                 f"{snapshot_id} (its memory checkpoint {saved} is gone)", provider=dk.PROVIDER

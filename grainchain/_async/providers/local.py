@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
@@ -24,29 +23,34 @@ from pathlib import Path
 from typing import Any, Self
 
 from grainchain import _cgroups as cg
+from grainchain import _confined as confined
 from grainchain import _criu as criu
+from grainchain import _disk as disk
 from grainchain import _isolation as iso
 from grainchain import _layers as layers
 from grainchain import _localfs as fs
-from grainchain._acompat import arun_blocking
+from grainchain._acompat import arun_blocking, arun_in
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.hostexec import AsyncHostProcessHandle, run_to_completion
 from grainchain._generated.features import Feature
 from grainchain._hostproc import (
     EXEC_MARKER,
     SANDBOX_MARKER,
+    STATE_MARKER,
     HostProcess,
     kill_marked,
     marked_pids,
     scrubbed_environment,
     spawn,
+    state_tag,
 )
 from grainchain._output import OutputCollector, memory_limit_error
-from grainchain._types import OutputCallback
+from grainchain._spawner import Spawner
+from grainchain._types import OutputCallback, parse_byte_size
 from grainchain.errors import (
     CapabilityError,
     ConfigurationError,
-    FileNotFoundInSandboxError,
+    ProviderError,
     ProviderUnavailableError,
 )
 from grainchain.models import (
@@ -60,12 +64,15 @@ from grainchain.models import (
 )
 from grainchain.settings import Settings
 
-KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset({"isolation", "network", "pids_limit", "snapshots"})
+KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset(
+    {"isolation", "network", "pids_limit", "snapshots", "disk_limit"}
+)
 SNAPSHOT_MODES = ("layers", "copy")
-# No process limit unless asked for: a cgroup costs each command a move into it, and a move between cgroup
-# v1 groups waits for an RCU grace period (measured here: ~1 ms on an idle machine, ~9 ms on a busy one,
-# against ~4.5 ms for the whole command). A fork bomb is contained by provider_config pids_limit.
-DEFAULT_PIDS_LIMIT: int | None = None
+# A fork bomb must not exhaust the host's pids: every sandbox gets a pids cgroup where cgroups are writable
+# (commands start in it for free: grainchain/_spawner.py); provider_config pids_limit=None turns it off.
+# Where there are no cgroups only an explicit pids_limit applies (as RLIMIT_NPROC, which counts the user's
+# every process: no default).
+DEFAULT_PIDS_LIMIT = 4096
 
 
 def _options(config: SandboxConfig) -> iso.Options:
@@ -76,7 +83,8 @@ def _options(config: SandboxConfig) -> iso.Options:
             f"(known: {', '.join(sorted(KNOWN_PROVIDER_CONFIG))})",
             provider="local",
         )
-    return iso.parse_options(config.provider_config, DEFAULT_PIDS_LIMIT)
+    default = DEFAULT_PIDS_LIMIT if cg.unavailable(cg.Limits(pids=DEFAULT_PIDS_LIMIT)) is None else None
+    return iso.parse_options(config.provider_config, default)
 
 
 def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
@@ -92,6 +100,35 @@ def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
     if mode == "layers" and reason:
         raise ProviderUnavailableError(f"snapshots 'layers' are not available: {reason}", provider="local")
     return str(mode or ("copy" if reason else "layers"))
+
+
+def _disk_limit(config: SandboxConfig, settings: Settings) -> int | None:
+    """provider_config disk_limit: a size (default disk.DEFAULT_LIMIT where a disk can be made, i.e. as
+    root with loop devices), or None for no quota (snapshots of an idle sandbox are then faster: its
+    upper layer is renamed into a layer instead of copied)."""
+    state = settings.state_dir.resolve()
+    if "disk_limit" not in config.provider_config:
+        return disk.DEFAULT_LIMIT if disk.unavailable(state) is None else None
+    value = config.provider_config["disk_limit"]
+    if value is None:
+        return None
+    try:
+        size = parse_byte_size(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"provider_config 'disk_limit' of local: {exc}", provider="local") from None
+    if size < disk.MIN_LIMIT:
+        raise ConfigurationError(
+            f"provider_config 'disk_limit' of local must be at least {disk.MIN_LIMIT // 2**20} MiB "
+            f"(the filesystem's own metadata), not {value!r}",
+            provider="local",
+        )
+    if reason := disk.unavailable(state):
+        raise ProviderUnavailableError(
+            f"provider_config 'disk_limit' cannot be enforced here: {reason} (set it to None to run "
+            "without a disk quota)",
+            provider="local",
+        )
+    return size
 
 
 def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
@@ -134,15 +171,14 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         self._launcher: list[str] = list(runtime.get("launcher", []))  # cgroup placement or rlimits
         self._stack = layers.Stack.from_stored(runtime["stack"]) if runtime.get("stack") else None
         self._holder = iso.Holder(**runtime["holder"]) if runtime.get("holder") else None
+        self._spawner: Spawner | None = None  # started with the first command
         # the workspace as commands see it; file operations take and show paths in this view
         self._view_root = iso.WORKSPACE if self._isolated else str(box.workspace)
         self._cwd = self._view_of(self._working_directory(config.working_directory))
 
     def _working_directory(self, working_dir: str | None) -> Path:
         """The host directory commands start in by default."""
-        host, _ = fs.resolve_in_view(
-            self._box.workspace, self._view_root, self._view_root, working_dir or "."
-        )
+        host, _ = confined.resolve(self._view(), self._view_root, working_dir or ".")
         return host
 
     def _view_of(self, host: Path) -> str:
@@ -187,9 +223,11 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
                 hint="provider_config network 'none' needs isolation 'namespaces'",
             )
         options = dataclasses.replace(
-            options, snapshots=await arun_blocking(_snapshot_mode, config, settings)
+            options,
+            snapshots=await arun_blocking(_snapshot_mode, config, settings),
+            disk_limit=await arun_blocking(_disk_limit, config, settings),
         )
-        box = await arun_blocking(fs.SandboxDir.create, settings.state_dir, config)
+        box = await arun_blocking(fs.SandboxDir.create, settings.state_dir, config, options.disk_limit)
         cgroup: cg.SandboxCgroup | None = None
         try:
             cgroup, launcher = await arun_blocking(cls._make_limits, box.sandbox_id, _limits(config, options))
@@ -203,10 +241,10 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
                 runtime["stack"] = stack.stored()
                 state = settings.state_dir.resolve()
                 await arun_blocking(layers.base_layer, state)
-                await arun_blocking(layers.mount_stack, state, box.root, box.workspace, stack)
+                await arun_blocking(layers.mount_stack, state, box.data, box.workspace, stack)
             await arun_blocking(box.save, SandboxStatus.running, config, None, runtime)
             adapter = cls(box, config, settings, runtime)
-            await arun_blocking(adapter._host_cwd().mkdir, parents=True, exist_ok=True)
+            await arun_blocking(adapter._make_cwd)
             if adapter._isolated:
                 await arun_blocking(adapter._start_holder)
         except BaseException:
@@ -252,11 +290,12 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             cgroup, launcher = await arun_blocking(cls._make_limits, box.sandbox_id, limits)
             runtime |= {"cgroup": None if cgroup is None else cgroup.stored(), "launcher": launcher}
         adapter = cls(box, stored, settings, runtime)
+        await arun_blocking(box.mount_disk)  # mounts do not survive a reboot
         if adapter._stack is None:
             await arun_blocking(box.recover)  # a restore its last owner did not finish (crash)
         else:  # mounts do not survive a reboot
             await arun_blocking(
-                layers.mount_stack, adapter._state_dir, box.root, box.workspace, adapter._stack
+                layers.mount_stack, adapter._state_dir, box.data, box.workspace, adapter._stack
             )
         await arun_blocking(adapter._save)
         return adapter
@@ -267,6 +306,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     async def aclose(self) -> None:
         await self._kill_all()
+        self._stop_spawner()  # its thread must leave the cgroup before the cgroup can go
         if self._cgroup is not None:
             await arun_blocking(self._cgroup.remove)
         if self.config.auto_cleanup:
@@ -277,7 +317,12 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             if self._stack is not None:
                 await arun_blocking(self._materialize)
             await arun_blocking(self._save, SandboxStatus.closed)
+            await arun_blocking(self._box.unmount_disk)  # no mount left behind; connect() mounts it again
         self.status = SandboxStatus.closed
+
+    async def detach(self) -> None:
+        self._stop_spawner()
+        await super().detach()
 
     def _materialize(self) -> None:
         """Turn a layered workspace into a plain directory (a closed, kept sandbox leaves no mount behind);
@@ -286,8 +331,9 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         state, box = self._state_dir, self._box
         with layers.locked(state):
             layers.unmount(box.workspace)
-            stack = layers.freeze(state, box.root, self._stack)
-            with layers.merged_view(state, stack.lowers) as merged:
+            lowers = [layers.copy_upper(state, box.data, self._stack), *self._stack.lowers]
+            layers.drop_upper(box.data, self._stack)
+            with layers.merged_view(state, lowers) as merged:
                 layers.copy_into(merged, box.workspace)
             self._stack = None
             self._options = dataclasses.replace(self._options, snapshots="copy")
@@ -305,9 +351,10 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         # whose marker may name the sandbox they were captured in)
         if self._holder is not None:
             await arun_blocking(self._holder.kill)
-        await arun_blocking(kill_marked, f"{SANDBOX_MARKER}={self.sandbox_id}")
-        if self._cgroup is not None:
+        if self._cgroup is not None:  # every process of the sandbox is in it: no scan of the host's
             await arun_blocking(self._cgroup.kill_all)
+        else:
+            await arun_blocking(kill_marked, f"{SANDBOX_MARKER}={self.sandbox_id}")
         if self._holder is not None:
             await arun_blocking(self._holder.wait_gone)
         self._holder = None
@@ -319,7 +366,10 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     # -- namespaces -----------------------------------------------------------------------------------
 
     def _holder_env(self) -> dict[str, str]:
-        return scrubbed_environment({SANDBOX_MARKER: self.sandbox_id})
+        return scrubbed_environment(self._markers())
+
+    def _markers(self) -> dict[str, str]:
+        return {SANDBOX_MARKER: self.sandbox_id, STATE_MARKER: state_tag(self._state_dir)}
 
     def _start_holder(self) -> None:
         self._holder = iso.start_holder(
@@ -329,6 +379,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             network=self._options.network,
             env=self._holder_env(),
             launcher=self._launcher,
+            rootfs=self._box.rootfs,
         )
 
     def _ensure_holder(self) -> iso.Holder:
@@ -342,23 +393,23 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     # -- paths ----------------------------------------------------------------------------------------
 
-    def _resolve(self, path: str, *, follow_symlinks: bool = True) -> tuple[Path, str]:
-        """(host path, path as the sandbox sees it) of a path given by the user."""
-        return fs.resolve_in_view(
-            self._box.workspace, self._view_root, self._cwd, path, follow_symlinks=follow_symlinks
-        )
+    # File operations act through descriptors walked from the workspace root (grainchain/_confined.py),
+    # never through a host path: a command may swap a directory for a symlink at any moment.
 
-    def _host_cwd(self) -> Path:
-        return self._resolve(self._cwd)[0]
+    def _view(self) -> confined.View:
+        return confined.View(self._box.workspace, self._view_root)
+
+    def _make_cwd(self) -> None:
+        confined.make_directory(self._view(), self._cwd, self._cwd)
 
     # -- commands -------------------------------------------------------------------------------------
 
     def _spawn(
         self, command: str, working_dir: str | None, environment: dict[str, str] | None
     ) -> HostProcess:
-        host_cwd, cwd = self._resolve(self._cwd if working_dir is None else working_dir)
-        if not host_cwd.is_dir():  # also a working directory deleted since the sandbox started
-            raise FileNotFoundInSandboxError(cwd, provider=self.provider_name)
+        # FileNotFoundInSandboxError also for a working directory deleted since the sandbox started
+        path = self._cwd if working_dir is None else working_dir
+        host_cwd, cwd = confined.directory(self._view(), self._cwd, path)
         home, tmp = (
             (iso.WORKSPACE, iso.SANDBOX_TMP) if self._isolated else (self._view_root, str(self._box.tmp))
         )
@@ -366,14 +417,46 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             {"HOME": home, "TMPDIR": tmp},
             self.config.environment_vars,
             environment or {},
-            {SANDBOX_MARKER: self.sandbox_id},
+            self._markers(),
         )
         marker = (EXEC_MARKER, uuid.uuid4().hex)
+        # the spawner thread already holds its children in the pids cgroup: a launcher only for the rest
+        launcher = self._launcher if self._cgroup is None else self._cgroup.launcher(besides_thread=True)
         if not self._isolated:
-            return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=self._launcher)
-        holder = self._ensure_holder()
-        prefix = [*self._launcher, *holder.enter_argv(cwd)]
-        return spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
+            child = spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=launcher)
+        else:
+            holder = self._holder
+            if holder is None:  # ended meanwhile (a restore, terminate): _start_command starts it again
+                raise ProviderError(
+                    "the sandbox's processes were stopped while the command started (restore or "
+                    "terminate in another thread); try again",
+                    provider="local",
+                    retryable=True,
+                )
+            prefix = [*launcher, *holder.enter_argv(cwd)]
+            child = spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
+        child.candidates = None if self._cgroup is None else self._cgroup.pids  # kills look there only
+        return child
+
+    async def _start_command(
+        self, command: str, working_dir: str | None, environment: dict[str, str] | None
+    ) -> HostProcess:
+        """Start a command on the sandbox's spawner thread (its seccomp filter and pids cgroup are then the
+        command's from the start); the holder is started first, on an ordinary thread (bwrap mounts)."""
+        if self._isolated:
+            await arun_blocking(self._ensure_holder)
+        return await arun_in(self._spawner_thread(), self._spawn, command, working_dir, environment)
+
+    def _spawner_thread(self) -> Spawner:
+        if self._spawner is None:
+            tasks = [] if self._cgroup is None else self._cgroup.thread_tasks()
+            self._spawner = Spawner(cgroup_tasks=tasks, filtered=self._isolated)
+        return self._spawner
+
+    def _stop_spawner(self) -> None:
+        if self._spawner is not None:
+            self._spawner.stop()
+            self._spawner = None
 
     def _collector(
         self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
@@ -390,7 +473,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         on_stderr: OutputCallback | None = None,
     ) -> ExecutionResult:
         oom_before = self._oom_kills()
-        child = self._spawn(command, working_dir, environment)
+        child = await self._start_command(command, working_dir, environment)
         output = self._collector(on_stdout, on_stderr)
         result = await run_to_completion(child, command, output, self.command_timeout(timeout))
         self._raise_if_oom_killed(result, oom_before)
@@ -416,7 +499,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         on_stderr: OutputCallback | None = None,
     ) -> AsyncLocalProcessHandle:
         oom_before = self._oom_kills()
-        child = self._spawn(command, working_dir, environment)
+        child = await self._start_command(command, working_dir, environment)
         handle = AsyncLocalProcessHandle(child, command, self._collector(on_stdout, on_stderr))
         handle.on_result = lambda result: self._raise_if_oom_killed(result, oom_before)
         if self._isolated:  # the pid its commands know it by (nsenter forks it into the pid namespace)
@@ -428,32 +511,30 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     # -- files ----------------------------------------------------------------------------------------
 
     async def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
-        target, shown = self._resolve(path)
         data = self.content_bytes(content)
-        await arun_blocking(fs.write_file, target, data, append=mode.startswith("a"), shown=shown)
+        append = mode.startswith("a")
+        await arun_blocking(confined.write_file, self._view(), self._cwd, path, data, append=append)
 
     async def download_file(self, path: str) -> bytes:
-        return await arun_blocking(fs.read_file, *self._resolve(path))
+        return await arun_blocking(confined.read_file, self._view(), self._cwd, path)
 
     async def list_files(self, path: str = ".") -> list[FileInfo]:
-        return await arun_blocking(fs.list_directory, *self._resolve(path))
+        return await arun_blocking(confined.list_directory, self._view(), self._cwd, path)
 
     # These act on a symlink itself, not on what it points to, so a link leading out of the workspace can
     # still be inspected and removed (its target is never touched).
 
     async def get_file_info(self, path: str) -> FileInfo:
-        return await arun_blocking(fs.file_info, *self._resolve(path, follow_symlinks=False))
+        return await arun_blocking(confined.file_info, self._view(), self._cwd, path)
 
     async def file_exists(self, path: str) -> bool:
-        target, _ = self._resolve(path, follow_symlinks=False)
-        return await arun_blocking(os.path.lexists, target)
+        return await arun_blocking(confined.exists, self._view(), self._cwd, path)
 
     async def delete_file(self, path: str) -> None:
-        target, shown = self._resolve(path, follow_symlinks=False)
-        await arun_blocking(fs.delete, target, self._box.workspace, shown)
+        await arun_blocking(confined.delete, self._view(), self._cwd, path)
 
     async def make_directory(self, path: str) -> None:
-        await arun_blocking(fs.make_directory, *self._resolve(path))
+        await arun_blocking(confined.make_directory, self._view(), self._cwd, path)
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -465,7 +546,9 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         inside = (
             set() if self._holder is None or not self._holder.alive() else set(criu.tree(self._holder.pid))
         )
-        marked = marked_pids(f"{SANDBOX_MARKER}={self.sandbox_id}")
+        marked = (
+            marked_pids(f"{SANDBOX_MARKER}={self.sandbox_id}") if self._cgroup is None else self._cgroup.pids()
+        )
         return any(pid not in holder for pid in [*marked, *inside])
 
     async def create_snapshot(self, kind: SnapshotKind = SnapshotKind.filesystem) -> str:
@@ -474,7 +557,8 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         if self._stack is None:
             info = await arun_blocking(fs.create_snapshot, self._state_dir, self._box)
             return info.snapshot_id
-        if await arun_blocking(self._busy):
+        # with a disk the upper layer lives on another filesystem than the layers: copied, never renamed
+        if self._options.disk_limit is not None or await arun_blocking(self._busy):
             return await arun_blocking(self._snapshot_busy_layers)
         # idle: freeze the upper layer in place of copying it; the holder's mount namespace goes with it
         await self._kill_all()
@@ -484,13 +568,13 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         assert self._stack is not None
         state, box = self._state_dir, self._box
         with layers.locked(state):
-            if layers.unchanged(box.root, self._stack, state):  # nothing new: the same layers again
+            if layers.unchanged(box.data, self._stack, state):  # nothing new: the same layers again
                 lowers = self._stack.lowers
                 return fs.create_layered_snapshot(
                     state, box, lowers, layers.stack_size(state, lowers)
                 ).snapshot_id
             layers.unmount(box.workspace)
-            stack = layers.freeze(state, box.root, self._stack)
+            stack = layers.freeze(state, box.data, self._stack)
             if len(stack.lowers) > layers.MAX_DEPTH:
                 stack = layers.Stack([layers.flatten(state, stack.lowers)])
             info = fs.create_layered_snapshot(
@@ -498,14 +582,14 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             )
             self._stack = stack
             self._save()
-            layers.mount_stack(state, box.root, box.workspace, stack)
+            layers.mount_stack(state, box.data, box.workspace, stack)
         return info.snapshot_id
 
     def _snapshot_busy_layers(self) -> str:
         assert self._stack is not None
         state, box = self._state_dir, self._box
         with layers.locked(state):
-            layer_id = layers.copy_upper(state, box.root, self._stack)
+            layer_id = layers.copy_upper(state, box.data, self._stack)
             lowers = [layer_id, *self._stack.lowers]
             if len(lowers) > layers.MAX_DEPTH:
                 lowers = [layers.flatten(state, lowers)]
@@ -528,7 +612,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             await arun_blocking(fs.restore_snapshot, self._state_dir, self._box, snapshot_id)
         else:
             await arun_blocking(self._restore_layers, snapshot_id, lowers)
-        await arun_blocking(self._host_cwd().mkdir, parents=True, exist_ok=True)
+        await arun_blocking(self._make_cwd)
         if memory:
             await arun_blocking(self._restore_processes, snapshot_id)
         # else the holder starts again with the next command
@@ -556,13 +640,13 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
                     size = layers.stack_size_of(staging / "tree")
                 else:
                     with layers.locked(state):
-                        lowers = [layers.copy_upper(state, box.root, self._stack), *self._stack.lowers]
+                        lowers = [layers.copy_upper(state, box.data, self._stack), *self._stack.lowers]
                         if len(lowers) > layers.MAX_DEPTH:
                             lowers = [layers.flatten(state, lowers)]
                         layers.write_snapshot_layers(staging, lowers)
                         size = layers.stack_size(state, lowers)
                 layers.copy_into_new(box.tmp, staging / "tmp")
-                layers.copy_into_new(box.root / "rootfs", staging / "rootfs")
+                layers.copy_into_new(box.rootfs, staging / "rootfs")
                 (staging / "memory.json").write_text(json.dumps({"network": holder.network}))
             finally:
                 criu.resume(holder.pid)
@@ -574,11 +658,11 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         """Bring a memory snapshot's processes back, on the files restore_snapshot just put in place."""
         source = fs.snapshot_path(self._state_dir, snapshot_id)
         box = self._box
-        for name, target in (("tmp", box.tmp), ("rootfs", box.root / "rootfs")):
+        for name, target in (("tmp", box.tmp), ("rootfs", box.rootfs)):
             fs.remove_tree(target)
             layers.copy_into_new(source / name, target)
         network = json.loads((source / "memory.json").read_text())["network"]
-        pid = criu.restore(source / "criu", box.root / "rootfs", box.workspace, box.tmp)
+        pid = criu.restore(source / "criu", box.rootfs, box.workspace, box.tmp)
         self._holder = iso.Holder(pid=pid, target=pid, network=network, userns=False)
         if self._cgroup is not None:
             self._cgroup.adopt(criu.tree(pid))
@@ -608,8 +692,8 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             layers.unmount(box.workspace)
             self._stack = new
             self._save()  # from here on a crash leaves the new state, mounted again by connect()
-            layers.mount_stack(state, box.root, box.workspace, new)
-            layers.drop_upper(box.root, old)
+            layers.mount_stack(state, box.data, box.workspace, new)
+            layers.drop_upper(box.data, old)
             layers.collect_garbage(state)
 
     async def list_snapshots(self) -> list[SnapshotInfo]:
