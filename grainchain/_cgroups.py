@@ -24,6 +24,7 @@ from typing import Any
 from grainchain._hostproc import stop_then_kill
 
 CPU_PERIOD_US = 100_000
+THREAD_CONTROLLERS = ("pids", "cpu")  # the v1 controllers a spawner thread steps into
 _probe_cache: dict[str, Any] = {}
 
 
@@ -32,9 +33,12 @@ class Limits:
     memory: int | None = None  # bytes
     cpu: float | None = None  # cores
     pids: int | None = None
+    # A cpu cgroup without a quota: the sandbox's processes then compete for CPU as one group, not one by
+    # one, so that a fork bomb of busy processes cannot starve the host (nor the kill that ends it).
+    cpu_group: bool = False
 
     def controllers(self) -> list[str]:
-        wanted = [("memory", self.memory), ("cpu", self.cpu), ("pids", self.pids)]
+        wanted = [("memory", self.memory), ("cpu", self.cpu or self.cpu_group or None), ("pids", self.pids)]
         return [name for name, value in wanted if value is not None]
 
 
@@ -197,17 +201,18 @@ class SandboxCgroup:
         return all(os.path.isdir(path) for path in self.dirs.values())
 
     def thread_tasks(self) -> list[str]:
-        """The v1 `tasks` files a spawner thread joins (grainchain/_spawner.py): the pids controller's only.
-        Empty on v2, where the threads of a process cannot be in different (domain) cgroups."""
-        if self.version == 1 and "pids" in self.dirs:
-            return [str(Path(self.dirs["pids"]) / "tasks")]
-        return []
+        """The v1 `tasks` files a spawner thread joins (grainchain/_spawner.py): the pids and cpu
+        controllers' (never memory's: see the spawner). Empty on v2, where the threads of a process cannot be
+        in different (domain) cgroups."""
+        if self.version != 1:
+            return []
+        return [str(Path(self.dirs[name]) / "tasks") for name in THREAD_CONTROLLERS if name in self.dirs]
 
     def launcher(self, *, besides_thread: bool = False) -> list[str]:
         """argv prefix: put the launching shell in the cgroup(s), then exec the rest of the argv. With
         `besides_thread`, only the cgroups a spawner thread does not already hold its children in (empty
         when there are none: no shell at all)."""
-        placed = {"pids"} if besides_thread and self.thread_tasks() else set()
+        placed = set(THREAD_CONTROLLERS) if besides_thread and self.version == 1 else set()
         dirs = [p for name, p in self.dirs.items() if name not in placed]
         if not dirs:
             return []

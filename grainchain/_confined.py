@@ -112,12 +112,15 @@ class _Walk:
     and the names of those directories (for the host path). `..` pops the stack; every descriptor opened is
     closed by close()."""
 
-    def __init__(self, view: View, path: str, root: int, fds: list[int] | None = None) -> None:
+    def __init__(
+        self, view: View, path: str, root: int, start: tuple[list[int], list[str]] | None = None
+    ) -> None:
         self.view = view
         self.path = path  # the user's, for messages
         self.root = root
-        self.fds = [root] if fds is None else list(fds)  # -1: below a missing directory (lenient walks)
-        self.names: list[str] = []
+        # -1: below a missing directory (lenient walks); names[i] is the name of fds[i + 1]
+        self.fds = [root] if start is None else list(start[0])
+        self.names: list[str] = [] if start is None else list(start[1])
         self.links = 0
         self.spins = 0
         self.opened: list[int] = []
@@ -499,9 +502,10 @@ def _info(st: os.stat_result, shown: str, link_to_dir: Callable[[], bool]) -> Fi
     )
 
 
-def _leads_to_directory(w: _Walk, fds: list[int], name: str) -> bool:
-    """Whether the symlink `name` in the directory fds[-1] resolves, as the sandbox sees it, to a directory
-    inside the workspace (a link out of it, a dangling one or a loop: False). Never a host lookup."""
+def _leads_to_directory(w: _Walk, start: tuple[list[int], list[str]], name: str) -> bool:
+    """Whether the symlink `name` in the directory start[0][-1] (`start`: a walk's stack of descriptors and
+    names) resolves, as the sandbox sees it, to a directory inside the workspace (a link out of it, a
+    dangling one or a loop: False). Never a host lookup."""
 
     def last(sub: _Walk, final: str | None) -> bool:
         if final is None:
@@ -512,7 +516,7 @@ def _leads_to_directory(w: _Walk, fds: list[int], name: str) -> bool:
         return kind == stat.S_IFDIR
 
     for _ in range(_ATTEMPTS):
-        sub = _Walk(w.view, w.path, w.root, fds)
+        sub = _Walk(w.view, w.path, w.root, start)
         try:
             return sub.run([name], last, follow=True)
         except _Changed:
@@ -534,7 +538,7 @@ def file_info(view: View, cwd: str, path: str) -> FileInfo:
             st = os.stat(name, dir_fd=w.dir, follow_symlinks=False)
         except FileNotFoundError:
             raise _Gone from None
-        return _info(st, shown, partial(_leads_to_directory, w, list(w.fds), name))
+        return _info(st, shown, partial(_leads_to_directory, w, (list(w.fds), list(w.names)), name))
 
     return _operate(view, cwd, path, last, follow=False, gone=_not_found, not_dir=_not_found)
 
@@ -559,14 +563,17 @@ def list_directory(view: View, cwd: str, path: str) -> list[FileInfo]:
                 f"{shown} is not a directory", argument="path", provider=PROVIDER
             ) from None
         w.opened.append(fd)
-        fds = [*w.fds, fd]
+        # the links listed resolve from the listed directory
+        start = (list(w.fds), list(w.names)) if name is None else ([*w.fds, fd], [*w.names, name])
         infos = []
         for entry in sorted(os.listdir(fd)):
             try:
                 st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # deleted while listing
-            infos.append(_info(st, posixpath.join(shown, entry), partial(_leads_to_directory, w, fds, entry)))
+            infos.append(
+                _info(st, posixpath.join(shown, entry), partial(_leads_to_directory, w, start, entry))
+            )
         return infos
 
     return _operate(view, cwd, path, last, follow=True, gone=_not_found, not_dir=_not_found)

@@ -366,9 +366,17 @@ class FrameDecoder:
 # it sees the container's pids). One grep reads every /proc/<pid>/environ per scan (a process per candidate
 # made a 2,000-process fork bomb take 6 s); what it finds is stopped, so it can fork no more, and the scan is
 # repeated until two agree; then all are killed. A round starts again while any is left. Exit 0: none left;
-# anything else (e.g. "can't fork" at the container's pids limit) means some may be left.
+# KILL_STOPPED_ALL: the container is at its pids limit and every process in it was stopped; anything else
+# (e.g. "can't fork", when a fork bomb won the race for the last pids) means some may be left.
 KILL_SCRIPT = r"""
 id="GRAINCHAIN_EXEC_ID=$1"
+# At the pids limit nothing below could fork: stop every process (a builtin, no fork) and say so.
+for d in /sys/fs/cgroup/pids /sys/fs/cgroup; do
+  if [ -r "$d/pids.max" ] && read max <"$d/pids.max" && read cur <"$d/pids.current"; then
+    [ "$max" != max ] && [ $((cur + 4)) -ge "$max" ] && { kill -s STOP -1; exit 3; }
+    break
+  fi
+done
 if printf '%s\0' "$id" | grep -qzxF -e "$id" 2>/dev/null; then
   scan() { grep -lzxsF -e "$id" /proc/[0-9]*/environ; }
 else  # a grep without -z: a tr and a grep per process
@@ -391,6 +399,8 @@ for round in 1 2 3 4 5 6 7 8 9 10; do
 done
 exit 1
 """
+KILL_STOPPED_ALL = 3
+EXEC_FAILED = 126  # the exit code of an exec the runtime could not start (at the pids limit, runc may not)
 # Fork-free (a builtin of the exec'd shell): stop or continue every process of the container but its pid 1.
 # For a kill that cannot fork because a fork bomb holds every pid the container's pids limit allows.
 SIGNAL_ALL_SCRIPT = 'kill -s "$1" -1'

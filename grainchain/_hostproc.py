@@ -149,19 +149,10 @@ def marked_pids(marker: str, candidates: Candidates | None = None) -> list[int]:
 
 
 def stop_then_kill(find: Candidates, *, within: float = 5.0) -> None:
-    """SIGKILL every process `find()` returns, in a way a fork bomb cannot outrun: SIGSTOP first, round
-    after round until a round finds no process that is not stopped yet (a stopped process cannot fork),
-    then SIGKILL them all, again until none is left or `within` seconds have passed."""
+    """SIGKILL every process `find()` returns, in a way a fork bomb cannot outrun: all stopped first (see
+    stop_all), then SIGKILL, again until none is left or `within` seconds have passed."""
     deadline = time.monotonic() + within
-    stopped: set[int] = set()
-    while time.monotonic() < deadline:
-        fresh = [pid for pid in find() if pid not in stopped]
-        if not fresh:
-            break
-        for pid in fresh:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGSTOP)
-            stopped.add(pid)
+    stop_all(find, within=within)
     while True:
         left = find()
         for pid in left:
@@ -172,6 +163,50 @@ def stop_then_kill(find: Candidates, *, within: float = 5.0) -> None:
         time.sleep(0.001)  # killed processes leave the listing once they have exited
 
 
+def _state(pid: int) -> str:
+    """The one-letter state of a process (T stopped, Z zombie ...), "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def stop_all(find: Candidates, *, within: float = 5.0) -> set[int]:
+    """SIGSTOP every process `find()` returns, round after round until every one of them has stopped and
+    no new one appeared (a stopped process cannot fork; one that was signalled in the middle of a fork may
+    still finish it, hence the wait for the stop itself); the pids stopped."""
+    deadline = time.monotonic() + within
+    stopped: set[int] = set()
+    while time.monotonic() < deadline:
+        fresh = [pid for pid in find() if pid not in stopped]
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        if not fresh and all(_state(pid) in ("T", "t", "Z", "X", "") for pid in stopped):
+            break
+        if not fresh:
+            time.sleep(0.001)
+    return stopped
+
+
 def kill_marked(marker: str, candidates: Candidates | None = None, *, within: float = 5.0) -> None:
-    """SIGKILL every process carrying the marker (see stop_then_kill), among `candidates()` if given."""
-    stop_then_kill(lambda: marked_pids(marker, candidates), within=within)
+    """SIGKILL every process carrying the marker. Among a sandbox's `candidates()` (its cgroup), the whole
+    sandbox is stopped first, then the marked processes are found at leisure and killed and the others
+    continue: reading thousands of environments while a fork bomb runs would never end. (A process that
+    was stopped on purpose continues too.) Without candidates: every process of /proc, see stop_then_kill."""
+    if candidates is None:
+        stop_then_kill(lambda: marked_pids(marker), within=within)
+        return
+    held = stop_all(candidates, within=within)
+    doomed: set[int] = set()
+    try:
+        doomed = set(marked_pids(marker, lambda: held))
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        for pid in held - doomed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)

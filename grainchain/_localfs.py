@@ -117,6 +117,9 @@ class SandboxDir:
         """A new sandbox directory; with `disk_limit` (bytes) on a disk of that size."""
         box = cls(state_dir.resolve(), f"local-{uuid.uuid4().hex}")
         box.root.mkdir(parents=True, mode=0o700)
+        # Only the owner may enter: sandboxes, layers and snapshots hold what untrusted code wrote, e.g. a
+        # setuid-root program that another user of the host must never reach.
+        os.chmod(box.state_dir / "local", 0o700)
         try:
             if disk_limit is not None:
                 disk.create(box.state_dir, box.image, box.root / "disk", disk_limit)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from _local import run_unisolated
-from _support import close, run_ok, workspace_of
+from _support import close, connect, flavour_of, run_ok, workspace_of
 
 from grainchain import (
     FileInfo,
@@ -78,7 +78,13 @@ async def test_workspace_is_kept_without_auto_cleanup(make_sandbox: Any) -> None
 
     await close(sandbox)
 
-    assert (ws / "kept.txt").read_text() == "still here"
+    # its disk is unmounted with close (no mount left behind); connect() mounts it again
+    again = await connect(flavour_of(sandbox), sandbox.sandbox_id)
+    try:
+        assert (ws / "kept.txt").read_text() == "still here"
+        assert await again.download_file("kept.txt") == b"still here"
+    finally:
+        await close(again)
 
 
 # -- file operations and commands agree on paths ---------------------------------------------------------

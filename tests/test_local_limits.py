@@ -185,18 +185,31 @@ def test_the_caller_stays_in_its_own_cgroups(isolation: str) -> None:
 
 
 @needs_cgroups
-def test_every_sandbox_has_a_pids_limit_by_default(isolation: str, sandbox_dirs: list[Path]) -> None:
-    """A fork bomb must not exhaust the host's pids: a default sandbox has a pids cgroup (4096), and only
-    that (memory and cpu cgroups cost each command a launcher shell: only when asked for)."""
+def test_every_sandbox_has_a_pids_limit_and_a_cpu_group_by_default(
+    isolation: str, sandbox_dirs: list[Path]
+) -> None:
+    """A fork bomb must neither exhaust the host's pids (a pids cgroup, 4096) nor starve its CPU (a cpu
+    cgroup without a quota: the sandbox's processes compete as one group). No memory cgroup: it costs each
+    command a launcher shell, only when asked for."""
     with Sandbox("local", config(isolation)) as plain:
         dirs = cgroup_dirs(plain.sandbox_id)
         sandbox_dirs.extend(dirs)
-        assert len(dirs) == 1, dirs  # v1: the pids hierarchy's only; v2: one directory
-        assert (dirs[0] / "pids.max").read_text().strip() == "4096"
-        assert plain.sandbox_id in plain.execute("cat /proc/self/cgroup").stdout
+        pids = [d for d in dirs if (d / "pids.max").exists()]
+        assert len(pids) == 1
+        assert pids[0].joinpath("pids.max").read_text().strip() == "4096"
+        cpu = [d for d in dirs if (d / "cpu.cfs_quota_us").exists() or (d / "cpu.max").exists()]
+        assert len(cpu) == 1
+        quota = cpu[0] / "cpu.cfs_quota_us"
+        assert (quota.read_text() if quota.exists() else (cpu[0] / "cpu.max").read_text()).split()[0] in (
+            "-1",
+            "max",
+        )
+        assert not [d for d in dirs if (d / "memory.limit_in_bytes").exists()]
+        groups = plain.execute("cat /proc/self/cgroup").stdout
+        assert sum(line.endswith(plain.sandbox_id) for line in groups.splitlines()) == len(dirs)
 
 
 @needs_cgroups
-def test_pids_limit_none_means_no_cgroup(isolation: str) -> None:
+def test_pids_limit_none_means_no_pids_limit(isolation: str) -> None:
     with Sandbox("local", config(isolation, provider_config={"pids_limit": None})) as plain:
-        assert cgroup_dirs(plain.sandbox_id) == []
+        assert [d for d in cgroup_dirs(plain.sandbox_id) if (d / "pids.max").exists()] == []

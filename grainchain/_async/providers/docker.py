@@ -675,13 +675,15 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
 
     async def _kill_marked(self, marker: str) -> None:
         """Kill every process of an exec (they carry its marker)."""
-        if await self._helper_exec(dk.KILL_SCRIPT, marker) == 0:
+        code = await self._helper_exec(dk.KILL_SCRIPT, marker)
+        if code == 0:
             return
-        # The kill script could not finish: most likely a fork bomb holds every pid the pids limit allows,
-        # so the script cannot fork. Stop everything (a builtin: no fork), lend the container a few pids for
-        # the script, then give the limit back and let the sandbox's other processes continue.
+        # A fork bomb holds every pid the pids limit allows, so the script cannot fork. Stop everything
+        # (a builtin: no fork; the script did if it saw the limit), lend the container a few pids for the
+        # script, then give the limit back and let the sandbox's other processes continue.
         dk.log.info("killing a command's processes at the sandbox's pids limit (a fork bomb?)")
-        await self._helper_exec(dk.SIGNAL_ALL_SCRIPT, "STOP")
+        if code != dk.KILL_STOPPED_ALL:
+            await self._helper_exec(dk.SIGNAL_ALL_SCRIPT, "STOP")
         limit = await self._pids_limit()
         code = None
         try:
@@ -701,13 +703,19 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             )
 
     async def _helper_exec(self, script: str, *args: str) -> int | None:
-        """Run a kill helper script as its own exec; its exit code (None: it did not end in time)."""
-        run = await self._exec(["sh", "-c", script, "sh", *args], "/", None, _KILL_TIMEOUT)
-        try:
-            finished = await run.pump(OutputCollector(limit=1 << 20), time.monotonic() + _KILL_TIMEOUT)
-        finally:
-            await run.close()
-        return await run.exit_code() if finished else None
+        """Run a kill helper script as its own exec; its exit code (None: it did not end in time). At the
+        pids limit the runtime may fail to start an exec (it forks inside the container): tried again."""
+        for attempt in range(5):
+            run = await self._exec(["sh", "-c", script, "sh", *args], "/", None, _KILL_TIMEOUT)
+            try:
+                finished = await run.pump(OutputCollector(limit=1 << 20), time.monotonic() + _KILL_TIMEOUT)
+            finally:
+                await run.close()
+            code = await run.exit_code() if finished else None
+            if code != dk.EXEC_FAILED or attempt == 4:
+                return code
+            await _pause(0.05)
+        return None
 
     async def _pids_limit(self) -> int | None:
         info = await self._engine.json("GET", f"/containers/{self._container}/json", "inspect container")
@@ -962,6 +970,8 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             dk.LABEL_SNAPSHOT: "1",
             dk.LABEL_SOURCE: self.sandbox_id,
             dk.LABEL_KIND: kind.value,
+            # always written: a commit inherits the image's labels, and an image may carry any
+            dk.LABEL_CHECKPOINT: "",
         }
         if kind is SnapshotKind.filesystem:
             await self._commit(tag, labels, pause=True)
@@ -1052,7 +1062,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             return None
         store = str(self._checkpoint_store())
         labelled = labels.get(dk.LABEL_CHECKPOINT)
-        saved = labelled
+        saved = dk.owned_checkpoint(store, labelled)
         if saved is None:
             raise SnapshotNotFoundError(
                 f"{snapshot_id} (its memory checkpoint {labelled!r} is not in this grainchain's checkpoint "
@@ -1106,9 +1116,10 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             )
         except SandboxNotFoundError:
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
-        saved = labels.get(dk.LABEL_CHECKPOINT)
-        if saved:
-            await arun_blocking(shutil.rmtree, saved, True)
+        if labels.get(dk.LABEL_KIND) == SnapshotKind.memory.value:
+            saved = dk.owned_checkpoint(str(self._checkpoint_store()), labels.get(dk.LABEL_CHECKPOINT))
+            if saved is not None:
+                await arun_blocking(shutil.rmtree, saved, True)
         await self._prune_deleted_snapshots()
 
     # -- terminate / wake up --------------------------------------------------------------------------

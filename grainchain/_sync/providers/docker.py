@@ -673,13 +673,15 @@ class DockerAdapter(SandboxAdapter):
 
     def _kill_marked(self, marker: str) -> None:
         """Kill every process of an exec (they carry its marker)."""
-        if self._helper_exec(dk.KILL_SCRIPT, marker) == 0:
+        code = self._helper_exec(dk.KILL_SCRIPT, marker)
+        if code == 0:
             return
-        # The kill script could not finish: most likely a fork bomb holds every pid the pids limit allows,
-        # so the script cannot fork. Stop everything (a builtin: no fork), lend the container a few pids for
-        # the script, then give the limit back and let the sandbox's other processes continue.
+        # A fork bomb holds every pid the pids limit allows, so the script cannot fork. Stop everything
+        # (a builtin: no fork; the script did if it saw the limit), lend the container a few pids for the
+        # script, then give the limit back and let the sandbox's other processes continue.
         dk.log.info("killing a command's processes at the sandbox's pids limit (a fork bomb?)")
-        self._helper_exec(dk.SIGNAL_ALL_SCRIPT, "STOP")
+        if code != dk.KILL_STOPPED_ALL:
+            self._helper_exec(dk.SIGNAL_ALL_SCRIPT, "STOP")
         limit = self._pids_limit()
         code = None
         try:
@@ -699,13 +701,19 @@ class DockerAdapter(SandboxAdapter):
             )
 
     def _helper_exec(self, script: str, *args: str) -> int | None:
-        """Run a kill helper script as its own exec; its exit code (None: it did not end in time)."""
-        run = self._exec(["sh", "-c", script, "sh", *args], "/", None, _KILL_TIMEOUT)
-        try:
-            finished = run.pump(OutputCollector(limit=1 << 20), time.monotonic() + _KILL_TIMEOUT)
-        finally:
-            run.close()
-        return run.exit_code() if finished else None
+        """Run a kill helper script as its own exec; its exit code (None: it did not end in time). At the
+        pids limit the runtime may fail to start an exec (it forks inside the container): tried again."""
+        for attempt in range(5):
+            run = self._exec(["sh", "-c", script, "sh", *args], "/", None, _KILL_TIMEOUT)
+            try:
+                finished = run.pump(OutputCollector(limit=1 << 20), time.monotonic() + _KILL_TIMEOUT)
+            finally:
+                run.close()
+            code = run.exit_code() if finished else None
+            if code != dk.EXEC_FAILED or attempt == 4:
+                return code
+            _pause(0.05)
+        return None
 
     def _pids_limit(self) -> int | None:
         info = self._engine.json("GET", f"/containers/{self._container}/json", "inspect container")
@@ -960,6 +968,8 @@ class DockerAdapter(SandboxAdapter):
             dk.LABEL_SNAPSHOT: "1",
             dk.LABEL_SOURCE: self.sandbox_id,
             dk.LABEL_KIND: kind.value,
+            # always written: a commit inherits the image's labels, and an image may carry any
+            dk.LABEL_CHECKPOINT: "",
         }
         if kind is SnapshotKind.filesystem:
             self._commit(tag, labels, pause=True)
@@ -1050,7 +1060,7 @@ class DockerAdapter(SandboxAdapter):
             return None
         store = str(self._checkpoint_store())
         labelled = labels.get(dk.LABEL_CHECKPOINT)
-        saved = labelled
+        saved = dk.owned_checkpoint(store, labelled)
         if saved is None:
             raise SnapshotNotFoundError(
                 f"{snapshot_id} (its memory checkpoint {labelled!r} is not in this grainchain's checkpoint "
@@ -1102,9 +1112,10 @@ class DockerAdapter(SandboxAdapter):
             self._engine.request("DELETE", f"/images/{snapshot_id}", "delete snapshot", params={"force": "1"})
         except SandboxNotFoundError:
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
-        saved = labels.get(dk.LABEL_CHECKPOINT)
-        if saved:
-            run_blocking(shutil.rmtree, saved, True)
+        if labels.get(dk.LABEL_KIND) == SnapshotKind.memory.value:
+            saved = dk.owned_checkpoint(str(self._checkpoint_store()), labels.get(dk.LABEL_CHECKPOINT))
+            if saved is not None:
+                run_blocking(shutil.rmtree, saved, True)
         self._prune_deleted_snapshots()
 
     # -- terminate / wake up --------------------------------------------------------------------------

@@ -135,7 +135,7 @@ def _disk_limit(config: SandboxConfig, settings: Settings) -> int | None:
 
 def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
     memory = None if config.memory_limit is None else int(config.memory_limit)
-    return cg.Limits(memory=memory, cpu=config.cpu_limit, pids=options.pids_limit)
+    return cg.Limits(memory=memory, cpu=config.cpu_limit, pids=options.pids_limit, cpu_group=True)
 
 
 class LocalProcessHandle(HostProcessHandle):
@@ -259,6 +259,8 @@ class LocalAdapter(SandboxAdapter):
 
     @staticmethod
     def _make_limits(sandbox_id: str, limits: cg.Limits) -> tuple[cg.SandboxCgroup | None, list[str]]:
+        if limits.cpu_group and limits.cpu is None and cg.unavailable(limits) is not None:
+            limits = dataclasses.replace(limits, cpu_group=False)  # the grouping is a bonus, not a must
         if not limits.controllers():
             return None, []
         if cg.unavailable(limits) is None:
@@ -422,23 +424,39 @@ class LocalAdapter(SandboxAdapter):
         marker = (EXEC_MARKER, uuid.uuid4().hex)
         # the spawner thread already holds its children in the pids cgroup: a launcher only for the rest
         launcher = self._launcher if self._cgroup is None else self._cgroup.launcher(besides_thread=True)
-        if not self._isolated:
-            child = spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=launcher)
-        else:
-            holder = self._holder
-            if holder is None:  # ended meanwhile (a restore, terminate): _start_command starts it again
-                raise ProviderError(
-                    "the sandbox's processes were stopped while the command started (restore or "
-                    "terminate in another thread); try again",
-                    provider="local",
-                    retryable=True,
-                )
-            prefix = [*launcher, *holder.enter_argv(cwd)]
-            child = spawn(
-                command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null()
-            )
+        try:
+            child = self._spawn_in(command, host_cwd, cwd, env, marker, launcher)
+        except BlockingIOError:  # EAGAIN: the spawner thread is in the sandbox's pids cgroup
+            raise ProviderError(
+                f"cannot start the command: the sandbox runs as many processes as it may "
+                f"(provider_config pids_limit {self._options.pids_limit}); kill some, or raise the limit",
+                provider="local",
+                retryable=True,
+            ) from None
         child.candidates = None if self._cgroup is None else self._cgroup.pids  # kills look there only
         return child
+
+    def _spawn_in(
+        self,
+        command: str,
+        host_cwd: Path,
+        cwd: str,
+        env: dict[str, str],
+        marker: tuple[str, str],
+        launcher: list[str],
+    ) -> HostProcess:
+        if not self._isolated:
+            return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=launcher)
+        holder = self._holder
+        if holder is None:  # ended meanwhile (a restore, terminate): _start_command starts it again
+            raise ProviderError(
+                "the sandbox's processes were stopped while the command started (restore or terminate "
+                "in another thread); try again",
+                provider="local",
+                retryable=True,
+            )
+        prefix = [*launcher, *holder.enter_argv(cwd)]
+        return spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
 
     def _start_command(
         self, command: str, working_dir: str | None, environment: dict[str, str] | None
