@@ -96,9 +96,25 @@ async def arun_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -
     return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
 
 
-async def arun_in(runner: Runner, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run `fn` on the runner's thread; the event loop goes on meanwhile."""
-    return await asyncio.wrap_future(runner.submit(functools.partial(fn, *args, **kwargs)))
+def _hand_over(job: Future[T], abandoned: Callable[[T], object] | None) -> None:
+    """The caller stopped waiting (cancelled, interrupted): what the job makes still needs an owner."""
+    if job.cancel():  # not started yet: nothing will be made
+        return
+    if abandoned is not None:
+        job.add_done_callback(lambda done: None if done.exception() else abandoned(done.result()))
+
+
+async def arun_in(
+    runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], object] | None = None
+) -> T:
+    """Run `fn` on the runner's thread; the event loop goes on meanwhile. A cancellation does not stop
+    `fn` (it may be starting a process): its result goes to `abandoned` instead, whenever it comes."""
+    job = runner.submit(fn)
+    try:
+        return await asyncio.shield(asyncio.wrap_future(job))
+    except BaseException:
+        _hand_over(job, abandoned)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------- sync
@@ -150,8 +166,13 @@ def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return fn(*args, **kwargs)
 
 
-def run_in(runner: Runner, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    return runner.submit(functools.partial(fn, *args, **kwargs)).result()
+def run_in(runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], object] | None = None) -> T:
+    job = runner.submit(fn)
+    try:
+        return job.result()
+    except BaseException:  # KeyboardInterrupt while waiting
+        _hand_over(job, abandoned)
+        raise
 
 
 __all__ = [

@@ -967,38 +967,37 @@ class _Copier:
 
 
 def _pump(src: int, dst: int, count: int | None, pair: tuple[int, int]) -> None:
-    """Copy `count` bytes (None: up to the end) from src's position to dst's, in the kernel where it can."""
-    left = count
-    if pair not in _no_copy_range:
+    """Copy `count` bytes (None: up to the end) from src's position to dst's, in the kernel where it can:
+    copy_file_range, else sendfile (e.g. across filesystems: remembered per pair), else read and write."""
+    left = count  # None: until the end
+
+    def run(step: Callable[[int], int]) -> None:
+        nonlocal left
+        while left is None or left > 0:
+            done = step(_CHUNK if left is None else min(left, _CHUNK))
+            if done == 0:
+                left = 0
+                return
+            left = None if left is None else left - done
+
+    def read_write(size: int) -> int:
+        chunk = os.read(src, min(size, 1 << 20))
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(dst, view) :]
+        return len(chunk)
+
+    kernel_steps = [] if pair in _no_copy_range else [partial(os.copy_file_range, src, dst)]
+    for step in [*kernel_steps, partial(os.sendfile, dst, src, None)]:
         try:
-            while left is None or left > 0:
-                done = os.copy_file_range(src, dst, _CHUNK if left is None else min(left, _CHUNK))
-                if done == 0:
-                    return
-                left = None if left is None else left - done
+            run(step)
             return
         except OSError as exc:
             if exc.errno not in _UNSUPPORTED:
                 raise
-            _no_copy_range.add(pair)  # e.g. across filesystems: sendfile from now on
-    try:
-        while left is None or left > 0:
-            done = os.sendfile(dst, src, None, _CHUNK if left is None else min(left, _CHUNK))
-            if done == 0:
-                return
-            left = None if left is None else left - done
-        return
-    except OSError as exc:
-        if exc.errno not in _UNSUPPORTED:
-            raise
-    while left is None or left > 0:
-        chunk = os.read(src, 1 << 20 if left is None else min(left, 1 << 20))
-        if not chunk:
-            return
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(dst, view) :]
-        left = None if left is None else left - len(chunk)
+            if kernel_steps and step is kernel_steps[0]:
+                _no_copy_range.add(pair)  # e.g. across filesystems: straight to sendfile next time
+    run(read_write)
 
 
 def _own(st: os.stat_result, chown: Callable[[int, int], None]) -> None:

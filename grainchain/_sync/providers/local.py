@@ -17,6 +17,7 @@ paths. Blocking disk work lives in grainchain/_localfs.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import shutil
 import uuid
@@ -136,6 +137,12 @@ def _disk_limit(config: SandboxConfig, settings: Settings) -> int | None:
 def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
     memory = None if config.memory_limit is None else int(config.memory_limit)
     return cg.Limits(memory=memory, cpu=config.cpu_limit, pids=options.pids_limit, cpu_group=True)
+
+
+def _kill_abandoned(child: HostProcess) -> None:
+    """A command that started after its caller stopped waiting (a cancelled execute): nobody will read it."""
+    child.kill_tree()
+    child.close()
 
 
 class LocalProcessHandle(HostProcessHandle):
@@ -465,7 +472,8 @@ class LocalAdapter(SandboxAdapter):
         command's from the start); the holder is started first, on an ordinary thread (bwrap mounts)."""
         if self._isolated:
             run_blocking(self._ensure_holder)
-        return run_in(self._spawner_thread(), self._spawn, command, working_dir, environment)
+        start = functools.partial(self._spawn, command, working_dir, environment)
+        return run_in(self._spawner_thread(), start, abandoned=_kill_abandoned)
 
     def _spawner_thread(self) -> Spawner:
         if self._spawner is None:
