@@ -104,9 +104,7 @@ def _hand_over(job: Future[T], abandoned: Callable[[T], object] | None) -> None:
         job.add_done_callback(lambda done: None if done.exception() else abandoned(done.result()))
 
 
-async def arun_in(
-    runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], object] | None = None
-) -> T:
+async def arun_in(runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], object] | None = None) -> T:
     """Run `fn` on the runner's thread; the event loop goes on meanwhile. A cancellation does not stop
     `fn` (it may be starting a process): its result goes to `abandoned` instead, whenever it comes."""
     job = runner.submit(fn)
