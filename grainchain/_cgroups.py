@@ -272,7 +272,7 @@ class SandboxCgroup:
                     self.kill_all(within=0.5)
                     if time.monotonic() > deadline:
                         break
-                    time.sleep(0.01)
+                    time.sleep(0.001)
 
 
 def rlimit_launcher(limits: Limits) -> list[str]:

@@ -44,6 +44,18 @@ def isolated() -> Iterator[Sandbox]:
         yield sandbox
 
 
+def test_every_process_of_the_sandbox_runs_under_the_seccomp_filter(isolated: Sandbox) -> None:
+    """pid 1 (bwrap applies the filter), commands and what they leave running (the spawner thread's
+    filter, inherited): Docker's default profile, so e.g. keyctl is refused (tests/security/ has more)."""
+    daemon = isolated.start_process("sleep 30")
+    try:
+        filters = isolated.execute("cat /proc/[0-9]*/status | grep '^Seccomp:' | sort | uniq -c").stdout
+        assert filters.split()[1:] == ["Seccomp:", "2"], filters  # all of them, one kind
+        assert int(filters.split()[0]) >= 4  # pid 1, its sleep, the daemon, this command's shell and cat
+    finally:
+        daemon.kill()
+
+
 def test_namespaces_are_the_default_where_bwrap_works() -> None:
     assert UNAVAILABLE is None
     with Sandbox("local") as sandbox:

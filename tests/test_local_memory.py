@@ -68,6 +68,9 @@ def test_terminate_and_wake_up_bring_the_counter_back(counting: tuple[Sandbox, s
     resumed = counter(sandbox)
     assert at_snapshot - 10 <= resumed < at_snapshot + 20, f"snapshot at {at_snapshot}, resumed at {resumed}"
     counter_reaches(sandbox, resumed + 5)
+    # the restored processes run under the sandbox's seccomp filter again (CRIU restores it)
+    filters = sandbox.execute("cat /proc/[0-9]*/status | grep '^Seccomp:' | sort -u").stdout
+    assert filters.split() == ["Seccomp:", "2"], filters
     # the restored processes are the sandbox's: in its cgroup, and gone with it
     pids_dir = next(Path("/sys/fs/cgroup").glob(f"*/**/{sandbox.sandbox_id}"), None)
     if pids_dir is not None:

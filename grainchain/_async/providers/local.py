@@ -358,14 +358,13 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         # processes a command left behind (`sleep 100 &`, daemons) carry the sandbox marker, as does the holder;
         # isolated, killing pid 1 ends the whole pid namespace (also processes a memory snapshot restored,
         # whose marker may name the sandbox they were captured in)
-        if self._holder is not None:
+        if self._holder is not None:  # the pid namespace goes with its pid 1: left to kill is what is outside
             await arun_blocking(self._holder.kill)
+            await arun_blocking(self._holder.wait_gone)
         if self._cgroup is not None:  # every process of the sandbox is in it: no scan of the host's
             await arun_blocking(self._cgroup.kill_all)
         else:
             await arun_blocking(kill_marked, f"{SANDBOX_MARKER}={self.sandbox_id}")
-        if self._holder is not None:
-            await arun_blocking(self._holder.wait_gone)
         self._holder = None
 
     def _collect_garbage(self) -> None:
