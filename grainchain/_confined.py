@@ -488,44 +488,18 @@ def make_directory(view: View, cwd: str, path: str) -> None:
     )
 
 
-def _info(st: os.stat_result, shown: str, link_to_dir: Callable[[], bool]) -> FileInfo:
-    is_link = stat.S_ISLNK(st.st_mode)
-    is_dir = stat.S_ISDIR(st.st_mode) or (is_link and link_to_dir())
+def _info(st: os.stat_result, shown: str) -> FileInfo:
+    """The entry itself: a symlink is not followed (never a directory; its size is the link's own)."""
+    is_dir = stat.S_ISDIR(st.st_mode)
     return FileInfo(
         path=shown,
         name=posixpath.basename(shown),
         size=0 if is_dir else st.st_size,
         is_directory=is_dir,
-        is_symlink=is_link,
+        is_symlink=stat.S_ISLNK(st.st_mode),
         mode=stat.S_IMODE(st.st_mode),
         modified_time=datetime.fromtimestamp(st.st_mtime, UTC),
     )
-
-
-def _leads_to_directory(w: _Walk, start: tuple[list[int], list[str]], name: str) -> bool:
-    """Whether the symlink `name` in the directory start[0][-1] (`start`: a walk's stack of descriptors and
-    names) resolves, as the sandbox sees it, to a directory inside the workspace (a link out of it, a
-    dangling one or a loop: False). Never a host lookup."""
-
-    def last(sub: _Walk, final: str | None) -> bool:
-        if final is None:
-            return True
-        kind = _kind(sub.dir, final)
-        if kind == stat.S_IFLNK:
-            raise _IsLink
-        return kind == stat.S_IFDIR
-
-    for _ in range(_ATTEMPTS):
-        sub = _Walk(w.view, w.path, w.root, start)
-        try:
-            return sub.run([name], last, follow=True)
-        except _Changed:
-            continue
-        except (_Gone, _NotDir, PathOutsideSandboxError, InvalidArgumentError):
-            return False
-        finally:
-            sub.close()
-    return False
 
 
 def file_info(view: View, cwd: str, path: str) -> FileInfo:
@@ -533,12 +507,12 @@ def file_info(view: View, cwd: str, path: str) -> FileInfo:
 
     def last(w: _Walk, name: str | None, shown: str) -> FileInfo:
         if name is None:
-            return _info(os.fstat(w.dir), shown, lambda: False)
+            return _info(os.fstat(w.dir), shown)
         try:
             st = os.stat(name, dir_fd=w.dir, follow_symlinks=False)
         except FileNotFoundError:
             raise _Gone from None
-        return _info(st, shown, partial(_leads_to_directory, w, (list(w.fds), list(w.names)), name))
+        return _info(st, shown)
 
     return _operate(view, cwd, path, last, follow=False, gone=_not_found, not_dir=_not_found)
 
@@ -563,17 +537,13 @@ def list_directory(view: View, cwd: str, path: str) -> list[FileInfo]:
                 f"{shown} is not a directory", argument="path", provider=PROVIDER
             ) from None
         w.opened.append(fd)
-        # the links listed resolve from the listed directory
-        start = (list(w.fds), list(w.names)) if name is None else ([*w.fds, fd], [*w.names, name])
         infos = []
         for entry in sorted(os.listdir(fd)):
             try:
                 st = os.stat(entry, dir_fd=fd, follow_symlinks=False)
             except FileNotFoundError:
                 continue  # deleted while listing
-            infos.append(
-                _info(st, posixpath.join(shown, entry), partial(_leads_to_directory, w, start, entry))
-            )
+            infos.append(_info(st, posixpath.join(shown, entry)))
         return infos
 
     return _operate(view, cwd, path, last, follow=True, gone=_not_found, not_dir=_not_found)

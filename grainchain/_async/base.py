@@ -137,14 +137,20 @@ class AsyncSandboxBase:
         *,
         settings: Settings | None = None,
     ) -> Self:
-        """Attach to a sandbox that is still there (kept alive, or kept by auto_cleanup=False)."""
+        """Attach to a sandbox that is still there (kept alive, or kept by auto_cleanup=False). It keeps the
+        config it was created with; a `config` given decides only what ending this connection does
+        (`auto_cleanup`, `keep_alive`), e.g. `auto_cleanup=True` to delete a kept sandbox on close."""
         sandbox = cls(provider, config, settings=settings)
         adapter_cls = sandbox._adapter_class()
         await sandbox._narrow(adapter_cls)
         sandbox._check(Feature.LIFECYCLE_RECONNECT, "connect")
         with sandbox._errors("connect"):
-            sandbox._adapter = await adapter_cls.connect(sandbox_id, sandbox._config, sandbox._settings)
-            sandbox._config = sandbox._adapter.config
+            adapter = await adapter_cls.connect(sandbox_id, sandbox._config, sandbox._settings)
+            if config is not None:
+                ending = {"auto_cleanup": config.auto_cleanup, "keep_alive": config.keep_alive}
+                adapter.config = adapter.config.model_copy(update=ending)
+            sandbox._adapter = adapter
+            sandbox._config = adapter.config
         sandbox._sandbox_id = sandbox._adapter.sandbox_id
         sandbox._status = SandboxStatus.running
         return sandbox

@@ -22,19 +22,19 @@ class Feature(StrEnum):
     """Start a command without waiting; a handle gives pid, output so far, wait and kill."""
 
     FILES = "files"
-    """Upload, download, list, stat, delete files and make directories."""
+    """Upload, download, list, stat, delete files and make directories, byte for byte."""
 
     SNAPSHOT_FILESYSTEM = "snapshot.filesystem"
-    """Capture the filesystem; restore brings back exactly that tree."""
+    """Capture the filesystem; restore brings back exactly that tree: every name (hidden ones too), content, permission bits, empty directory and symlink."""
 
     SNAPSHOT_MEMORY = "snapshot.memory"
     """Capture process memory too; after restore, running processes continue."""
 
     LIFECYCLE_TERMINATE_WAKE = "lifecycle.terminate_wake"
-    """Terminate a sandbox and wake it up later, optionally from a snapshot."""
+    """Terminate a sandbox (no process runs) and wake it up later with its files, optionally from a snapshot."""
 
     LIFECYCLE_RECONNECT = "lifecycle.reconnect"
-    """List running sandboxes and reconnect to one by id."""
+    """List the sandboxes still there and reconnect to one by id."""
 
     IMAGE_CUSTOM = "image.custom"
     """Start from a named image or template (SandboxConfig.image)."""
@@ -59,11 +59,11 @@ FEATURE_SUMMARIES: Final[dict[Feature, str]] = {
     Feature.EXEC: "Run a shell command and collect exit code, stdout and stderr",
     Feature.EXEC_STREAMING: "Deliver stdout/stderr to callbacks while the command runs",
     Feature.PROCESS_BACKGROUND: "Start a command without waiting; a handle gives pid, output so far, wait and kill",
-    Feature.FILES: "Upload, download, list, stat, delete files and make directories",
-    Feature.SNAPSHOT_FILESYSTEM: "Capture the filesystem; restore brings back exactly that tree",
+    Feature.FILES: "Upload, download, list, stat, delete files and make directories, byte for byte",
+    Feature.SNAPSHOT_FILESYSTEM: "Capture the filesystem; restore brings back exactly that tree: every name (hidden ones too), content, permission bits, empty directory and symlink",
     Feature.SNAPSHOT_MEMORY: "Capture process memory too; after restore, running processes continue",
-    Feature.LIFECYCLE_TERMINATE_WAKE: "Terminate a sandbox and wake it up later, optionally from a snapshot",
-    Feature.LIFECYCLE_RECONNECT: "List running sandboxes and reconnect to one by id",
+    Feature.LIFECYCLE_TERMINATE_WAKE: "Terminate a sandbox (no process runs) and wake it up later with its files, optionally from a snapshot",
+    Feature.LIFECYCLE_RECONNECT: "List the sandboxes still there and reconnect to one by id",
     Feature.IMAGE_CUSTOM: "Start from a named image or template (SandboxConfig.image)",
     Feature.IMAGE_DOCKERFILE: "Build the sandbox image from a Dockerfile",
     Feature.LIMITS_CPU: "Enforce SandboxConfig.cpu_limit",

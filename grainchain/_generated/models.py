@@ -54,7 +54,7 @@ class SandboxConfig(BaseModel):
     )
     timeout: Annotated[float | None, Field(gt=0.0)] = 300
     """
-    Default timeout in seconds of each command; None waits forever.
+    Default timeout in seconds of each command (a call's own timeout, longer or shorter, replaces it); None waits forever.
     """
     working_directory: str | None = None
     """
@@ -62,7 +62,7 @@ class SandboxConfig(BaseModel):
     """
     environment_vars: dict[str, str] = {}
     """
-    Environment variables of every command in the sandbox.
+    Environment variables of every command in the sandbox (a call's `environment` wins where both name one).
     """
     memory_limit: ByteSize | None = None
     """
@@ -82,7 +82,7 @@ class SandboxConfig(BaseModel):
     """
     auto_cleanup: bool = True
     """
-    On close, delete what the sandbox created (workspace, container). False keeps it.
+    On close, delete what the sandbox created (workspace, container), so it cannot be reconnected. False keeps it (its processes still end) for connect().
     """
     keep_alive: bool = False
     """
@@ -132,7 +132,7 @@ class FileInfo(BaseModel):
 
     path: str
     """
-    Path as commands in the sandbox see it.
+    Absolute path as commands in the sandbox see it.
     """
     name: str
     """
@@ -143,10 +143,16 @@ class FileInfo(BaseModel):
     Size in bytes (0 for directories).
     """
     is_directory: bool
+    """
+    A directory (a symlink is described as itself: never a directory).
+    """
     is_symlink: bool = False
+    """
+    A symbolic link (not followed: its size is the link's own).
+    """
     mode: int | None = None
     """
-    Permission bits (e.g. 0o644), when known.
+    Permission bits (e.g. 0o644) of the entry; None only from a provider that never knows them.
     """
     modified_time: AwareDatetime
     """
@@ -160,10 +166,25 @@ class SnapshotInfo(BaseModel):
     """
 
     snapshot_id: str
+    """
+    The id create_snapshot returned.
+    """
     provider: str
+    """
+    The provider's name.
+    """
     kind: SnapshotKind
+    """
+    The kind it was created with.
+    """
     created_at: AwareDatetime
+    """
+    When it was taken (UTC).
+    """
     source_sandbox_id: str | None = None
+    """
+    The sandbox it was taken of, when known.
+    """
     size_bytes: int | None = None
     """
     Bytes the snapshot takes, when known.
@@ -176,7 +197,19 @@ class SandboxInfo(BaseModel):
     """
 
     sandbox_id: str
+    """
+    The id connect() takes.
+    """
     provider: str
+    """
+    The provider's name.
+    """
     status: SandboxStatus
+    """
+    running for a sandbox in use or kept alive, closed for one kept by auto_cleanup=False.
+    """
     created_at: AwareDatetime
+    """
+    When it was created (UTC).
+    """
     metadata: dict[str, str] = {}

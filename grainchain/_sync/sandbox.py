@@ -34,9 +34,9 @@ class Sandbox(SandboxBase):
         """Run a shell command and wait for it.
 
         Args:
-            timeout: Seconds; None uses SandboxConfig.timeout.
-            working_dir: Directory to run in; None uses SandboxConfig.working_directory.
-            environment: Extra environment variables.
+            timeout: Seconds; None uses SandboxConfig.timeout. On expiry every process of the command ends and CommandTimeoutError carries the output so far.
+            working_dir: Directory to run in (relative to SandboxConfig.working_directory, or absolute); None uses SandboxConfig.working_directory. A directory that does not exist raises FileNotFoundInSandboxError.
+            environment: Extra environment variables; they win over SandboxConfig.environment_vars.
             on_stdout: Called with each decoded chunk of stdout.
             on_stderr: Called with each decoded chunk of stderr.
 
@@ -70,7 +70,13 @@ class Sandbox(SandboxBase):
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ProcessHandle:
-        """Start a command in the background and return a handle (pid, output so far, wait, kill).
+        """Start a command in the background and return a handle (pid, output so far, wait, kill of the process and everything it started).
+
+        Args:
+            working_dir: As for execute; a directory that does not exist raises FileNotFoundInSandboxError.
+            environment: As for execute.
+            on_stdout: Called with each decoded chunk of stdout.
+            on_stderr: Called with each decoded chunk of stderr.
 
         Needs: process.background; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set (else CapabilityError).
         Raises: PathOutsideSandboxError, FileNotFoundInSandboxError.
@@ -96,7 +102,8 @@ class Sandbox(SandboxBase):
         """Write a file, creating parent directories. str content is encoded as UTF-8.
 
         Args:
-            mode: "w"/"wb" replace the file, "a"/"ab" append.
+            content: Written byte for byte (str as UTF-8).
+            mode: "w"/"wb" replace the file, "a"/"ab" append (creating it when missing).
 
         Needs: files (else CapabilityError).
         Raises: PathOutsideSandboxError.
@@ -121,7 +128,7 @@ class Sandbox(SandboxBase):
             return adapter.download_file(path=path)
 
     def list_files(self, path: str = ".") -> list[FileInfo]:
-        """List a directory (not recursive).
+        """List a directory (not recursive), every entry (hidden ones too) once.
 
         Args:
             path: "." is the working directory of the sandbox.
@@ -148,7 +155,7 @@ class Sandbox(SandboxBase):
             return adapter.get_file_info(path=path)
 
     def file_exists(self, path: str) -> bool:
-        """Whether a file or directory exists.
+        """Whether a file or directory exists (False for a missing one; never FileNotFoundInSandboxError).
 
         Needs: files (else CapabilityError).
         Raises: PathOutsideSandboxError.
@@ -211,7 +218,7 @@ class Sandbox(SandboxBase):
             adapter.restore_snapshot(snapshot_id=snapshot_id)
 
     def list_snapshots(self) -> list[SnapshotInfo]:
-        """Snapshots of this provider that can be restored.
+        """Snapshots of this provider that can be restored (a deleted one is no longer listed).
 
         Needs: snapshot.filesystem (else CapabilityError).
         """
@@ -221,7 +228,7 @@ class Sandbox(SandboxBase):
             return adapter.list_snapshots()
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        """Delete a snapshot and free its space.
+        """Delete a snapshot and free its space; it can no longer be restored.
 
         Needs: snapshot.filesystem (else CapabilityError).
         Raises: SnapshotNotFoundError.
@@ -233,7 +240,7 @@ class Sandbox(SandboxBase):
             adapter.delete_snapshot(snapshot_id=snapshot_id)
 
     def terminate(self) -> None:
-        """Stop the sandbox, keeping its snapshots, so that wake_up can bring it back.
+        """Stop the sandbox (no process of it runs), keeping its files and snapshots, so that wake_up can bring it back.
 
         Needs: lifecycle.terminate_wake (else CapabilityError).
         """
@@ -243,7 +250,7 @@ class Sandbox(SandboxBase):
             adapter.terminate()
 
     def wake_up(self, snapshot_id: str | None = None) -> None:
-        """Start a terminated sandbox again, from a snapshot when one is given.
+        """Start a terminated sandbox again, with the files it had, or from a snapshot when one is given.
 
         Needs: lifecycle.terminate_wake (else CapabilityError).
         Raises: SnapshotNotFoundError.

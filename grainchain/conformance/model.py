@@ -6,8 +6,8 @@ import copy
 import string
 from dataclasses import dataclass, field
 
-# File names the suite uses: awkward for shells (quotes, $, spaces, globs, non-ASCII), safe for every
-# filesystem a provider may run on. No "/", NUL, newline, or leading "-"; "." and ".." are excluded too.
+# File names the suite uses: awkward for shells (quotes, $, spaces, globs, non-ASCII, a leading "-" or "."),
+# safe for every filesystem a provider may run on. No "/", NUL or newline; "." and ".." are excluded.
 SAFE_NAME_ALPHABET = string.ascii_letters + string.digits + " _-.,+=@#%&()[]{}'\"$!~;éü中"
 
 
@@ -17,6 +17,7 @@ class TreeModel:
 
     files: dict[str, bytes] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=set)
+    modes: dict[str, int] = field(default_factory=dict)  # permission bits set by chmod (unknown: absent)
 
     @staticmethod
     def ancestors(path: str) -> list[str]:
@@ -32,6 +33,8 @@ class TreeModel:
     def write(self, path: str, data: bytes, *, append: bool = False) -> None:
         self.dirs.update(self.ancestors(path))
         self.files[path] = (self.files.get(path, b"") if append else b"") + data
+        if not append:
+            self.modes.pop(path, None)  # a replaced file's mode is the provider's to choose
 
     def make_dir(self, path: str) -> None:
         self.dirs.update([*self.ancestors(path), path])
@@ -40,6 +43,7 @@ class TreeModel:
         prefix = path + "/"
         self.files = {p: d for p, d in self.files.items() if p != path and not p.startswith(prefix)}
         self.dirs = {d for d in self.dirs if d != path and not d.startswith(prefix)}
+        self.modes = {p: m for p, m in self.modes.items() if p != path and not p.startswith(prefix)}
 
     def listing(self, directory: str) -> dict[str, tuple[bool, int]]:
         """name -> (is_directory, size) of the entries directly in `directory` ("" is the base)."""

@@ -2,9 +2,14 @@
 installed; it stays inert unless conformance tests are collected).
 
 Options: --grainchain-provider NAME (default: $GRAINCHAIN_CONFORMANCE_PROVIDER, else local),
---grainchain-config JSON (SandboxConfig of the sandboxes the suite creates), --grainchain-thorough,
---grainchain-report PATH (the per-feature results as JSON), --grainchain-no-table. A provider that cannot be
-used (unknown, no adapter, sandbox creation fails) or a bad config stops the run as a pytest usage error.
+--grainchain-config JSON (SandboxConfig of the sandboxes the suite creates), --grainchain-client
+(both, sync or async: which clients drive the tests; default both), --grainchain-thorough,
+--grainchain-hang-timeout SECONDS, --grainchain-report PATH (the per-feature results as JSON),
+--grainchain-no-table. A provider that cannot be used (unknown, no adapter, sandbox creation fails) or a bad
+config stops the run as a pytest usage error.
+
+Every test runs once per client. A test that runs longer than the hang timeout fails with the grainchain
+operations running at that moment (the state machine's limit grows with its budget).
 
 Each conformance test is marked with the features it checks. A test whose feature the provider declares
 unsupported is skipped with that reason (test_unsupported checks the CapabilityError instead); a test the
@@ -16,7 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 from collections import defaultdict
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -30,6 +38,9 @@ _TARGET_KEY = pytest.StashKey["ConformanceTarget"]()
 _TALLY_KEY = pytest.StashKey[dict[str, dict[str, int]]]()
 _FEATURES_KEY = pytest.StashKey[dict[str, list[str]]]()
 _FAILED_KEY = pytest.StashKey[set[str]]()
+STATE_MACHINE = "test_sandbox_behaves_like_its_model"
+# below pytest-timeout's 120 s in grainchain's own test runs, so that this message is the one shown
+DEFAULT_HANG_TIMEOUT = 90.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,6 +68,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="do not print the per-feature table (`grainchain conformance` prints its own)",
     )
     group.addoption(
+        "--grainchain-client",
+        choices=("both", "sync", "async"),
+        default=os.environ.get("GRAINCHAIN_CONFORMANCE_CLIENT", "both"),
+        help="the client(s) every test drives the provider with (default: both, each test runs twice)",
+    )
+    group.addoption(
+        "--grainchain-hang-timeout",
+        type=float,
+        default=DEFAULT_HANG_TIMEOUT,
+        metavar="SECONDS",
+        help=f"fail a test that runs longer, naming the operation it hangs in (default {DEFAULT_HANG_TIMEOUT:g}; "
+        "the state machine gets more, by its budget)",
+    )
+    group.addoption(
         "--grainchain-thorough",
         action="store_true",
         default=False,
@@ -69,6 +94,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "feature(*names): features a conformance test needs (else not applicable)"
     )
     config.addinivalue_line("markers", "covers(*names): features a conformance test checks where supported")
+    config.addinivalue_line(
+        "markers", "promises(*ids): spec promises a conformance test checks (promises.py)"
+    )
     tally: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     config.stash[_TALLY_KEY] = tally
     config.stash[_FEATURES_KEY] = {}
@@ -117,9 +145,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     target = target_for(config)
     for item in suite:
         name = getattr(item, "originalname", item.name)
-        if name == "test_sandbox_behaves_like_its_model" and config.pluginmanager.hasplugin("timeout"):
-            # its run time grows with the budget and the provider's latency
-            item.add_marker(pytest.mark.timeout(target.budget.hang_guard))
+        if config.pluginmanager.hasplugin("timeout"):
+            # pytest-timeout, when installed, only after our own hang guard (which names the operation)
+            item.add_marker(pytest.mark.timeout(_hang_limit(item, target) + 60))
         if name in target.provider.conformance_exclusions:
             reason = target.provider.conformance_exclusions[name]
             item.add_marker(pytest.mark.skip(reason=f"excluded by provider {target.name!r}: {reason}"))
@@ -134,10 +162,63 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             )
 
 
-@pytest.fixture(scope="session")
-def conformance(request: pytest.FixtureRequest) -> ConformanceTarget:
-    """The provider under test (see grainchain.conformance.target.ConformanceTarget)."""
-    return target_for(request.config)
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "conformance" in metafunc.fixturenames and str(metafunc.definition.path).startswith(SUITE_DIR):
+        chosen = metafunc.config.getoption("--grainchain-client")
+        clients = ["sync", "async"] if chosen == "both" else [chosen]
+        metafunc.parametrize("grainchain_client", clients)
+
+
+@pytest.fixture
+def conformance(request: pytest.FixtureRequest, grainchain_client: str) -> ConformanceTarget:
+    """The provider under test, driven by one client (see grainchain.conformance.target)."""
+    return target_for(request.config).with_client(grainchain_client)
+
+
+class ConformanceHang(Exception):
+    """A conformance test ran longer than its hang limit."""
+
+
+def _hang_limit(item: pytest.Item, target: ConformanceTarget) -> float:
+    if getattr(item, "originalname", item.name) == STATE_MACHINE:
+        return max(target.budget.hang_guard, float(item.config.getoption("--grainchain-hang-timeout")))
+    return float(item.config.getoption("--grainchain-hang-timeout"))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """The hang guard: a timer thread interrupts the test's thread with SIGUSR2, whose handler raises
+    ConformanceHang naming the grainchain operations in flight (blocking calls are interrupted by it)."""
+    if not _in_suite(item) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from grainchain.conformance.clients import IN_FLIGHT
+
+    limit = _hang_limit(item, target_for(item.config))
+    state = {"armed": True, "message": ""}
+
+    def fire() -> None:
+        state["message"] = (
+            f"hung: {item.name} ran for more than {limit:g} s (--grainchain-hang-timeout); "
+            f"in flight: {IN_FLIGHT.describe()}"
+        )
+        signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR2)
+
+    def interrupt(signum: int, frame: object) -> None:
+        if state["armed"]:
+            state["armed"] = False
+            raise ConformanceHang(state["message"])
+
+    previous = signal.signal(signal.SIGUSR2, interrupt)
+    timer = threading.Timer(limit, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        state["armed"] = False
+        timer.cancel()
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -170,14 +251,22 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _report(config: pytest.Config) -> dict[str, Any]:
     target = config.stash[_TARGET_KEY]
+    from grainchain.conformance.promises import coverage_by_feature
+
     levels = {f.value: level.value for f, level in target.capabilities.items()}
     failed: set[str] = config.stash[_FAILED_KEY]
+    coverage = coverage_by_feature()
     return {
         "provider": target.name,
         "budget": "thorough" if target.thorough else "ci",
         "capabilities": levels,  # every feature's level, tested or not
         "features": {
-            feature: {"declared": levels.get(feature, "-"), **dict(counts)}
+            feature: {
+                "declared": levels.get(feature, "-"),
+                "promises_checked": coverage.get(feature, (0, 0))[0],
+                "promises": coverage.get(feature, (0, 0))[1],
+                **dict(counts),
+            }
             for feature, counts in sorted(config.stash[_TALLY_KEY].items())
         },
         "failed": sorted(failed),
@@ -194,10 +283,18 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
             json.dump(_report(config), f, indent=2)
     if config.getoption("--grainchain-no-table"):
         return
+    from grainchain.conformance.promises import coverage_by_feature
+
+    coverage = coverage_by_feature()
     write = terminalreporter.write_line
     terminalreporter.section(f"grainchain conformance: {target.name}")
-    write(f"{'feature':28} {'declared':12} {'passed':>6} {'failed':>6} {'skipped':>7}")
+    write(f"{'feature':28} {'declared':12} {'promises':>9} {'passed':>6} {'failed':>6} {'skipped':>7}")
     for feature in sorted(tally):
         level = next((lvl.value for f, lvl in target.capabilities.items() if f.value == feature), "-")
         counts = tally[feature]
-        write(f"{feature:28} {level:12} {counts['passed']:>6} {counts['failed']:>6} {counts['skipped']:>7}")
+        done, total = coverage.get(feature, (0, 0))
+        checked = f"{done}/{total}" if total else "-"
+        write(
+            f"{feature:28} {level:12} {checked:>9} {counts['passed']:>6} {counts['failed']:>6} "
+            f"{counts['skipped']:>7}"
+        )

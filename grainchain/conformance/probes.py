@@ -8,10 +8,9 @@ from typing import Any
 
 from grainchain._generated.features import Feature
 from grainchain.models import SnapshotKind
-from grainchain.sync import Sandbox
 
 # Features a running sandbox can be asked for.
-SANDBOX_PROBES: dict[Feature, Callable[[Sandbox], Any]] = {
+SANDBOX_PROBES: dict[Feature, Callable[[Any], Any]] = {  # on a sandbox of either client
     Feature.EXEC: lambda s: s.execute("true"),
     Feature.EXEC_STREAMING: lambda s: s.execute("true", on_stdout=lambda _: None),
     Feature.PROCESS_BACKGROUND: lambda s: s.start_process("true"),
@@ -19,12 +18,12 @@ SANDBOX_PROBES: dict[Feature, Callable[[Sandbox], Any]] = {
     Feature.SNAPSHOT_FILESYSTEM: lambda s: s.create_snapshot(),
     Feature.SNAPSHOT_MEMORY: lambda s: s.create_snapshot(kind=SnapshotKind.memory),
     Feature.LIFECYCLE_TERMINATE_WAKE: lambda s: s.terminate(),
-    Feature.LIFECYCLE_RECONNECT: lambda s: Sandbox.list_sandboxes(s.provider_name),
+    Feature.LIFECYCLE_RECONNECT: lambda s: s.list_sandboxes(s.provider_name),
     Feature.PORTS: lambda s: s.port_address(8080),
 }
 
 # Supported features that the behaviour tests (state machine, examples) exercise.
-BEHAVIOUR_CHECKED = frozenset({*SANDBOX_PROBES, Feature.LIMITS_MEMORY})
+BEHAVIOUR_CHECKED = frozenset({*SANDBOX_PROBES, Feature.LIMITS_MEMORY, Feature.LIMITS_CPU})
 
 # Features asked for by setting a SandboxConfig field: creation must fail.
 CONFIG_PROBES: dict[Feature, dict[str, Any]] = {

@@ -1,18 +1,19 @@
-"""What the suite runs against: a provider by name, the SandboxConfig of its sandboxes, the test budget."""
+"""What the suite runs against: a provider by name, the SandboxConfig of its sandboxes, the test budget, and
+the client (sync or async) the current test drives it with."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
 
 from grainchain._generated.features import Feature
 from grainchain._provider_info import ProviderInfo
-from grainchain.models import SandboxConfig, SupportLevel
-from grainchain.sync import Sandbox
+from grainchain.conformance.clients import Blocking, call, sandbox_class
+from grainchain.models import SandboxConfig, SandboxInfo, SupportLevel
 
 
 @dataclass(frozen=True)
@@ -37,11 +38,16 @@ class ConformanceTarget:
     config: SandboxConfig
     thorough: bool = False
     capabilities: dict[Feature, SupportLevel] = field(default_factory=dict)
+    client: str = "sync"  # which client the sandboxes are made with: "sync" or "async"
 
     def __post_init__(self) -> None:
-        # what the suite holds the provider to: its declaration, narrowed by what the backend lacks
-        with self.sandbox() as sandbox:
-            self.capabilities = dict(sandbox.capabilities)
+        if not self.capabilities:
+            # what the suite holds the provider to: its declaration, narrowed by what the backend lacks
+            with self.sandbox() as sandbox:
+                self.capabilities = dict(sandbox.capabilities)
+
+    def with_client(self, client: str) -> ConformanceTarget:
+        return replace(self, client=client)
 
     @property
     def name(self) -> str:
@@ -54,12 +60,38 @@ class ConformanceTarget:
     def supports(self, feature: Feature) -> bool:
         return self.capabilities.get(feature, SupportLevel.unsupported) is not SupportLevel.unsupported
 
+    def sandbox_config(self, **overrides: Any) -> SandboxConfig:
+        return SandboxConfig.model_validate({**self.config.model_dump(), **overrides})
+
+    def open(self, **overrides: Any) -> Any:
+        """A started sandbox of the provider (config fields overridden by `overrides`); the caller closes it.
+        Typed Any: it is a `grainchain.sync.Sandbox`, or the async client behind the same blocking calls."""
+        inner = sandbox_class(self.client)(self.name, self.sandbox_config(**overrides))
+        sandbox = Blocking(inner, f"{self.client} sandbox")
+        sandbox.start()
+        return sandbox
+
     @contextmanager
-    def sandbox(self, **overrides: Any) -> Iterator[Sandbox]:
-        """A started sandbox of the provider (config fields overridden by `overrides`), closed afterwards."""
-        config = SandboxConfig.model_validate({**self.config.model_dump(), **overrides})
-        with Sandbox(self.name, config) as sandbox:
+    def sandbox(self, **overrides: Any) -> Iterator[Any]:
+        """A started sandbox (see open()), closed (or detached, with keep_alive) when the block ends."""
+        with self.open(**overrides) as sandbox:
             yield sandbox
+
+    def connect(self, sandbox_id: str, **overrides: Any) -> Any:
+        """Sandbox.connect through the current client (config: the suite's, with `overrides`)."""
+        cls = sandbox_class(self.client)
+        config = self.sandbox_config(**overrides)
+        inner = call(
+            self.client, f"connect({sandbox_id!r})", lambda: cls.connect(sandbox_id, self.name, config)
+        )
+        return Blocking(inner, f"{self.client} sandbox (connected)")
+
+    def list_sandboxes(self) -> list[SandboxInfo]:
+        cls = sandbox_class(self.client)
+        found: list[SandboxInfo] = call(
+            self.client, "list_sandboxes()", lambda: cls.list_sandboxes(self.name)
+        )
+        return found
 
     def hypothesis_settings(self) -> settings:
         budget = self.budget

@@ -8,14 +8,15 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shlex
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
 from grainchain._generated.features import Feature
+from grainchain.conformance.inside import COUNTER, counter_reaches, survivors
 from grainchain.conformance.target import ConformanceTarget
 from grainchain.errors import (
     CommandTimeoutError,
@@ -26,22 +27,10 @@ from grainchain.errors import (
     SnapshotNotFoundError,
 )
 from grainchain.models import SandboxStatus, SnapshotKind
-from grainchain.sync import Sandbox
-
-GONE_CHECK = 'for p in $(cat {file}); do if kill -0 "$p" 2>/dev/null; then echo "alive $p"; fi; done'
-
-
-def _survivors(sandbox: Sandbox, pid_file: str, within: float = 5.0) -> str:
-    """Processes listed in pid_file that are still alive after `within` seconds ("" when all are gone)."""
-    deadline = time.monotonic() + within
-    while True:
-        alive = sandbox.execute(GONE_CHECK.format(file=shlex.quote(pid_file))).stdout
-        if not alive or time.monotonic() > deadline:
-            return alive
-        time.sleep(0.1)
 
 
 @pytest.mark.feature("exec")
+@pytest.mark.promises("raises:execute.CommandTimeoutError", "param:execute.timeout", "convention:processes")
 def test_timeout_kills_the_whole_tree_and_keeps_partial_output(conformance: ConformanceTarget) -> None:
     with conformance.sandbox() as sandbox:
         command = (
@@ -58,16 +47,18 @@ def test_timeout_kills_the_whole_tree_and_keeps_partial_output(conformance: Conf
         assert "on-stderr" in info.value.stderr
         assert info.value.timeout == 1
         assert sandbox.execute("cat pids").stdout.count("\n") == 3  # shell, its child, a grandchild
-        assert _survivors(sandbox, "pids") == "", "processes of the timed-out command survived"
+        assert survivors(sandbox, "pids") == "", "processes of the timed-out command survived"
 
 
 @pytest.mark.feature("exec")
+@pytest.mark.promises("config:timeout")
 def test_default_timeout_comes_from_the_config(conformance: ConformanceTarget) -> None:
     with conformance.sandbox(timeout=1) as sandbox, pytest.raises(CommandTimeoutError):
         sandbox.execute("sleep 60")
 
 
 @pytest.mark.feature("exec")
+@pytest.mark.promises("config:environment_vars", "param:execute.environment")
 def test_config_environment_reaches_every_command(conformance: ConformanceTarget) -> None:
     config_env = {"GC_CONFORMANCE_FROM_CONFIG": "set for the whole sandbox"}
     with conformance.sandbox(environment_vars=config_env) as sandbox:
@@ -79,6 +70,7 @@ def test_config_environment_reaches_every_command(conformance: ConformanceTarget
 
 
 @pytest.mark.feature("exec", "files")
+@pytest.mark.promises("config:working_directory", "param:execute.working_dir", "field:FileInfo.path")
 def test_commands_start_where_they_are_told(conformance: ConformanceTarget) -> None:
     """SandboxConfig.working_directory is where commands and relative paths start; working_dir moves one
     command (relative to that start, or absolute)."""
@@ -95,6 +87,7 @@ def test_commands_start_where_they_are_told(conformance: ConformanceTarget) -> N
 
 
 @pytest.mark.feature("exec")
+@pytest.mark.promises("op:execute", "field:ExecutionResult.stdout", "field:ExecutionResult.stderr")
 def test_large_output_arrives_whole(conformance: ConformanceTarget) -> None:
     size = 3_000_000
     with conformance.sandbox() as sandbox:
@@ -105,6 +98,7 @@ def test_large_output_arrives_whole(conformance: ConformanceTarget) -> None:
 
 
 @pytest.mark.feature("exec")
+@pytest.mark.promises("config:output_limit", "raises:execute.OutputLimitExceededError")
 def test_output_over_the_limit_raises(conformance: ConformanceTarget) -> None:
     with conformance.sandbox(output_limit="64KB") as sandbox:
         with pytest.raises(OutputLimitExceededError) as info:
@@ -114,6 +108,7 @@ def test_output_over_the_limit_raises(conformance: ConformanceTarget) -> None:
 
 
 @pytest.mark.feature("files", "exec")
+@pytest.mark.promises("feature:files", "op:download_file", "field:FileInfo.size")
 def test_large_file_round_trip_is_byte_identical(conformance: ConformanceTarget) -> None:
     data = os.urandom(6 * 1024 * 1024)
     with conformance.sandbox() as sandbox:
@@ -132,6 +127,7 @@ LISTED_SIZES = [0, 1, 4097, 70_000]
 
 
 @pytest.mark.feature("files")
+@pytest.mark.promises("op:list_files", "field:FileInfo.size", "field:FileInfo.is_directory")
 def test_listing_shows_every_entry_with_its_size(conformance: ConformanceTarget) -> None:
     expected = {name: (False, LISTED_SIZES[i % len(LISTED_SIZES)]) for i, name in enumerate(LISTED_NAMES)}
     expected["sub dir"] = (True, 0)
@@ -148,6 +144,7 @@ def test_listing_shows_every_entry_with_its_size(conformance: ConformanceTarget)
 
 
 @pytest.mark.feature("files", "exec")
+@pytest.mark.promises("lifecycle:create")
 def test_concurrent_sandboxes_are_independent(conformance: ConformanceTarget) -> None:
     def work(index: int) -> tuple[str, bytes, list[str]]:
         with conformance.sandbox() as sandbox:
@@ -164,6 +161,7 @@ def test_concurrent_sandboxes_are_independent(conformance: ConformanceTarget) ->
 
 
 @pytest.mark.feature("snapshot.filesystem", "files")
+@pytest.mark.promises("op:restore_snapshot", "op:create_snapshot")
 def test_each_snapshot_restores_its_own_state_into_any_sandbox(conformance: ConformanceTarget) -> None:
     with conformance.sandbox() as first, conformance.sandbox() as second:
         first.upload_file("state", "one")
@@ -187,6 +185,7 @@ def test_each_snapshot_restores_its_own_state_into_any_sandbox(conformance: Conf
 
 
 @pytest.mark.feature("exec.streaming")
+@pytest.mark.promises("feature:exec.streaming", "param:execute.on_stdout", "param:execute.on_stderr")
 def test_streaming_delivers_output_before_the_command_ends(conformance: ConformanceTarget) -> None:
     out: list[tuple[float, str]] = []
     err: list[tuple[float, str]] = []
@@ -205,6 +204,7 @@ def test_streaming_delivers_output_before_the_command_ends(conformance: Conforma
 
 
 @pytest.mark.feature("process.background", "exec")
+@pytest.mark.promises("feature:process.background", "op:start_process")
 def test_background_process_runs_until_killed(conformance: ConformanceTarget) -> None:
     with conformance.sandbox() as sandbox:
         handle = sandbox.start_process("echo started; echo $$ > bgpid; sleep 60")
@@ -218,34 +218,21 @@ def test_background_process_runs_until_killed(conformance: ConformanceTarget) ->
         assert handle.is_running, "wait(timeout) must not kill the process"
         handle.kill()
         assert not handle.is_running
-        assert _survivors(sandbox, "bgpid") == ""
-
-
-# A background counter started by execute(): it outlives the command and writes each value whole.
-COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > .c; mv .c counter; sleep 0.05; done) >/dev/null 2>&1 &"
-
-
-def _counter_reaches(sandbox: Sandbox, at_least: int, within: float = 10.0) -> int:
-    deadline = time.monotonic() + within
-    while True:
-        shown = sandbox.execute("cat counter 2>/dev/null").stdout.strip()
-        if shown.isdigit() and int(shown) >= at_least:
-            return int(shown)
-        assert time.monotonic() < deadline, f"the counter stays at {shown!r}, below {at_least}"
-        time.sleep(0.05)
+        assert survivors(sandbox, "bgpid") == ""
 
 
 @pytest.mark.feature("snapshot.memory", "exec")
+@pytest.mark.promises("feature:snapshot.memory", "op:create_snapshot")
 def test_memory_snapshot_brings_a_running_process_back(conformance: ConformanceTarget) -> None:
     """After a memory snapshot is restored (through wake_up when the provider can terminate), a process
     that ran at snapshot time runs again and counts on from the value it had then, not from 1."""
     with conformance.sandbox() as sandbox:
-        sandbox.execute(COUNTER)
-        _counter_reaches(sandbox, 5)
+        sandbox.execute(COUNTER.format(name="counter"))
+        counter_reaches(sandbox, 5)
         snapshot_id = sandbox.create_snapshot(kind=SnapshotKind.memory)
         try:
             at_snapshot = int(sandbox.execute("cat counter").stdout)
-            later = _counter_reaches(sandbox, at_snapshot + 20)  # the snapshot did not stop it
+            later = counter_reaches(sandbox, at_snapshot + 20)  # the snapshot did not stop it
             if conformance.supports(Feature.LIFECYCLE_TERMINATE_WAKE):
                 sandbox.terminate()
                 sandbox.wake_up(snapshot_id)
@@ -255,16 +242,18 @@ def test_memory_snapshot_brings_a_running_process_back(conformance: ConformanceT
             assert at_snapshot - 10 <= resumed < later, (
                 f"counter was {at_snapshot} at the snapshot and {later} before the restore, {resumed} after"
             )
-            _counter_reaches(sandbox, resumed + 5)
+            counter_reaches(sandbox, resumed + 5)
         finally:
             sandbox.delete_snapshot(snapshot_id)
 
 
-def _status(sandbox: Sandbox) -> SandboxStatus:
-    return sandbox.status  # (a call, so that type checkers do not keep an earlier narrowing)
+def _status(sandbox: Any) -> SandboxStatus:
+    status: SandboxStatus = sandbox.status  # (a call, so that type checkers keep no earlier narrowing)
+    return status
 
 
 @pytest.mark.feature("lifecycle.terminate_wake", "exec")
+@pytest.mark.promises("feature:lifecycle.terminate_wake", "op:terminate", "op:wake_up")
 def test_terminated_sandbox_refuses_work_until_woken(conformance: ConformanceTarget) -> None:
     with conformance.sandbox() as sandbox:
         sandbox.execute("echo kept > kept-file")
@@ -299,6 +288,9 @@ def _fetch(url: str, within: float) -> str:
 
 
 @pytest.mark.feature("ports", "exec")
+@pytest.mark.promises(
+    "feature:ports", "config:ports", "op:port_address", "raises:port_address.InvalidArgumentError"
+)
 def test_published_port_reaches_a_server_in_the_sandbox(conformance: ConformanceTarget) -> None:
     token = os.urandom(8).hex()
     with conformance.sandbox(ports=[8080]) as sandbox:
@@ -313,6 +305,9 @@ def test_published_port_reaches_a_server_in_the_sandbox(conformance: Conformance
 
 
 @pytest.mark.feature("limits.memory", "exec")
+@pytest.mark.promises(
+    "feature:limits.memory", "config:memory_limit", "raises:execute.MemoryLimitExceededError"
+)
 def test_command_over_the_memory_limit_is_reported(conformance: ConformanceTarget) -> None:
     with conformance.sandbox(memory_limit="64MB") as sandbox:
         assert sandbox.execute("echo fits").stdout == "fits\n"
@@ -322,3 +317,17 @@ def test_command_over_the_memory_limit_is_reported(conformance: ConformanceTarge
         assert info.value.return_code != 0
         assert info.value.stdout == "before\n"
         assert sandbox.execute("echo still usable").stdout == "still usable\n"
+
+
+@pytest.mark.feature("limits.cpu", "exec")
+@pytest.mark.promises("feature:limits.cpu", "config:cpu_limit")
+def test_cpu_limit_caps_what_busy_processes_get(conformance: ConformanceTarget) -> None:
+    """Two busy loops for about two seconds get at most cpu_limit cores between them (the shell's `times`
+    reports its children's CPU time; load on the machine can only lower it)."""
+    busy = "end=$(( $(date +%s) + 3 )); while [ $(date +%s) -lt $end ]; do :; done"
+    with conformance.sandbox(cpu_limit=0.25) as sandbox:
+        result = sandbox.execute(f"({busy}) & ({busy}) & wait; times", timeout=60)
+    children = result.stdout.strip().splitlines()[-1].split()  # e.g. "0m0.71s 0m0.03s"
+    cpu = sum(int(t.split("m")[0]) * 60 + float(t.split("m")[1].rstrip("s")) for t in children)
+    wall = result.execution_time
+    assert cpu <= 0.25 * wall * 1.5 + 0.3, f"{cpu:.2f} s of CPU in {wall:.2f} s with cpu_limit=0.25"

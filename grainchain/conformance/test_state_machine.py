@@ -22,13 +22,18 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_s
 from grainchain._generated.features import Feature
 from grainchain.conformance.model import SAFE_NAME_ALPHABET, TreeModel
 from grainchain.conformance.probes import SANDBOX_PROBES
+from grainchain.conformance.promises import checks
 from grainchain.conformance.target import ConformanceTarget
 from grainchain.errors import CapabilityError, SnapshotNotFoundError
 from grainchain.models import SnapshotKind
 
-NAMES = st.text(SAFE_NAME_ALPHABET, min_size=1, max_size=16).filter(
-    lambda n: n not in (".", "..") and not n.startswith("-")
-)
+_PLAIN_NAMES = st.text(SAFE_NAME_ALPHABET, min_size=1, max_size=16)
+# hidden files and leading dashes are drawn on purpose, not only by chance
+NAMES = st.one_of(
+    _PLAIN_NAMES, st.builds("{}{}".format, st.sampled_from([".", "-", "--"]), _PLAIN_NAMES)
+).filter(lambda n: n not in (".", ".."))
+MODES = st.sampled_from([0o600, 0o640, 0o644, 0o700, 0o750, 0o755])
+SIGNALS = st.sampled_from([1, 2, 3, 6, 9, 13, 14, 15])
 CONTENT = st.one_of(
     st.binary(max_size=64),  # any byte values; Hypothesis keeps these short
     # and sizes from empty to past the 64 KiB chunks transfers are often cut into (bytes from a seed: drawing
@@ -98,10 +103,19 @@ class SandboxMachine(RuleBasedStateMachine):
     def assert_tree_matches(self) -> None:
         assert self.sandbox_tree() == self.model.tree(), "the sandbox's files differ from the model"
 
+    def assert_contents_match(self) -> None:
+        """Every file byte for byte, and the modes set by chmod (where the provider reports modes)."""
+        for rel, data in self.model.files.items():
+            assert self.sandbox.download_file(self.path(rel)) == data, f"{rel!r} has other contents"
+        for rel, mode in self.model.modes.items():
+            shown = self.sandbox.get_file_info(self.path(rel)).mode
+            assert shown in (None, mode), f"{rel!r} has mode {oct(shown or 0)}, not {oct(mode)}"
+
     # -- files ----------------------------------------------------------------------------------------
 
     @_needs(Feature.FILES)
     @rule(data=st.data(), content=CONTENT)
+    @checks("op:upload_file", "param:upload_file.content", "param:upload_file.mode")
     def upload_new_file(self, data: st.DataObject, content: bytes) -> None:
         rel = self.draw_new_path(data)
         if self.model.can_write_file(rel):
@@ -111,6 +125,7 @@ class SandboxMachine(RuleBasedStateMachine):
     @_needs(Feature.FILES)
     @precondition(lambda self: self.model.files)
     @rule(data=st.data(), text=TEXT)
+    @checks("op:upload_file", "param:upload_file.content")
     def overwrite_with_text(self, data: st.DataObject, text: str) -> None:
         rel = data.draw(st.sampled_from(sorted(self.model.files)))
         self.sandbox.upload_file(self.path(rel), text)  # mode "w": str is written as UTF-8
@@ -119,6 +134,7 @@ class SandboxMachine(RuleBasedStateMachine):
     @_needs(Feature.FILES)
     @precondition(lambda self: self.model.files)
     @rule(data=st.data(), content=CONTENT)
+    @checks("param:upload_file.mode")
     def append_bytes(self, data: st.DataObject, content: bytes) -> None:
         rel = data.draw(st.sampled_from(sorted(self.model.files)))
         self.sandbox.upload_file(self.path(rel), content, mode="ab")
@@ -126,6 +142,7 @@ class SandboxMachine(RuleBasedStateMachine):
 
     @_needs(Feature.FILES)
     @rule(data=st.data())
+    @checks("op:make_directory")
     def make_directory(self, data: st.DataObject) -> None:
         rel = self.draw_new_path(data)
         if self.model.can_make_dir(rel):
@@ -135,6 +152,7 @@ class SandboxMachine(RuleBasedStateMachine):
     @_needs(Feature.FILES)
     @precondition(lambda self: self.model.files or self.model.dirs)
     @rule(data=st.data())
+    @checks("op:delete_file", "op:file_exists")
     def delete(self, data: st.DataObject) -> None:
         rel = data.draw(st.sampled_from(sorted([*self.model.files, *self.model.dirs])))
         self.sandbox.delete_file(self.path(rel))
@@ -144,12 +162,14 @@ class SandboxMachine(RuleBasedStateMachine):
     @_needs(Feature.FILES)
     @precondition(lambda self: self.model.files)
     @rule(data=st.data())
+    @checks("op:download_file")
     def download_matches(self, data: st.DataObject) -> None:
         rel = data.draw(st.sampled_from(sorted(self.model.files)))
         assert self.sandbox.download_file(self.path(rel)) == self.model.files[rel]
 
     @_needs(Feature.FILES)
     @rule(data=st.data())
+    @checks("op:list_files", "field:FileInfo.name", "field:FileInfo.size", "field:FileInfo.is_directory")
     def listing_matches(self, data: st.DataObject) -> None:
         rel = data.draw(st.sampled_from(["", *sorted(self.model.dirs)]))
         listed = {
@@ -168,6 +188,7 @@ class SandboxMachine(RuleBasedStateMachine):
     @_needs(Feature.FILES, Feature.EXEC)
     @precondition(lambda self: self.model.files)
     @rule(data=st.data())
+    @checks("feature:files", "feature:exec")
     def command_reads_what_files_wrote(self, data: st.DataObject) -> None:
         rel = data.draw(st.sampled_from(sorted(self.model.files)))
         result = self.sandbox.execute(f"base64 < {shlex.quote(self.path(rel))}")
@@ -176,6 +197,7 @@ class SandboxMachine(RuleBasedStateMachine):
 
     @_needs(Feature.FILES, Feature.EXEC)
     @rule(data=st.data(), text=TEXT)
+    @checks("feature:files", "feature:exec")
     def files_read_what_command_wrote(self, data: st.DataObject, text: str) -> None:
         rel = self.draw_new_path(data)
         if not self.model.can_write_file(rel) or any(
@@ -189,12 +211,19 @@ class SandboxMachine(RuleBasedStateMachine):
 
     @_needs(Feature.EXEC)
     @rule(name=st.from_regex(r"[A-Z][A-Z0-9_]{0,10}", fullmatch=True), value=TEXT)
+    @checks("param:execute.environment")
     def environment_is_passed(self, name: str, value: str) -> None:
         result = self.sandbox.execute(f'printf "%s" "${name}"', environment={name: value})
         assert result.stdout == value
 
     @_needs(Feature.EXEC)
-    @rule(out=TEXT, err=TEXT, code=st.integers(0, 125))
+    @rule(out=TEXT, err=TEXT, code=st.integers(0, 255))
+    @checks(
+        "convention:exit_codes",
+        "field:ExecutionResult.return_code",
+        "field:ExecutionResult.stdout",
+        "field:ExecutionResult.stderr",
+    )
     def exit_code_and_streams_are_kept(self, out: str, err: str, code: int) -> None:
         result = self.sandbox.execute(
             f"printf '%s' {shlex.quote(out)}; printf '%s' {shlex.quote(err)} >&2; exit {code}"
@@ -204,13 +233,34 @@ class SandboxMachine(RuleBasedStateMachine):
 
     @_needs(Feature.EXEC, Feature.FILES)
     @rule(data=st.data())
+    @checks("param:execute.working_dir", "field:FileInfo.path")
     def working_dir_is_honoured(self, data: st.DataObject) -> None:
         rel = data.draw(st.sampled_from(["", *sorted(self.model.dirs)]))
         result = self.sandbox.execute("pwd", working_dir=self.path(rel))
         assert result.stdout.rstrip("\n") == self.sandbox.get_file_info(self.path(rel)).path
 
+    @_needs(Feature.EXEC)
+    @rule(out=TEXT, number=SIGNALS)
+    @checks("convention:exit_codes", "field:ExecutionResult.return_code")
+    def killed_by_a_signal(self, out: str, number: int) -> None:
+        result = self.sandbox.execute(f"printf '%s' {shlex.quote(out)}; kill -{number} $$; sleep 5")
+        assert (result.return_code, result.stdout) == (128 + number, out)
+
+    @_needs(Feature.FILES, Feature.EXEC)
+    @precondition(lambda self: self.model.files)
+    @rule(data=st.data(), mode=MODES)
+    @checks("field:FileInfo.mode", "feature:snapshot.filesystem")
+    def change_mode(self, data: st.DataObject, mode: int) -> None:
+        rel = data.draw(st.sampled_from(sorted(self.model.files)))
+        result = self.sandbox.execute(f"chmod {mode:o} {shlex.quote(self.path(rel))}")
+        assert result.return_code == 0, result.stderr
+        self.model.modes[rel] = mode
+        shown = self.sandbox.get_file_info(self.path(rel)).mode
+        assert shown in (None, mode), f"chmod {mode:o}, get_file_info says {oct(shown or 0)}"
+
     @_needs(Feature.EXEC_STREAMING)
     @rule(lines=st.lists(st.text(SAFE_NAME_ALPHABET, max_size=30), min_size=1, max_size=5))
+    @checks("feature:exec.streaming", "param:execute.on_stdout", "param:execute.on_stderr")
     def streaming_delivers_everything(self, lines: list[str]) -> None:
         out: list[str] = []
         err: list[str] = []
@@ -221,7 +271,8 @@ class SandboxMachine(RuleBasedStateMachine):
         assert "".join(err) == result.stderr == expected
 
     @_needs(Feature.PROCESS_BACKGROUND)
-    @rule(out=TEXT, code=st.integers(0, 125))
+    @rule(out=TEXT, code=st.integers(0, 255))
+    @checks("op:start_process", "feature:process.background")
     def background_process_reports_its_result(self, out: str, code: int) -> None:
         handle = self.sandbox.start_process(f"printf '%s' {shlex.quote(out)}; exit {code}")
         result = handle.wait(timeout=30)
@@ -231,6 +282,7 @@ class SandboxMachine(RuleBasedStateMachine):
 
     @_needs(Feature.SNAPSHOT_FILESYSTEM)
     @rule()
+    @checks("op:create_snapshot")
     def create_snapshot(self) -> None:
         snapshot_id = self.sandbox.create_snapshot()
         assert snapshot_id not in self.snapshots, "snapshot ids must be unique"
@@ -238,6 +290,7 @@ class SandboxMachine(RuleBasedStateMachine):
 
     @_needs(Feature.SNAPSHOT_MEMORY)
     @rule()
+    @checks("feature:snapshot.memory")
     def create_memory_snapshot(self) -> None:
         snapshot_id = self.sandbox.create_snapshot(kind=SnapshotKind.memory)
         assert snapshot_id not in self.snapshots, "snapshot ids must be unique"
@@ -246,15 +299,18 @@ class SandboxMachine(RuleBasedStateMachine):
     @_needs(Feature.SNAPSHOT_FILESYSTEM)
     @precondition(lambda self: self.snapshots)
     @rule(data=st.data())
+    @checks("op:restore_snapshot", "feature:snapshot.filesystem")
     def restore_snapshot(self, data: st.DataObject) -> None:
         snapshot_id = data.draw(st.sampled_from(list(self.snapshots)))
         self.sandbox.restore_snapshot(snapshot_id)
         self.model = self.snapshots[snapshot_id].copy()
         if self.target.supports(Feature.FILES):
             self.assert_tree_matches()
+            self.assert_contents_match()
 
     @_needs(Feature.SNAPSHOT_FILESYSTEM, Feature.FILES)
     @rule(content=CONTENT)
+    @checks("op:restore_snapshot", "feature:snapshot.filesystem")
     def restore_undoes_later_changes(self, content: bytes) -> None:
         """Snapshot, change a file and add one, restore: random sequences rarely give a restore work to do."""
         snapshot_id = self.sandbox.create_snapshot()
@@ -268,12 +324,12 @@ class SandboxMachine(RuleBasedStateMachine):
         self.sandbox.restore_snapshot(snapshot_id)
         self.model = before.copy()
         self.assert_tree_matches()
-        for rel in changed:
-            assert self.sandbox.download_file(self.path(rel)) == before.files[rel], "restore left a change"
+        self.assert_contents_match()
 
     @_needs(Feature.SNAPSHOT_FILESYSTEM)
     @precondition(lambda self: self.snapshots)
     @rule(data=st.data())
+    @checks("op:delete_snapshot", "raises:restore_snapshot.SnapshotNotFoundError")
     def deleted_snapshot_is_gone(self, data: st.DataObject) -> None:
         snapshot_id = data.draw(st.sampled_from(list(self.snapshots)))
         self.sandbox.delete_snapshot(snapshot_id)
@@ -283,6 +339,7 @@ class SandboxMachine(RuleBasedStateMachine):
 
     @_needs(Feature.LIFECYCLE_TERMINATE_WAKE)
     @rule(data=st.data())
+    @checks("op:terminate", "op:wake_up")
     def terminate_and_wake_up(self, data: st.DataObject) -> None:
         snapshot_id = data.draw(st.sampled_from([None, *self.snapshots]))
         self.sandbox.terminate()
@@ -291,6 +348,7 @@ class SandboxMachine(RuleBasedStateMachine):
             self.model = self.snapshots[snapshot_id].copy()
         if self.target.supports(Feature.FILES):
             self.assert_tree_matches()
+            self.assert_contents_match()
 
     @precondition(lambda self: any(not self.target.supports(f) for f in SANDBOX_PROBES))
     @rule(data=st.data())

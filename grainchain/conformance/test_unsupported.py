@@ -16,7 +16,6 @@ from grainchain.conformance.probes import (
 )
 from grainchain.conformance.target import ConformanceTarget
 from grainchain.errors import CapabilityError
-from grainchain.sync import Sandbox
 
 
 def _unsupported_or_skip(conformance: ConformanceTarget, feature: Feature) -> None:
@@ -64,5 +63,5 @@ def test_feature_without_operation_is_reported(conformance: ConformanceTarget, f
 def test_unsupported_reconnect_needs_no_sandbox(conformance: ConformanceTarget) -> None:
     _unsupported_or_skip(conformance, Feature.LIFECYCLE_RECONNECT)
     with pytest.raises(CapabilityError) as info:
-        Sandbox.connect("no-such-sandbox", conformance.name)
+        conformance.connect("no-such-sandbox")
     assert info.value.feature == Feature.LIFECYCLE_RECONNECT.value

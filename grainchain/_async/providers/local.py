@@ -254,6 +254,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             await arun_blocking(adapter._make_cwd)
             if adapter._isolated:
                 await arun_blocking(adapter._start_holder)
+                await arun_blocking(adapter._save)  # connect() joins this holder, not a second one
         except BaseException:
             if cgroup is not None:
                 await arun_blocking(cgroup.remove)

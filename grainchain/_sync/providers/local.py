@@ -256,6 +256,7 @@ class LocalAdapter(SandboxAdapter):
             run_blocking(adapter._make_cwd)
             if adapter._isolated:
                 run_blocking(adapter._start_holder)
+                run_blocking(adapter._save)  # connect() joins this holder, not a second one
         except BaseException:
             if cgroup is not None:
                 run_blocking(cgroup.remove)
