@@ -25,6 +25,7 @@ import signal
 import threading
 from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -172,11 +173,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture
 def conformance(request: pytest.FixtureRequest, grainchain_client: str) -> ConformanceTarget:
     """The provider under test, driven by one client (see grainchain.conformance.target)."""
-    return target_for(request.config).with_client(grainchain_client)
-
-
-class ConformanceHang(Exception):
-    """A conformance test ran longer than its hang limit."""
+    clients = 2 if request.config.getoption("--grainchain-client") == "both" else 1
+    return replace(target_for(request.config), client=grainchain_client, clients=clients)
 
 
 def _hang_limit(item: pytest.Item, target: ConformanceTarget) -> float:
@@ -192,7 +190,7 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
     if not _in_suite(item) or threading.current_thread() is not threading.main_thread():
         yield
         return
-    from grainchain.conformance.clients import IN_FLIGHT
+    from grainchain.conformance.clients import IN_FLIGHT, ConformanceHang
 
     limit = _hang_limit(item, target_for(item.config))
     state = {"armed": True, "message": ""}

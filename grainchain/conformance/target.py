@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
@@ -39,15 +39,13 @@ class ConformanceTarget:
     thorough: bool = False
     capabilities: dict[Feature, SupportLevel] = field(default_factory=dict)
     client: str = "sync"  # which client the sandboxes are made with: "sync" or "async"
+    clients: int = 1  # how many clients the run drives (the state machine's budget is shared among them)
 
     def __post_init__(self) -> None:
         if not self.capabilities:
             # what the suite holds the provider to: its declaration, narrowed by what the backend lacks
             with self.sandbox() as sandbox:
                 self.capabilities = dict(sandbox.capabilities)
-
-    def with_client(self, client: str) -> ConformanceTarget:
-        return replace(self, client=client)
 
     @property
     def name(self) -> str:
@@ -104,6 +102,6 @@ class ConformanceTarget:
             # Shrinking replays the machine hundreds of times, each on a fresh sandbox: in CI shrink only the
             # first failure found (one lie often fails several rules); the thorough budget reports them all.
             report_multiple_bugs=self.thorough,
-            max_examples=budget.max_examples,
+            max_examples=-(-budget.max_examples // self.clients),  # (rounded up)
             stateful_step_count=budget.stateful_step_count,
         )

@@ -117,6 +117,7 @@ def test_keep_alive_leaves_the_sandbox_running(conformance: ConformanceTarget) -
         again = conformance.connect(sandbox_id)
         at = inside.counter_value(again)
         inside.counter_reaches(again, at + 5)
+        again.detach()
     finally:
         with contextlib.suppress(SandboxNotFoundError):
             conformance.connect(sandbox_id).close()

@@ -51,7 +51,7 @@ def _ways_out(canary: Path) -> dict[str, str]:
     return {
         "absolute": str(canary),
         "dot-dot": "../" * 40 + str(canary).lstrip("/"),
-        "dot-dot inside a path": "x/../" + "../" * 40 + str(canary).lstrip("/"),
+        "dot-dot after a directory": "dir-with-link/../" + "../" * 40 + str(canary).lstrip("/"),
         "symlink": "link-out",
         "relative symlink": "rel-link-out",
         "symlink on the way": "dir-with-link/out",

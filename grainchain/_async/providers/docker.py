@@ -858,6 +858,18 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
     async def _container_exists(self) -> None:
         await self._engine.request("GET", f"/containers/{self._container}/json", "inspect container")
 
+    async def _follow(self, target: str) -> tuple[str, dk.PathStat | None]:
+        """Where `target` leads when its last component's symlinks are followed (as opening it does), with
+        its stat (None: nothing there)."""
+        for _ in range(40):
+            stat = await self._stat(target)
+            if stat is None or not stat.is_symlink:
+                return target, stat
+            target = dk.resolve(posixpath.dirname(target), stat.link_target)
+        raise InvalidArgumentError(
+            f"too many levels of symbolic links at {target}", argument="path", provider=dk.PROVIDER
+        )
+
     async def _put(self, directory: str, name: str, data: bytes) -> None:
         await self._engine.request(
             "PUT",
@@ -879,7 +891,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             data = await self.download_file(target) + data
         directory, name = posixpath.split(target)
         if stat is None:
-            parent = await self._stat(directory)
+            directory, parent = await self._follow(directory)  # a link to a directory leads into it
             if parent is None:
                 await self.make_directory(directory)
             elif not parent.is_directory:
@@ -889,18 +901,9 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         await self._put(directory, name, data)
 
     async def download_file(self, path: str) -> bytes:
-        target = self._path(path)
-        for _ in range(40):  # follow symlinks, as reading a file does
-            stat = await self._stat(target)
-            if stat is None:
-                raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
-            if not stat.is_symlink:
-                break
-            target = dk.resolve(posixpath.dirname(target), stat.link_target)
-        else:
-            raise InvalidArgumentError(
-                f"too many levels of symbolic links at {target}", argument="path", provider=dk.PROVIDER
-            )
+        target, stat = await self._follow(self._path(path))
+        if stat is None:
+            raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
         if stat.is_directory:
             raise InvalidArgumentError(f"{target} is a directory", argument="path", provider=dk.PROVIDER)
         response = await self._engine.request(

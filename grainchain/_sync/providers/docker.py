@@ -856,6 +856,18 @@ class DockerAdapter(SandboxAdapter):
     def _container_exists(self) -> None:
         self._engine.request("GET", f"/containers/{self._container}/json", "inspect container")
 
+    def _follow(self, target: str) -> tuple[str, dk.PathStat | None]:
+        """Where `target` leads when its last component's symlinks are followed (as opening it does), with
+        its stat (None: nothing there)."""
+        for _ in range(40):
+            stat = self._stat(target)
+            if stat is None or not stat.is_symlink:
+                return target, stat
+            target = dk.resolve(posixpath.dirname(target), stat.link_target)
+        raise InvalidArgumentError(
+            f"too many levels of symbolic links at {target}", argument="path", provider=dk.PROVIDER
+        )
+
     def _put(self, directory: str, name: str, data: bytes) -> None:
         self._engine.request(
             "PUT",
@@ -877,7 +889,7 @@ class DockerAdapter(SandboxAdapter):
             data = self.download_file(target) + data
         directory, name = posixpath.split(target)
         if stat is None:
-            parent = self._stat(directory)
+            directory, parent = self._follow(directory)  # a link to a directory leads into it
             if parent is None:
                 self.make_directory(directory)
             elif not parent.is_directory:
@@ -887,18 +899,9 @@ class DockerAdapter(SandboxAdapter):
         self._put(directory, name, data)
 
     def download_file(self, path: str) -> bytes:
-        target = self._path(path)
-        for _ in range(40):  # follow symlinks, as reading a file does
-            stat = self._stat(target)
-            if stat is None:
-                raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
-            if not stat.is_symlink:
-                break
-            target = dk.resolve(posixpath.dirname(target), stat.link_target)
-        else:
-            raise InvalidArgumentError(
-                f"too many levels of symbolic links at {target}", argument="path", provider=dk.PROVIDER
-            )
+        target, stat = self._follow(self._path(path))
+        if stat is None:
+            raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
         if stat.is_directory:
             raise InvalidArgumentError(f"{target} is a directory", argument="path", provider=dk.PROVIDER)
         response = self._engine.request(
