@@ -79,10 +79,16 @@ async def _stop(child: HostProcess, output: OutputCollector) -> None:
 
 
 async def run_to_completion(
-    child: HostProcess, command: str, output: OutputCollector, timeout: float | None
+    child: HostProcess,
+    command: str,
+    output: OutputCollector,
+    timeout: float | None,
+    started: float | None = None,
 ) -> ExecutionResult:
-    """Wait for `child`; on timeout or overflow kill its tree and raise with the partial output."""
-    started = time.monotonic()
+    """Wait for `child`; on timeout or overflow kill its tree and raise with the partial output. `started`
+    (time.monotonic(), default now): when the command was started; the child runs from its spawn on, so
+    the execution time and the deadline count from before it."""
+    started = time.monotonic() if started is None else started
     settled = False  # exited by itself, or killed and reaped by _stop
     try:
         if await pump(child, output, None if timeout is None else started + timeout):

@@ -86,6 +86,8 @@ def test_upload_modes_parents_and_deletes(conformance: ConformanceTarget) -> Non
         sandbox.make_directory("made")
         assert sandbox.execute("test -d made/one/two").return_code == 0
         sandbox.upload_file("made/one/two/.dot", b".")
+        sandbox.upload_file("made/.hidden", b"hidden entries go too")
+        sandbox.make_directory("made/.hidden-dir")
         sandbox.delete_file("made")  # a directory with everything in it
         assert not inside.exists(sandbox, "made")
         sandbox.delete_file("deep/er/and/deeper/f.txt")
@@ -94,7 +96,7 @@ def test_upload_modes_parents_and_deletes(conformance: ConformanceTarget) -> Non
 
 
 @pytest.mark.feature("files", "exec")
-@pytest.mark.promises("op:download_file", "param:upload_file.content", "feature:files")
+@pytest.mark.promises("op:download_file", "param:upload_file.content", "feature:files", "field:FileInfo.size")
 def test_sizes_around_every_buffer_boundary_round_trip(conformance: ConformanceTarget) -> None:
     with conformance.sandbox() as sandbox:
         for size in SIZES:
@@ -105,6 +107,9 @@ def test_sizes_around_every_buffer_boundary_round_trip(conformance: ConformanceT
             # and the other way: a file a command wrote, downloaded
             sandbox.execute(f"cp size-{size} copy-{size}")
             assert sandbox.download_file(f"copy-{size}") == data, f"{size} bytes downloaded"
+            assert sandbox.get_file_info(f"copy-{size}").size == size, f"{size} bytes stat"
+        listed = {i.name: i.size for i in sandbox.list_files(".") if i.name.startswith("copy-")}
+        assert listed == {f"copy-{size}": size for size in SIZES}, "list_files sizes"
 
 
 @pytest.mark.feature("files", "exec")

@@ -15,7 +15,9 @@ from grainchain.conformance.target import ConformanceTarget
 from grainchain.errors import SnapshotNotFoundError
 from grainchain.models import SnapshotKind
 
-TREE = """mkdir -p tree/empty tree/.hidden-dir/deeper tree/sub && cd tree \
+# hidden entries at the top of the working directory too, where a `cp -a snapshot/* .` loses them
+TREE = """printf top > .gc-top-hidden && mkdir -p .gc-top-dir && printf x > .gc-top-dir/.f \
+&& mkdir -p tree/empty tree/.hidden-dir/deeper tree/sub && cd tree \
 && printf '#!/bin/sh\\necho script-ran\\n' > run.sh && chmod 755 run.sh \
 && printf secret > private && chmod 600 private \
 && printf dot > .dotfile && printf deeper > .hidden-dir/deeper/.x \
@@ -23,7 +25,7 @@ TREE = """mkdir -p tree/empty tree/.hidden-dir/deeper tree/sub && cd tree \
 && ln -s run.sh link-to-script && ln -s sub link-to-dir && ln -s nowhere dangling-link \
 && chmod 750 sub"""
 
-CHANGES = """cd tree && printf 'same size B' > sub/same-size && chmod 644 run.sh && chmod 644 private \
+CHANGES = """rm -rf .gc-top-hidden .gc-top-dir/.f && cd tree && printf 'same size B' > sub/same-size && chmod 644 run.sh && chmod 644 private \
 && rm -rf empty .dotfile && rm link-to-dir && ln -s private link-to-dir \
 && head -c 70000 /dev/urandom > sub/random.bin && printf new > .new-hidden && mkdir added-dir \
 && printf changed > .hidden-dir/deeper/.x"""
@@ -34,13 +36,13 @@ CHANGES = """cd tree && printf 'same size B' > sub/same-size && chmod 644 run.sh
 def test_restore_brings_back_exactly_the_tree(conformance: ConformanceTarget) -> None:
     with conformance.sandbox() as sandbox:
         assert sandbox.execute(TREE).return_code == 0
-        taken = inside.manifest(sandbox, "tree")
+        taken = inside.manifest(sandbox, ".")
         snapshot_id = sandbox.create_snapshot()
         try:
             assert sandbox.execute(CHANGES).return_code == 0
-            assert inside.manifest(sandbox, "tree") != taken
+            assert inside.manifest(sandbox, ".") != taken
             sandbox.restore_snapshot(snapshot_id)
-            restored = inside.manifest(sandbox, "tree")
+            restored = inside.manifest(sandbox, ".")
             assert restored == taken, "restored tree differs:\n" + "\n".join(
                 [f"- {line}" for line in taken if line not in restored]
                 + [f"+ {line}" for line in restored if line not in taken]

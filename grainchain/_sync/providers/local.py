@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import json
 import shutil
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -312,7 +313,8 @@ class LocalAdapter(SandboxAdapter):
 
     @classmethod
     def list_sandboxes(cls, settings: Settings) -> list[SandboxInfo]:
-        return run_blocking(fs.list_sandboxes, settings.state_dir)
+        found = run_blocking(fs.list_sandboxes, settings.state_dir)
+        return [i.model_copy(update={"provider": cls.provider_name}) for i in found]  # (a subclass's name)
 
     def close(self) -> None:
         self._kill_all()
@@ -501,9 +503,10 @@ class LocalAdapter(SandboxAdapter):
         on_stderr: OutputCallback | None = None,
     ) -> ExecutionResult:
         oom_before = self._oom_kills()
+        started = time.monotonic()
         child = self._start_command(command, working_dir, environment)
         output = self._collector(on_stdout, on_stderr)
-        result = run_to_completion(child, command, output, self.command_timeout(timeout))
+        result = run_to_completion(child, command, output, self.command_timeout(timeout), started)
         self._raise_if_oom_killed(result, oom_before)
         return result
 
@@ -727,7 +730,8 @@ class LocalAdapter(SandboxAdapter):
             layers.collect_garbage(state)
 
     def list_snapshots(self) -> list[SnapshotInfo]:
-        return run_blocking(fs.list_snapshots, self._state_dir)
+        found = run_blocking(fs.list_snapshots, self._state_dir)
+        return [i.model_copy(update={"provider": self.provider_name}) for i in found]
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         run_blocking(fs.delete_snapshot, self._state_dir, snapshot_id)
