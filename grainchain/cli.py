@@ -501,7 +501,7 @@ def _result_cell(counts: dict[str, int]) -> Text:
         return Text("FAILED", style="bold red")
     if counts.get("passed", 0):
         return Text("passed", style="green")
-    return Text("not tested", style="dim")
+    return Text("untested", style="dim")
 
 
 def _print_conformance_report(report: dict[str, Any]) -> None:
@@ -515,19 +515,25 @@ def _print_conformance_report(report: dict[str, Any]) -> None:
         title_justify="left",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
+        collapse_padding=True,
     )
     table.add_column("feature", no_wrap=True)
     table.add_column("declared", no_wrap=True)
-    for outcome in ("passed", "failed", "skipped"):
+    table.add_column(
+        "spec", justify="right", no_wrap=True
+    )  # of the spec's promises about it: how many have a test
+    for outcome in ("pass", "fail", "skip"):  # (short: the table fits 80 columns)
         table.add_column(outcome, justify="right")
     table.add_column("result", no_wrap=True)
     features = [f.value for f in Feature]
     for name in features + sorted(set(tally) - set(features)):  # "(general)": tests of no one feature
         counts = tally.get(name, {})
         level = levels.get(name) if name in features else "-"
+        promised = counts.get("promises", 0)
         table.add_row(
             name,
             _level_cell(level, unicode) if level != "-" else Text("-", style="dim"),
+            f"{counts.get('promises_checked', 0)}/{promised}" if promised else "-",
             *(str(counts.get(outcome, 0)) for outcome in ("passed", "failed", "skipped")),
             _result_cell(counts),
         )

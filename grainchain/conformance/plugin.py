@@ -254,6 +254,7 @@ def _report(config: pytest.Config) -> dict[str, Any]:
     levels = {f.value: level.value for f, level in target.capabilities.items()}
     failed: set[str] = config.stash[_FAILED_KEY]
     coverage = coverage_by_feature()
+    tally: dict[str, dict[str, int]] = config.stash[_TALLY_KEY]
     return {
         "provider": target.name,
         "budget": "thorough" if target.thorough else "ci",
@@ -265,7 +266,8 @@ def _report(config: pytest.Config) -> dict[str, Any]:
                 "promises": coverage.get(feature, (0, 0))[1],
                 **dict(counts),
             }
-            for feature, counts in sorted(config.stash[_TALLY_KEY].items())
+            for feature in sorted(set(tally) | set(coverage))
+            for counts in [tally.get(feature, {})]
         },
         "failed": sorted(failed),
     }
