@@ -26,40 +26,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 PROBE_TIMEOUT = 180
 
-TEMPLATE = '''"""The local provider under another name, with one lie: {lie}."""
-
-import contextlib
-
-from grainchain import ProviderInfo
-from grainchain import _localfs as fs
-from grainchain._async.providers.local import AsyncLocalAdapter
-from grainchain._generated.providers import BUILTIN_PROVIDERS
-from grainchain._sync.providers.local import LocalAdapter
-from grainchain.errors import CommandTimeoutError, SnapshotNotFoundError
-from grainchain.models import ExecutionResult, SnapshotKind
-{imports}
-
-SLOT = "snap-" + "0" * 32
-
-
-class AsyncLiar(AsyncLocalAdapter):
-    provider_name = {name!r}
-{async_methods}
-
-
-class SyncLiar(LocalAdapter):
-    provider_name = {name!r}
-{sync_methods}
-
-
-PROVIDER = ProviderInfo(
-    name={name!r},
-    summary="conformance-teeth test double",
-    features=BUILTIN_PROVIDERS["local"].features,
-    async_adapter="{module}:AsyncLiar",
-    sync_adapter="{module}:SyncLiar",
-)
-'''
 
 RUNNER = r"""
 import json, sys, textwrap
@@ -82,27 +48,13 @@ def load_liars():
     return module
 
 
-def sync_text(methods: str) -> str:
-    return re.sub(r"\b(async|await) ", "", methods)
-
-
 def install(directory: Path, name: str, lie: str, methods: str, imports: str) -> None:
-    module = f"grainchain_liar_{name}"
-    source = TEMPLATE.format(
-        lie=lie,
-        imports=imports,
-        name=name,
-        async_methods=methods,
-        sync_methods=sync_text(methods),
-        module=module,
-    )
-    (directory / f"{module}.py").write_text(source, encoding="utf-8")
-    info = directory / f"{module}-1.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 1.0\n", encoding="utf-8")
-    (info / "entry_points.txt").write_text(
-        f"[grainchain.providers]\n{name} = {module}:PROVIDER\n", encoding="utf-8"
-    )
+    """Exactly as the teeth harness installs a liar (its own install())."""
+    sys.path.insert(0, str(HERE))
+    from test_conformance_teeth import Liar
+    from test_conformance_teeth import install as install_liar
+
+    install_liar(directory, Liar(name, lie, methods, imports=imports))
 
 
 def _unmount_below(path: Path) -> None:
