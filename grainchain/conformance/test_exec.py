@@ -20,7 +20,9 @@ from grainchain.errors import (
 # every boundary of the exit status byte: 0, 1, the shell's own codes (126 not executable, 127 not found),
 # 128 and the signal range above it, 255
 EXIT_CODES = [0, 1, 2, 63, 64, 125, 126, 127, 128, 129, 130, 137, 143, 200, 254, 255]
-SIGNALS = [1, 2, 6, 9, 13, 14, 15]  # not 3: some shells start with SIGQUIT ignored (docker exec)
+# signals whose default action ends a process and that nobody ignores by inheritance: a command started under
+# nohup has SIGHUP ignored, a background job of a shell SIGINT and SIGQUIT, docker exec's shells SIGQUIT
+SIGNALS = [6, 9, 10, 12, 14, 15]
 
 
 @pytest.mark.feature("exec")
