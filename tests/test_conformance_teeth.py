@@ -31,7 +31,7 @@ import pytest
 from blind_liars import BLIND_LIARS
 from conftest import sandbox_processes
 
-# ~50 runs of the suite, most of them failing early: a few minutes of both cores, six runs at a time
+# ~70 runs of the suite, most of them failing early: a few minutes of both cores, eight runs at a time
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 
 STATE_MACHINE = "test_sandbox_behaves_like_its_model"
@@ -64,10 +64,15 @@ class Liar:
     blind: bool = False  # written without reading the suite (tests/blind_liars.py)
 
     @property
-    def client(self) -> str:
-        """The client(s) the suite drives the liar with: the one that meets the lie (sync, the faster, when
-        both adapters lie); both for a blind liar, whose lie may be in either adapter."""
-        return self.only or ("both" if self.blind else "sync")
+    def clients(self) -> list[str]:
+        """The clients the suite drives the liar with, one run each until one fails: the one that meets the
+        lie (sync, the faster, when both adapters lie); for a blind liar, whose lie may be in either adapter,
+        sync and then, if the sync run passed, async; both for the unisolated honest copy, the baseline of
+        the blind liars (the isolated one is that of our path liars, run on sync)."""
+        if self.only:
+            return [self.only]
+        both = self.blind or (not self.methods and self.config == UNISOLATED)
+        return ["sync", "async"] if both else ["sync"]
 
     def modules(self) -> list[str]:
         """The suite's modules in the order that reaches the tests meant to catch the lie soonest."""
@@ -595,12 +600,11 @@ def _kill_leftovers(state: Path) -> list[int]:
 
 def run_suite(root: Path, liar: Liar) -> Run:
     """`pytest --pyargs grainchain.conformance` against the liar, with its own state dir and no config,
-    stopping at the first failure."""
+    stopping at the first failure; once per client until a run fails."""
     work = root / liar.name
     site = work / "site"
     site.mkdir(parents=True)
     install(site, liar)
-    report = work / "report.json"
     state = root / "state" / liar.name
     env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
     env.update(
@@ -608,32 +612,35 @@ def run_suite(root: Path, liar: Liar) -> Run:
         GRAINCHAIN_STATE_DIR=str(state),
         GRAINCHAIN_CONFIG=str(work / "no-config.toml"),
     )
-    command = [
-        *(sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "-q", "--pyargs"),
-        *(f"grainchain.conformance.{module}" for module in liar.modules()),
-        *("--grainchain-provider", liar.name, "--grainchain-client", liar.client),
-        *("--grainchain-config", liar.config, "--grainchain-report", str(report)),
-    ]
     started = time.monotonic()
-    proc = subprocess.run(
-        command, cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False
-    )
-    seconds = time.monotonic() - started
-    _kill_leftovers(state)
+    for client in liar.clients:
+        report = work / f"report-{client}.json"
+        command = [
+            *(sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "-q", "--pyargs"),
+            *(f"grainchain.conformance.{module}" for module in liar.modules()),
+            *("--grainchain-provider", liar.name, "--grainchain-client", client),
+            *("--grainchain-config", liar.config, "--grainchain-report", str(report)),
+        ]
+        proc = subprocess.run(
+            command, cwd=work, env=env, capture_output=True, text=True, timeout=600, check=False
+        )
+        _kill_leftovers(state)
+        if proc.returncode != 0:
+            break
     failed = json.loads(report.read_text())["failed"] if report.exists() else []
     names = frozenset(node.rpartition("::")[2].partition("[")[0] for node in failed)
-    return Run(proc.returncode, names, seconds, proc.stdout + proc.stderr)
+    return Run(proc.returncode, names, time.monotonic() - started, proc.stdout + proc.stderr)
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
-    """The suite's verdict on every liar and honest copy, six runs at a time (much of a run is sleeping)."""
+    """The suite's verdict on every liar and honest copy, eight runs at a time (much of a run is sleeping)."""
     root = tmp_path_factory.mktemp("teeth")
     everyone = [*HONEST, *LIARS]
     # the slowest first: honest copies run the whole suite, isolated ones restart holders
     order = sorted(everyone, key=lambda liar: (liar not in HONEST, liar.config == UNISOLATED))
     started = time.monotonic()
-    with ThreadPoolExecutor(max_workers=6) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         results = pool.map(lambda liar: run_suite(root, liar), order)
         verdicts = {liar.name: run for liar, run in zip(order, results, strict=True)}
     print(f"\nconformance suite against each liar ({time.monotonic() - started:.1f} s in all):")
