@@ -216,6 +216,8 @@ def render_matrix(spec: dict[str, Any]) -> str:
         lines.append(f"| `{feature}` | {marks} |")
     lines += ["", "## Features", ""]
     lines += [f"- `{name}`: {f['summary']}." for name, f in spec["features"].items()]
+    lines += ["", "## Conventions every provider follows", ""]
+    lines += [f"- **{name}**: {text}" for name, text in spec.get("conventions", {}).items()]
     lines += ["", "## Operations and the features they need", "", "| Operation | Needs |", "|---|---|"]
     for name, op in spec["operations"].items():
         needs = []
