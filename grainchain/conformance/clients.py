@@ -18,8 +18,6 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-CLIENTS = ("sync", "async")
-
 
 class ConformanceHang(Exception):
     """A conformance test ran longer than its hang limit (raised by the plugin's hang guard)."""

@@ -40,6 +40,7 @@ _TALLY_KEY = pytest.StashKey[dict[str, dict[str, int]]]()
 _FEATURES_KEY = pytest.StashKey[dict[str, list[str]]]()
 _FAILED_KEY = pytest.StashKey[set[str]]()
 STATE_MACHINE = "test_sandbox_behaves_like_its_model"
+CLIENTS = ("sync", "async")  # grainchain.sync.Sandbox, grainchain.Sandbox (conformance/clients.py)
 # below pytest-timeout's 120 s in grainchain's own test runs, so that this message is the one shown
 DEFAULT_HANG_TIMEOUT = 90.0
 
@@ -70,7 +71,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--grainchain-client",
-        choices=("both", "sync", "async"),
+        choices=("both", *CLIENTS),
         default=os.environ.get("GRAINCHAIN_CONFORMANCE_CLIENT", "both"),
         help="the client(s) every test drives the provider with (default: both, each test runs twice)",
     )
@@ -166,7 +167,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "conformance" in metafunc.fixturenames and str(metafunc.definition.path).startswith(SUITE_DIR):
         chosen = metafunc.config.getoption("--grainchain-client")
-        clients = ["sync", "async"] if chosen == "both" else [chosen]
+        clients = list(CLIENTS) if chosen == "both" else [chosen]
         metafunc.parametrize("grainchain_client", clients)
 
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from grainchain._generated.features import Feature
+from grainchain.conformance.promises import NOT_TESTABLE
 from grainchain.models import SnapshotKind
 
 # Features a running sandbox can be asked for.
@@ -33,8 +34,10 @@ CONFIG_PROBES: dict[Feature, dict[str, Any]] = {
     Feature.PORTS: {"ports": [8080]},
 }
 
-# Declared in the spec, but no operation of the spec exercises them yet: reported, not tested.
+# Declared in the spec, but no operation of the spec exercises them yet: reported, not tested (the reasons are
+# the ones the promise list gives, promises.NOT_TESTABLE).
 NOT_YET_TESTABLE: dict[Feature, str] = {
-    Feature.IMAGE_DOCKERFILE: "set through provider_config; no provider-neutral call exists yet",
-    Feature.NETWORK_POLICY: "no SandboxConfig field or operation expresses a policy yet",
+    Feature(promise.removeprefix("feature:")): reason
+    for promise, reason in NOT_TESTABLE.items()
+    if promise.startswith("feature:")
 }
