@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from codegen.common import header
 
-SPEC = "grainchain/spec/grainchain.yaml"
+SPEC = "spec/grainchain.yaml"
 
 
 def feature_member(name: str) -> str:
@@ -66,8 +67,8 @@ def render_providers(spec: dict[str, Any]) -> str:
     for name, provider in spec["providers"].items():
         available = provider["status"] == "available"
         cls = f"{name.capitalize()}Adapter"
-        async_path = f"grainchain._async.providers.{name}:Async{cls}" if available else None
-        sync_path = f"grainchain._sync.providers.{name}:{cls}" if available else None
+        async_path = f"grainchain.providers.{name}._async.adapter:Async{cls}" if available else None
+        sync_path = f"grainchain.providers.{name}._sync.adapter:{cls}" if available else None
         lines += [
             f"    {name!r}: ProviderInfo(",
             f"        name={name!r},",
@@ -242,3 +243,33 @@ def render_matrix(spec: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_spec_json(spec: dict[str, Any]) -> str:
+    """The whole spec as data, for what reads it at run time (the conformance suite, `grainchain spec show`)."""
+    return json.dumps(spec, indent=1, sort_keys=False) + "\n"
+
+
+def render_spec_module() -> str:
+    return "\n".join(
+        [
+            header(SPEC),
+            '"""The capability spec as data (spec.json beside this file), read only by those who need all of it."""',
+            "",
+            "from __future__ import annotations",
+            "",
+            "import json",
+            "from importlib import resources",
+            "from typing import Any",
+            "",
+            "",
+            "def spec_json() -> str:",
+            '    return resources.files(__package__).joinpath("spec.json").read_text(encoding="utf-8")',
+            "",
+            "",
+            "def load_spec() -> dict[str, Any]:",
+            "    spec: dict[str, Any] = json.loads(spec_json())",
+            "    return spec",
+            "",
+        ]
+    )

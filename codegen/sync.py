@@ -1,4 +1,4 @@
-"""grainchain/_async/** → grainchain/_sync/** with unasync (pinned 0.6.0), plus our renames.
+"""Every `_async/` folder → its `_sync/` twin with unasync (pinned 0.6.0), plus our renames.
 
 unasync's default rule turns `AsyncFoo` into `SyncFoo`; we want `Foo`, so every `Async*` name must have an
 explicit entry here, and every entry must be used (codegen fails otherwise, keeping this list honest).
@@ -44,8 +44,16 @@ REPLACEMENTS = {
 _ASYNC_NAME = re.compile(r"\bAsync[A-Z]\w*")
 
 
+def sync_path(async_path: str) -> str:
+    """Where the sync twin of an async source goes: each `_async` folder has a `_sync` sibling."""
+    parts = Path(async_path).parts
+    if "_async" not in parts:
+        raise ValueError(f"{async_path}: async sources live in an `_async` folder")
+    return str(Path(*("_sync" if part == "_async" else part for part in parts)))
+
+
 def unasync_tree(sources: dict[str, str]) -> dict[str, str]:
-    """Map {"grainchain/_async/x.py": source} to {"grainchain/_sync/x.py": generated source}."""
+    """Map {".../_async/x.py": source} to {".../_sync/x.py": generated source}."""
     unknown = sorted({m for src in sources.values() for m in _ASYNC_NAME.findall(src)} - set(REPLACEMENTS))
     if unknown:
         raise SystemExit(f"codegen: add sync names for {', '.join(unknown)} to codegen/sync.py REPLACEMENTS")
@@ -55,23 +63,21 @@ def unasync_tree(sources: dict[str, str]) -> dict[str, str]:
     if unused:
         raise SystemExit(f"codegen: unused unasync replacements (remove them): {', '.join(unused)}")
     with tempfile.TemporaryDirectory() as tmp:
-        src_root = Path(tmp, "src", "_async")
-        dst_root = Path(tmp, "dst", "_sync")
+        src_root = Path(tmp, "src")
+        dst_root = Path(tmp, "dst")
         for rel, text in sources.items():
-            path = src_root / Path(rel).relative_to("grainchain/_async")
+            path = src_root / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text)
         # absolute paths: unasync 0.6.0 overwrites the source in place when given relative ones
         rule = unasync.Rule(
             fromdir=str(src_root) + "/", todir=str(dst_root) + "/", additional_replacements=REPLACEMENTS
         )
-        unasync.unasync_files([str(p) for p in sorted(src_root.rglob("*.py"))], rules=[rule])
+        unasync.unasync_files([str(src_root / rel) for rel in sorted(sources)], rules=[rule])
         out = {}
-        for path in sorted(dst_root.rglob("*.py")):
-            rel = path.relative_to(dst_root)
-            source = f"grainchain/_async/{rel}"
-            text = path.read_text()
-            if sources[source].startswith("# GENERATED"):  # keep one header, naming the original source
+        for rel, source_text in sources.items():
+            text = (dst_root / rel).read_text()
+            if source_text.startswith("# GENERATED"):  # keep one header, naming the original source
                 text = text.split("\n", 2)[2]
-            out[f"grainchain/_sync/{rel}"] = header(source, tool="unasync") + text
+            out[sync_path(rel)] = header(rel, tool="unasync") + text
     return out

@@ -8,7 +8,7 @@ same methods in `grainchain.sync`.
 """
 
 from grainchain._async.process import AsyncProcessHandle
-from grainchain._async.sandbox import AsyncSandbox
+from grainchain._generated._async.sandbox import AsyncSandbox
 from grainchain._generated.features import Feature
 from grainchain._provider_info import ProviderInfo
 from grainchain.errors import (

@@ -26,7 +26,7 @@ P = ParamSpec("P")
 
 
 class Runner(Protocol):
-    """Something that runs a function on its own thread (grainchain/_spawner.py's Spawner)."""
+    """Something that runs a function on its own thread (grainchain/providers/local/_spawner.py's Spawner)."""
 
     def submit(self, fn: Callable[[], T]) -> Future[T]: ...
 

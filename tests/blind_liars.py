@@ -1,5 +1,5 @@
 """Lying providers written blind: without reading the conformance suite, from the spec
-(grainchain/spec/grainchain.yaml) and docs/writing-a-provider.md only.
+(spec/grainchain.yaml) and docs/writing-a-provider.md only.
 
 Each BlindLiar is the local provider with one realistic bug. `methods` is the body of the async liar class
 (indented for the class body, as the template places it); the sync class gets the same text with every

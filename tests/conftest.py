@@ -13,7 +13,8 @@ from _procs import process_environments
 from _support import AwaitableSync, close
 
 from grainchain import AsyncSandbox, SandboxConfig
-from grainchain._hostproc import SANDBOX_MARKER, STATE_MARKER, state_tag
+from grainchain._commands import SANDBOX_MARKER
+from grainchain.providers.local._hostproc import STATE_MARKER, state_tag
 from grainchain.sync import Sandbox as SyncSandbox
 
 

@@ -30,7 +30,7 @@ from grainchain import (
     SandboxConfig,
     SandboxStatus,
 )
-from grainchain._hostproc import MINIMAL_PATH
+from grainchain.providers.local._hostproc import MINIMAL_PATH
 
 SCRIPT = """\
 import os, sys

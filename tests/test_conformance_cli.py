@@ -111,8 +111,8 @@ def test_missing_suite_dependencies_name_the_extra(tmp_path: Path) -> None:
 
 HALF_DECLARED = """
     from grainchain import ProviderInfo
-    from grainchain._async.providers.local import AsyncLocalAdapter
-    from grainchain._sync.providers.local import LocalAdapter
+    from grainchain.providers.local._async.adapter import AsyncLocalAdapter
+    from grainchain.providers.local._sync.adapter import LocalAdapter
 
     class AsyncHalfAdapter(AsyncLocalAdapter):
         provider_name = "half"

@@ -17,8 +17,6 @@ import httpx
 import pytest
 
 from grainchain import AsyncSandbox, SandboxConfig
-from grainchain import _docker as dk
-from grainchain._async.providers.docker import _find_criu
 from grainchain.errors import (
     CapabilityError,
     CommandTimeoutError,
@@ -34,6 +32,8 @@ from grainchain.errors import (
     SnapshotNotFoundError,
 )
 from grainchain.models import SandboxStatus, SnapshotKind
+from grainchain.providers.docker import _engine as dk
+from grainchain.providers.docker._async.adapter import _find_criu
 from grainchain.sync import Sandbox as SyncSandbox
 
 IMAGE = "grainchain-test/busybox:latest"

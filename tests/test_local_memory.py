@@ -16,8 +16,8 @@ import pytest
 from _local import run_as_nobody
 
 from grainchain import CapabilityError, SandboxConfig, SandboxNotRunningError, SandboxStatus, SnapshotKind
-from grainchain._criu import unavailable
-from grainchain._isolation import namespaces_unavailable
+from grainchain.providers.local._criu import unavailable
+from grainchain.providers.local._isolation import namespaces_unavailable
 from grainchain.sync import Sandbox
 
 COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > .c; mv .c counter; sleep 0.05; done) >/dev/null 2>&1 &"

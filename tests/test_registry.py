@@ -41,7 +41,7 @@ def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 
 MINE = """
     from grainchain import ProviderInfo
-    from grainchain._async.providers.local import AsyncLocalAdapter
+    from grainchain.providers.local._async.adapter import AsyncLocalAdapter
 
     class AsyncMineAdapter(AsyncLocalAdapter):
         provider_name = "mine"
@@ -68,7 +68,7 @@ async def test_plugin_provider_is_found_and_gated_by_its_declaration(plugin_dir:
 
 NARROWING = """
     from grainchain import ProviderInfo
-    from grainchain._async.providers.local import AsyncLocalAdapter
+    from grainchain.providers.local._async.adapter import AsyncLocalAdapter
 
     class AsyncProbedAdapter(AsyncLocalAdapter):
         provider_name = "probed"

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from grainchain import Feature
 from grainchain._generated.providers import BUILTIN_PROVIDERS
-from grainchain.spec import load_spec, validate_spec
+from spec.validate import load_spec, validate_spec
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +81,43 @@ def test_schema_violation_names_the_place(spec: dict[str, Any]) -> None:
 def test_config_requirement_must_name_a_config_field(spec: dict[str, Any]) -> None:
     problems = _broken(spec, lambda s: s["config_requirements"].update({"gpu": "limits.cpu"}))
     assert problems == ["config_requirements/gpu: not a SandboxConfig field"]
+
+
+# -- python -m spec: the validator's command line -----------------------------------------------------------
+
+
+def _check(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "spec", *args], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_python_m_spec_passes_on_the_spec(spec: dict[str, Any]) -> None:
+    result = _check()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout == (
+        f"spec OK: {len(spec['features'])} features, {len(spec['operations'])} operations, "
+        f"{len(spec['providers'])} providers\n"
+    )
+
+
+def test_python_m_spec_lists_the_problems_of_a_broken_spec(spec: dict[str, Any], tmp_path: Path) -> None:
+    spec = copy.deepcopy(spec)
+    del spec["providers"]["local"]["features"]["ports"]
+    spec["operations"]["execute"]["requires"].append({"feature": "teleport"})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(spec))
+    result = _check(str(broken))
+    assert result.returncode == 1
+    assert f"{broken}: providers/local/features: no level declared for 'ports'" in result.stdout
+    assert f"{broken}: operations/execute/requires: unknown feature 'teleport'" in result.stdout
+    assert result.stderr == f"{broken}: 2 problems found\n"
+
+
+def test_python_m_spec_reports_invalid_yaml_in_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("features: [exec,\n")
+    result = _check(str(broken))
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1
+    assert "invalid YAML" in result.stderr

@@ -1,6 +1,6 @@
 """The hand-written half of the facade: lifecycle, provider resolution and the capability gate.
 
-The generated half (grainchain/_async/sandbox.py) adds one method per operation of the spec; each checks its
+The generated half (grainchain/_generated/_async/sandbox.py) adds one method per operation of the spec; each checks its
 arguments, passes the gate and calls the adapter inside `_errors()`.
 """
 

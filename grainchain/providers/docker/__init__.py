@@ -1,0 +1,1 @@
+"""The docker provider: containers through the Engine API (httpx over the unix socket)."""

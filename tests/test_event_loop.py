@@ -1,0 +1,344 @@
+"""Nothing blocks the event loop: every blocking step of the local and docker providers runs off the loop.
+
+Many sandboxes run a whole workflow concurrently (create, execute, upload, download, list, snapshot, restore,
+close) while a heartbeat task sleeps 5 ms in a loop; the test fails if a wake-up comes more than 50 ms late.
+
+When it fails, the message names where the loop was while it stalled: a watchdog thread samples the loop
+thread's stack (sys._current_frames()) whenever a beat is overdue, so each stall is attributed to the line
+that blocked (the innermost grainchain frame, and the innermost frame overall). More diagnostics:
+
+    GRAINCHAIN_LOOP_REPORT=/tmp/x.jsonl  also append every stall > 10 ms with its sampled stacks there
+    GRAINCHAIN_LOOP_COLD=1               also measure the import of the provider's adapter module
+    PYTHONASYNCIODEBUG=1                 asyncio logs "Executing <Task ...> took X seconds" for every step
+                                         over 20 ms (slow_callback_duration is set below)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import json
+import os
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from grainchain import ProviderUnavailableError, Sandbox, SandboxConfig
+from grainchain.registry import get_provider
+
+SLEEP = 0.005  # the heartbeat's sleep
+LIMIT = 0.050  # the longest stall allowed
+LISTED = 0.010  # stalls longer than this are listed in the report
+SAMPLE_EVERY = 0.002  # how often the watchdog thread looks at the heartbeat
+SAMPLE_AFTER = 0.008  # a beat this much overdue: sample the loop thread's stack
+LOCAL_SANDBOXES = 20
+DOCKER_SANDBOXES = 8
+DOCKER_IMAGE = os.environ.get(
+    "GRAINCHAIN_TEST_DOCKER_IMAGE", "grainchain-test/busybox:latest"
+)  # .ci/docker-up
+PAYLOAD = bytes(range(256)) * 16  # 4 KiB
+
+
+# -- the heartbeat and its watchdog ----------------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    stack: traceback.StackSummary  # the loop thread's, innermost frame first
+    others: list[str]  # what the other busy threads ran (who may hold the GIL meanwhile)
+
+
+@dataclass
+class Stall:
+    at: float  # when the late beat was due, in seconds since the heartbeat started
+    gap: float  # how late it came, beyond the sleep
+    last: float  # perf_counter() of the beat before it (what the watchdog's samples are keyed by)
+    samples: list[Sample] = field(default_factory=list)
+
+    def shares(self) -> dict[str, float]:
+        """The stall's length split between the sites of its samples (seconds)."""
+        if not self.samples:
+            return {"(no sample: the stall ended before the watchdog looked)": self.gap}
+        counts = collections.Counter(_site(sample.stack) for sample in self.samples)
+        return {site: self.gap * n / len(self.samples) for site, n in counts.items()}
+
+
+IDLE = "in the selector: the loop waits for CPU or the GIL (no blocking call on the loop)"
+
+
+def _short(filename: str) -> str:
+    parts = filename.replace(os.sep, "/").split("/")
+    for anchor in ("grainchain", "tests", "asyncio", "concurrent"):
+        if anchor in parts:
+            return "/".join(parts[len(parts) - 1 - parts[::-1].index(anchor) :])
+    return "/".join(parts[-2:])
+
+
+def _is_ours(frame: traceback.FrameSummary) -> bool:
+    path = frame.filename.replace(os.sep, "/")
+    return "/grainchain/" in path and "/tests/" not in path
+
+
+def _frame(frame: traceback.FrameSummary) -> str:
+    return f"{_short(frame.filename)}:{frame.lineno} {frame.name}: {(frame.line or '').strip()}"
+
+
+def _site(stack: traceback.StackSummary) -> str:
+    """Where a sample of the loop thread was: the innermost grainchain frame and the innermost frame."""
+    if not stack:
+        return "?"
+    inner = stack[0]
+    if inner.filename.endswith("selectors.py"):
+        return IDLE
+    imports = [f for f in stack if "importlib" in f.filename and f.name == "import_module"]
+    if imports or any(f.filename.startswith("<frozen importlib") for f in stack[:12]):
+        ours = next((f for f in stack if _is_ours(f) and f.name != "<module>"), None)
+        return "importing a module" + (f" [from {_frame(ours)}]" if ours else "")
+    ours = next((f for f in stack if _is_ours(f)), None)
+    if ours is None or ours is inner:
+        return _frame(inner)
+    return f"{_frame(ours)}  [in {_frame(inner)}]"
+
+
+def _waiting(frame: traceback.FrameSummary) -> bool:
+    """A thread parked on a lock or queue, or idle in a selector: not a GIL holder."""
+    name = os.path.basename(frame.filename)
+    return name in ("threading.py", "queue.py", "selectors.py") or frame.name in ("_worker", "get")
+
+
+class Heartbeat:
+    """A task that sleeps SLEEP in a loop and records how late each wake-up comes, and a watchdog thread
+    that samples the loop thread's stack while a wake-up is overdue."""
+
+    def __init__(self) -> None:
+        self.stalls: list[Stall] = []
+        self.worst = 0.0
+        self.beats = 0
+        self._start = self._last = time.perf_counter()
+        self._samples: list[tuple[float, Sample]] = []
+        self._loop_thread = threading.get_ident()
+        self._stop = threading.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._watchdog = threading.Thread(target=self._watch, name="loop-watchdog", daemon=True)
+
+    async def __aenter__(self) -> Heartbeat:
+        loop = asyncio.get_running_loop()
+        loop.slow_callback_duration = 0.02  # what PYTHONASYNCIODEBUG=1 reports
+        self._loop_thread = threading.get_ident()
+        self._start = self._last = time.perf_counter()
+        self._task = loop.create_task(self._beat())
+        self._watchdog.start()
+        await asyncio.sleep(0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._stop.set()
+        self._watchdog.join()
+        by_beat: dict[float, list[Sample]] = collections.defaultdict(list)
+        for last, sample in self._samples:
+            by_beat[last].append(sample)
+        for stall in self.stalls:
+            stall.samples = by_beat.get(stall.last, [])
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(SLEEP)
+            now = time.perf_counter()
+            gap = now - self._last - SLEEP
+            self.beats += 1
+            self.worst = max(self.worst, gap)
+            if gap > LISTED:
+                self.stalls.append(Stall(self._last + SLEEP - self._start, gap, self._last))
+            self._last = now
+
+    def _watch(self) -> None:
+        me = threading.get_ident()
+        while not self._stop.wait(SAMPLE_EVERY):
+            last = self._last
+            if time.perf_counter() - last - SLEEP < SAMPLE_AFTER:
+                continue
+            frames = sys._current_frames()
+            loop_frame = frames.pop(self._loop_thread, None)
+            if loop_frame is None:
+                continue
+            stack = traceback.StackSummary.extract(
+                traceback.walk_stack(loop_frame), limit=60, lookup_lines=False
+            )
+            others = []
+            if stack and stack[0].filename.endswith("selectors.py"):  # who else runs meanwhile
+                for ident, frame in frames.items():
+                    if ident == me:
+                        continue
+                    summary = traceback.StackSummary.extract(
+                        traceback.walk_stack(frame), limit=40, lookup_lines=False
+                    )
+                    if summary and not _waiting(summary[0]):
+                        ours = next((f for f in summary if _is_ours(f)), None)
+                        others.append(_frame(summary[0]) + (f"  [from {_frame(ours)}]" if ours else ""))
+            del frames, loop_frame
+            if self._last == last:  # still the same stall
+                self._samples.append((last, Sample(stack, others)))
+
+    # -- reporting ---------------------------------------------------------------------------------------
+
+    def sites(self) -> list[tuple[str, int, float, float]]:
+        """(site, stalls, worst share of one stall, total share) over the listed stalls, worst first."""
+        found: dict[str, list[float]] = collections.defaultdict(list)
+        for stall in self.stalls:
+            for site, share in stall.shares().items():
+                found[site].append(share)
+        return sorted(
+            ((site, len(shares), max(shares), sum(shares)) for site, shares in found.items()),
+            key=lambda entry: -entry[2],
+        )
+
+    def report(self, title: str) -> str:
+        worst_first = sorted(self.stalls, key=lambda s: -s.gap)
+        lines = [
+            f"{title}: worst stall {self.worst * 1000:.1f} ms over {self.beats} beats "
+            f"(limit {LIMIT * 1000:.0f} ms); stalls over {LISTED * 1000:.0f} ms: {len(self.stalls)}",
+            "worst stalls (ms since start: stall ms):  "
+            + ", ".join(f"{s.at * 1000:.0f}: {s.gap * 1000:.1f}" for s in worst_first[:10]),
+            "where the loop was, by the watchdog's samples (worst ms in one stall, total ms, stalls):",
+        ]
+        for site, count, worst, total in self.sites():
+            lines.append(f"  {worst * 1000:7.1f} {total * 1000:8.1f} {count:4d}x  {site}")
+        busy = collections.Counter(o for s in self.stalls for sample in s.samples for o in sample.others)
+        if busy:
+            lines.append("other threads running while the loop waited in the selector (samples):")
+            lines += [f"  {n:4d}  {where}" for where, n in busy.most_common(8)]
+        return "\n".join(lines)
+
+    def dump(self, path: str, title: str) -> None:
+        """Append the stalls with their sampled stacks to a JSON-lines file."""
+        with open(path, "a") as f:
+            for stall in sorted(self.stalls, key=lambda s: -s.gap):
+                samples = [
+                    {"stack": [_frame(fr) for fr in sample.stack[:25]], "others": sample.others}
+                    for sample in stall.samples
+                ]
+                entry = {"test": title, "at_ms": stall.at * 1000, "stall_ms": stall.gap * 1000}
+                f.write(
+                    json.dumps(
+                        {
+                            **entry,
+                            "shares_ms": {k: v * 1000 for k, v in stall.shares().items()},
+                            "samples": samples,
+                        }
+                    )
+                    + "\n"
+                )
+
+
+async def run_under_heartbeat(
+    title: str, provider: str, config: SandboxConfig | None, count: int
+) -> Heartbeat:
+    """Run `count` workflows concurrently under a heartbeat; fail if the loop stalled more than LIMIT.
+
+    The provider's adapter module is imported first, outside the measurement: an import happens once per
+    process, so whether it fell inside would depend on which test ran first (GRAINCHAIN_LOOP_COLD=1 leaves
+    it in). One-time probes (namespaces, cgroups, overlayfs ...) do fall inside when this test runs first."""
+    if os.environ.get("GRAINCHAIN_LOOP_COLD") != "1":
+        get_provider(provider).load_adapter("async")
+    async with Heartbeat() as heartbeat:
+        results = await asyncio.gather(
+            *(workflow(provider, config, i) for i in range(count)), return_exceptions=True
+        )
+    report = heartbeat.report(title)
+    print(report)
+    if path := os.environ.get("GRAINCHAIN_LOOP_REPORT"):
+        heartbeat.dump(path, title)
+    errors = [r for r in results if isinstance(r, BaseException)]
+    if errors:
+        raise errors[0]
+    assert heartbeat.worst <= LIMIT, "the event loop stalled:\n" + report
+    return heartbeat
+
+
+async def workflow(provider: str, config: SandboxConfig | None, i: int) -> None:
+    """One sandbox's life: every kind of operation once or twice."""
+    async with Sandbox(provider=provider, config=config) as sandbox:
+        assert (await sandbox.execute(f"echo hello {i}")).stdout == f"hello {i}\n"
+        result = await sandbox.execute("mkdir -p data && echo made >&2 && ls -a")
+        assert result.return_code == 0, result
+        await sandbox.upload_file("data/blob.bin", PAYLOAD, mode="wb")
+        await sandbox.upload_file("data/note.txt", f"note {i}")
+        assert await sandbox.download_file("data/blob.bin") == PAYLOAD
+        assert {f.name for f in await sandbox.list_files("data")} >= {"blob.bin", "note.txt"}
+        snapshot = await sandbox.create_snapshot()
+        try:
+            await sandbox.upload_file("data/note.txt", "changed")
+            await sandbox.restore_snapshot(snapshot)
+            assert await sandbox.download_file("data/note.txt") == f"note {i}".encode()
+            assert (await sandbox.execute("cat data/note.txt")).stdout == f"note {i}"
+        finally:
+            await sandbox.delete_snapshot(snapshot)
+
+
+# -- local -----------------------------------------------------------------------------------------------
+
+LOCAL_CONFIGS = {
+    "default": None,  # whatever isolation the machine gives
+    "namespaces": SandboxConfig(provider_config={"isolation": "namespaces"}),
+    "none": SandboxConfig(provider_config={"isolation": "none"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isolation", list(LOCAL_CONFIGS))
+async def test_local_sandboxes_never_block_the_loop(isolation: str) -> None:
+    config = LOCAL_CONFIGS[isolation]
+    try:
+        await run_under_heartbeat(f"local ({isolation})", "local", config, LOCAL_SANDBOXES)
+    except ProviderUnavailableError as exc:
+        if isolation != "namespaces" or os.environ.get("GRAINCHAIN_REQUIRE_NAMESPACES") == "1":
+            raise
+        pytest.skip(f"no namespaces here: {exc}")
+
+
+# -- docker ----------------------------------------------------------------------------------------------
+
+
+def require_docker() -> None:
+    """Skip without an engine that has the test image, as tests/test_docker.py does (its module-level skip
+    would skip this whole file); fail instead with GRAINCHAIN_REQUIRE_DOCKER=1 (CI)."""
+    host = os.environ.get("DOCKER_HOST", "")
+    socket = (
+        host[len("unix://") :] if host.startswith("unix://") else (None if host else "/var/run/docker.sock")
+    )
+    base_url = "http://" + host[len("tcp://") :] if host.startswith("tcp://") else "http://docker"
+    problem = None
+    if socket is not None and not os.path.exists(socket):
+        problem = f"no docker engine: {socket} does not exist; run .ci/docker-up"
+    else:
+        transport = httpx.HTTPTransport(uds=socket) if socket else None
+        try:
+            with httpx.Client(transport=transport, base_url=base_url, timeout=5) as client:
+                if client.get("/_ping").status_code != 200:
+                    problem = "the docker engine does not answer /_ping"
+                elif client.get(f"/images/{DOCKER_IMAGE}/json").status_code != 200:
+                    problem = f"the docker engine has no image {DOCKER_IMAGE} (run .ci/docker-up)"
+        except (httpx.HTTPError, OSError) as exc:
+            problem = f"no docker engine ({exc}); run .ci/docker-up"
+    if problem is None:
+        return
+    if os.environ.get("GRAINCHAIN_REQUIRE_DOCKER") == "1":
+        pytest.fail(f"GRAINCHAIN_REQUIRE_DOCKER=1 but {problem}")
+    pytest.skip(problem)
+
+
+@pytest.mark.slow
+async def test_docker_sandboxes_never_block_the_loop() -> None:
+    require_docker()
+    config = SandboxConfig(image=DOCKER_IMAGE)
+    await run_under_heartbeat("docker", "docker", config, DOCKER_SANDBOXES)
