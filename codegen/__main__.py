@@ -30,12 +30,17 @@ from codegen.sync import unasync_tree
 from spec.validate import load_spec, validate_spec
 
 FACADE = "grainchain/_generated/_async/sandbox.py"
-# hand-written async sources: the facade's base and every provider's folder
-ASYNC_SOURCE_GLOBS = ("grainchain/_async/**/*.py", "grainchain/providers/*/_async/**/*.py")
+# hand-written async sources: the facade's base, every provider's folder, the test suite's providers
+ASYNC_SOURCE_GLOBS = (
+    "grainchain/_async/**/*.py",
+    "grainchain/providers/*/_async/**/*.py",
+    "tests/providers/*/_async/**/*.py",
+)
 
 
 def generated_dirs() -> list[Path]:
-    return [ROOT / "grainchain/_generated", *(p for p in ROOT.glob("grainchain/**/_sync") if p.is_dir())]
+    twins = (p for pattern in ("grainchain/**/_sync", "tests/**/_sync") for p in ROOT.glob(pattern))
+    return [ROOT / "grainchain/_generated", *(p for p in twins if p.is_dir())]
 
 
 def generate() -> dict[str, str]:
