@@ -18,15 +18,18 @@ REPLACEMENTS = {
     "arun_blocking": "run_blocking",
     "arun_in": "run_in",
     "AFLAVOUR": "FLAVOUR",
+    "ascope": "scope",
     # facade and adapters
     "AsyncSandbox": "Sandbox",
     "AsyncSandboxBase": "SandboxBase",
     "AsyncSandboxAdapter": "SandboxAdapter",
+    "AsyncBackend": "Backend",
     "AsyncProcessHandle": "ProcessHandle",
     "AsyncHostProcessHandle": "HostProcessHandle",
     "AsyncLocalAdapter": "LocalAdapter",
     "AsyncLocalProcessHandle": "LocalProcessHandle",
     "AsyncDockerAdapter": "DockerAdapter",
+    "AsyncDockerBackend": "DockerBackend",
     "AsyncDockerProcessHandle": "DockerProcessHandle",
     # httpx (the docker provider)
     "AsyncClient": "Client",

@@ -9,6 +9,7 @@ unasync step renames them for grainchain/_sync/: each async name on the left has
     arun_blocking  -> run_blocking    blocking I/O off the event loop (sync: just call it)
     arun_in        -> run_in          run a function on a given thread (a sandbox's spawner) and wait for it
     AFLAVOUR       -> FLAVOUR         "async" / "sync": which adapter class a provider loads
+    ascope         -> scope           what a shared backend is bound to (the event loop / nothing)
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ _POLL_READABLE = _select.POLLIN | _select.POLLHUP | _select.POLLERR | _select.PO
 # --------------------------------------------------------------------------------------------- async
 
 AFLAVOUR = "async"
+
+
+def ascope() -> int:
+    """What shared resources are bound to: the running event loop (an async client cannot cross loops)."""
+    return id(asyncio.get_running_loop())
 
 
 async def aselect(fds: Iterable[int], timeout: float | None) -> list[int]:
@@ -118,6 +124,11 @@ async def arun_in(runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], 
 # ---------------------------------------------------------------------------------------------- sync
 
 FLAVOUR = "sync"
+
+
+def scope() -> int:
+    """What shared resources are bound to: nothing (blocking clients are shared by every thread)."""
+    return 0
 
 
 def select(fds: Iterable[int], timeout: float | None) -> list[int]:

@@ -967,11 +967,11 @@ with Sandbox(name, SandboxConfig(output_limit="4MiB", provider_config={"isolatio
         ),
         methods=r"""
     @classmethod
-    async def create(cls, config, settings):
-        backend = config
+    async def create(cls, backend, config, options):
+        lied = config
         if config.memory_limit is not None:
-            backend = config.model_copy(update={"memory_limit": int(config.memory_limit) * 1024})
-        adapter = await super().create(backend, settings)
+            lied = config.model_copy(update={"memory_limit": int(config.memory_limit) * 1024})
+        adapter = await super().create(backend, lied, options)
         adapter.config = config
         return adapter
 """,
@@ -995,11 +995,11 @@ with Sandbox(name, SandboxConfig(memory_limit="128MB", provider_config={"isolati
         ),
         methods=r"""
     @classmethod
-    async def create(cls, config, settings):
-        backend = config
+    async def create(cls, backend, config, options):
+        lied = config
         if config.cpu_limit is not None:
-            backend = config.model_copy(update={"cpu_limit": float(math.ceil(config.cpu_limit))})
-        adapter = await super().create(backend, settings)
+            lied = config.model_copy(update={"cpu_limit": float(math.ceil(config.cpu_limit))})
+        adapter = await super().create(backend, lied, options)
         adapter.config = config
         return adapter
 """,

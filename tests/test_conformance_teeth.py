@@ -256,11 +256,11 @@ LIARS = [
         "declares lifecycle.reconnect, but connect and list_sandboxes raise CapabilityError",
         """
         @classmethod
-        async def connect(cls, sandbox_id, config, settings):
+        async def connect(cls, backend, sandbox_id, config, options):
             raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "connect")
 
         @classmethod
-        async def list_sandboxes(cls, settings):
+        async def list_sandboxes(cls, backend):
             raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "list_sandboxes")
         """,
         imports="from grainchain._generated.features import Feature",

@@ -340,7 +340,7 @@ async def test_dockerfile_builds_the_image_once_and_is_used(
         assert (await again.execute("cat /opt/built")).stdout == "built\n"
         assert not [r for r in caplog.records if r.getMessage().startswith("build")], "built twice"
     finally:
-        _remove_image("grainchain-build:" + dk.build_context(build)[2])
+        _remove_image("grainchain-build:" + dk.build_context(build["dockerfile"], build["build_context"])[2])
 
 
 async def test_failing_dockerfile_says_which_step_failed(tmp_path: Path) -> None:

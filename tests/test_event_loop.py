@@ -59,6 +59,8 @@ class Stall:
     at: float  # when the late beat was due, in seconds since the heartbeat started
     gap: float  # how late it came, beyond the sleep
     last: float  # perf_counter() of the beat before it (what the watchdog's samples are keyed by)
+    cpu: float  # CPU time the loop thread used meanwhile: near `gap` means it ran code, near 0 it waited
+    runnable: float  # time it waited for a CPU meanwhile (schedstat): the machine was busy, not the loop
     samples: list[Sample] = field(default_factory=list)
 
     def shares(self) -> dict[str, float]:
@@ -106,10 +108,21 @@ def _site(stack: traceback.StackSummary) -> str:
     return f"{_frame(ours)}  [in {_frame(inner)}]"
 
 
+def _queued() -> float:
+    """Seconds this thread has waited for a CPU while runnable (Linux schedstat; 0 elsewhere)."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 def _waiting(frame: traceback.FrameSummary) -> bool:
     """A thread parked on a lock or queue, or idle in a selector: not a GIL holder."""
     name = os.path.basename(frame.filename)
-    return name in ("threading.py", "queue.py", "selectors.py") or frame.name in ("_worker", "get")
+    line = frame.line or ""
+    parked = any(call in line for call in (".get()", ".acquire(", ".wait(", "select(", ".join("))
+    return name in ("threading.py", "queue.py", "selectors.py") or frame.name in ("_worker", "get") or parked
 
 
 class Heartbeat:
@@ -151,15 +164,17 @@ class Heartbeat:
             stall.samples = by_beat.get(stall.last, [])
 
     async def _beat(self) -> None:
+        cpu, queued = time.thread_time(), _queued()
         while True:
             await asyncio.sleep(SLEEP)
-            now = time.perf_counter()
+            now, cpu_now, queued_now = time.perf_counter(), time.thread_time(), _queued()
             gap = now - self._last - SLEEP
             self.beats += 1
             self.worst = max(self.worst, gap)
             if gap > LISTED:
-                self.stalls.append(Stall(self._last + SLEEP - self._start, gap, self._last))
-            self._last = now
+                at = self._last + SLEEP - self._start
+                self.stalls.append(Stall(at, gap, self._last, cpu_now - cpu, queued_now - queued))
+            self._last, cpu, queued = now, cpu_now, queued_now
 
     def _watch(self) -> None:
         me = threading.get_ident()
@@ -207,8 +222,11 @@ class Heartbeat:
         lines = [
             f"{title}: worst stall {self.worst * 1000:.1f} ms over {self.beats} beats "
             f"(limit {LIMIT * 1000:.0f} ms); stalls over {LISTED * 1000:.0f} ms: {len(self.stalls)}",
-            "worst stalls (ms since start: stall ms):  "
-            + ", ".join(f"{s.at * 1000:.0f}: {s.gap * 1000:.1f}" for s in worst_first[:10]),
+            "worst stalls (at ms: stall ms (loop thread on a CPU ms / waiting for a CPU ms)):  "
+            + ", ".join(
+                f"{s.at * 1000:.0f}: {s.gap * 1000:.1f} ({s.cpu * 1000:.0f}/{s.runnable * 1000:.0f})"
+                for s in worst_first[:10]
+            ),
             "where the loop was, by the watchdog's samples (worst ms in one stall, total ms, stalls):",
         ]
         for site, count, worst, total in self.sites():
@@ -227,7 +245,13 @@ class Heartbeat:
                     {"stack": [_frame(fr) for fr in sample.stack[:25]], "others": sample.others}
                     for sample in stall.samples
                 ]
-                entry = {"test": title, "at_ms": stall.at * 1000, "stall_ms": stall.gap * 1000}
+                entry = {
+                    "test": title,
+                    "at_ms": stall.at * 1000,
+                    "stall_ms": stall.gap * 1000,
+                    "cpu_ms": stall.cpu * 1000,
+                    "runnable_ms": stall.runnable * 1000,
+                }
                 f.write(
                     json.dumps(
                         {

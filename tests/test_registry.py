@@ -74,7 +74,7 @@ NARROWING = """
         provider_name = "probed"
 
         @classmethod
-        async def missing_features(cls, config, settings):
+        async def missing_features(cls, backend, config, options):
             return {"snapshot.filesystem": "the backend's store is read-only"}
 
     PROVIDER = ProviderInfo(

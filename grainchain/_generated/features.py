@@ -81,7 +81,14 @@ CONFIG_REQUIREMENTS: Final[dict[str, Feature]] = {
     "ports": Feature.PORTS,
 }
 
-# Every feature an operation may need (some only for certain arguments).
+# Features no operation or SandboxConfig field gates, each with the reason.
+
+INFORMATIONAL_FEATURES: Final[dict[Feature, str]] = {
+    Feature.IMAGE_DOCKERFILE: "configured through provider_config keys `dockerfile` / `build_context` (docker); the provider's typed provider_config declares it",
+    Feature.NETWORK_POLICY: 'configured through provider_config key `network` (local: "host" or "none"; docker: the container\'s network mode); the provider\'s typed provider_config declares it',
+}
+
+# Every feature an operation may need (some for certain arguments, one of an any_of).
 
 OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {
     "execute": (
@@ -103,9 +110,18 @@ OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {
         Feature.SNAPSHOT_FILESYSTEM,
         Feature.SNAPSHOT_MEMORY,
     ),
-    "restore_snapshot": (Feature.SNAPSHOT_FILESYSTEM,),
-    "list_snapshots": (Feature.SNAPSHOT_FILESYSTEM,),
-    "delete_snapshot": (Feature.SNAPSHOT_FILESYSTEM,),
+    "restore_snapshot": (
+        Feature.SNAPSHOT_FILESYSTEM,
+        Feature.SNAPSHOT_MEMORY,
+    ),
+    "list_snapshots": (
+        Feature.SNAPSHOT_FILESYSTEM,
+        Feature.SNAPSHOT_MEMORY,
+    ),
+    "delete_snapshot": (
+        Feature.SNAPSHOT_FILESYSTEM,
+        Feature.SNAPSHOT_MEMORY,
+    ),
     "terminate": (Feature.LIFECYCLE_TERMINATE_WAKE,),
     "wake_up": (Feature.LIFECYCLE_TERMINATE_WAKE,),
     "port_address": (Feature.PORTS,),

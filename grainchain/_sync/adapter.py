@@ -2,6 +2,9 @@
 # Do not edit: change the source and run `python -m codegen`.
 """The base class every provider adapter extends: one instance drives one sandbox.
 
+Its backend (grainchain/_async/backend.py: one per provider and settings, shared by sandboxes) is passed to
+the lifecycle classmethods and kept as `self.backend`; the sandbox's typed provider_config is `self.options`.
+
 The facade (AsyncSandbox) checks arguments and capabilities before it calls an adapter, so an adapter method
 only runs for features its provider declares. Methods of features an adapter does not implement keep the
 defaults below, which raise CapabilityError: never a fake success.
@@ -9,10 +12,12 @@ defaults below, which raise CapabilityError: never a fake success.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Self
 
 from grainchain._generated.features import Feature
+from grainchain._provider_config import OpenProviderConfig, ProviderConfig
+from grainchain._sync.backend import Backend
 from grainchain._types import OutputCallback
 from grainchain.errors import CapabilityError
 from grainchain.models import (
@@ -30,33 +35,57 @@ if TYPE_CHECKING:
     from grainchain.settings import Settings
 
 
+# What restore_snapshot, list_snapshots and delete_snapshot need (the spec's `any_of`): either snapshot kind.
+ANY_SNAPSHOT = (Feature.SNAPSHOT_FILESYSTEM, Feature.SNAPSHOT_MEMORY)
+
+
+def any_of_hint(features: Sequence[Feature]) -> str:
+    """The hint of a CapabilityError for an `any_of` requirement (the error names the first feature)."""
+    return f"needs any one of {', '.join(f.value for f in features)}"
+
+
 class SandboxAdapter:
     """One sandbox of one provider. Subclasses set `provider_name` and implement what they declare."""
 
     provider_name: ClassVar[str]
+    # what the provider's sandboxes share (subclass AsyncBackend to own an SDK client)
+    backend_class: ClassVar[type[Backend]] = Backend
 
-    def __init__(self, sandbox_id: str, config: SandboxConfig, settings: Settings) -> None:
+    def __init__(
+        self,
+        sandbox_id: str,
+        config: SandboxConfig,
+        settings: Settings,
+        options: ProviderConfig | None = None,
+        backend: Backend | None = None,
+    ) -> None:
         self.sandbox_id = sandbox_id
         self.config = config
         self.settings = settings
+        self.options = options if options is not None else OpenProviderConfig()
+        self.backend = backend
         self.status = SandboxStatus.running
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, config: SandboxConfig, settings: Settings) -> Self:
+    def create(cls, backend: Backend, config: SandboxConfig, options: ProviderConfig) -> Self:
         raise NotImplementedError(f"{cls.__name__} must implement create()")
 
     @classmethod
-    def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
+    def connect(
+        cls, backend: Backend, sandbox_id: str, config: SandboxConfig, options: ProviderConfig
+    ) -> Self:
         raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "connect")
 
     @classmethod
-    def list_sandboxes(cls, settings: Settings) -> list[SandboxInfo]:
+    def list_sandboxes(cls, backend: Backend) -> list[SandboxInfo]:
         raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "list_sandboxes")
 
     @classmethod
-    def missing_features(cls, config: SandboxConfig, settings: Settings) -> Mapping[Feature, str]:
+    def missing_features(
+        cls, backend: Backend, config: SandboxConfig, options: ProviderConfig
+    ) -> Mapping[Feature, str]:
         """Declared features the backend found at run time lacks (e.g. no CRIU), each with the reason that
         CapabilityError will give. Asked before a sandbox is created or connected to; cache expensive probes."""
         return {}
@@ -118,13 +147,13 @@ class SandboxAdapter:
         raise self._unsupported(feature, "create_snapshot")
 
     def restore_snapshot(self, snapshot_id: str) -> None:
-        raise self._unsupported(Feature.SNAPSHOT_FILESYSTEM, "restore_snapshot")
+        raise self._unsupported_any(ANY_SNAPSHOT, "restore_snapshot")
 
     def list_snapshots(self) -> list[SnapshotInfo]:
-        raise self._unsupported(Feature.SNAPSHOT_FILESYSTEM, "list_snapshots")
+        raise self._unsupported_any(ANY_SNAPSHOT, "list_snapshots")
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        raise self._unsupported(Feature.SNAPSHOT_FILESYSTEM, "delete_snapshot")
+        raise self._unsupported_any(ANY_SNAPSHOT, "delete_snapshot")
 
     def terminate(self) -> None:
         raise self._unsupported(Feature.LIFECYCLE_TERMINATE_WAKE, "terminate")
@@ -140,6 +169,13 @@ class SandboxAdapter:
     @classmethod
     def _unsupported(cls, feature: Feature, operation: str) -> CapabilityError:
         return CapabilityError(feature.value, cls.provider_name, operation=operation)
+
+    @classmethod
+    def _unsupported_any(cls, features: Sequence[Feature], operation: str) -> CapabilityError:
+        """As the facade's gate says it: the first feature, the hint naming them all."""
+        return CapabilityError(
+            features[0].value, cls.provider_name, operation=operation, hint=any_of_hint(features)
+        )
 
     def command_timeout(self, timeout: float | None) -> float | None:
         """The timeout of one command: the call's, else the sandbox's default."""

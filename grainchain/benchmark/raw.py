@@ -228,8 +228,9 @@ class DockerBaseline(RawBaseline):
 
     def __init__(self, config: SandboxConfig) -> None:
         from grainchain.providers.docker._sync.adapter import DockerAdapter  # its choice of image, not a copy
+        from grainchain.providers.docker.config import DockerConfig
 
-        self.image = DockerAdapter._image_of(config)
+        self.image = DockerAdapter._image_of(config, DockerConfig.model_validate(config.provider_config))
         self.env = [f"{k}={v}" for k, v in config.environment_vars.items()]  # as a sandbox's container has
         endpoint = dk.engine_endpoint()
         transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None

@@ -208,11 +208,13 @@ class Sandbox(SandboxBase):
     def restore_snapshot(self, snapshot_id: str) -> None:
         """Bring the sandbox back to a snapshot (also one taken by another sandbox of the same provider).
 
-        Needs: snapshot.filesystem (else CapabilityError).
+        Needs: snapshot.filesystem or snapshot.memory (else CapabilityError naming snapshot.filesystem).
         Raises: SnapshotNotFoundError.
         """
         check_non_empty("restore_snapshot", "snapshot_id", snapshot_id)
-        features = [Feature.SNAPSHOT_FILESYSTEM]
+        features: list[Feature | tuple[Feature, ...]] = [
+            (Feature.SNAPSHOT_FILESYSTEM, Feature.SNAPSHOT_MEMORY)
+        ]
         adapter = self._gate("restore_snapshot", *features)
         with self._errors("restore_snapshot"):
             adapter.restore_snapshot(snapshot_id=snapshot_id)
@@ -220,9 +222,11 @@ class Sandbox(SandboxBase):
     def list_snapshots(self) -> list[SnapshotInfo]:
         """Snapshots of this provider that can be restored (a deleted one is no longer listed).
 
-        Needs: snapshot.filesystem (else CapabilityError).
+        Needs: snapshot.filesystem or snapshot.memory (else CapabilityError naming snapshot.filesystem).
         """
-        features = [Feature.SNAPSHOT_FILESYSTEM]
+        features: list[Feature | tuple[Feature, ...]] = [
+            (Feature.SNAPSHOT_FILESYSTEM, Feature.SNAPSHOT_MEMORY)
+        ]
         adapter = self._gate("list_snapshots", *features)
         with self._errors("list_snapshots"):
             return adapter.list_snapshots()
@@ -230,11 +234,13 @@ class Sandbox(SandboxBase):
     def delete_snapshot(self, snapshot_id: str) -> None:
         """Delete a snapshot and free its space; it can no longer be restored.
 
-        Needs: snapshot.filesystem (else CapabilityError).
+        Needs: snapshot.filesystem or snapshot.memory (else CapabilityError naming snapshot.filesystem).
         Raises: SnapshotNotFoundError.
         """
         check_non_empty("delete_snapshot", "snapshot_id", snapshot_id)
-        features = [Feature.SNAPSHOT_FILESYSTEM]
+        features: list[Feature | tuple[Feature, ...]] = [
+            (Feature.SNAPSHOT_FILESYSTEM, Feature.SNAPSHOT_MEMORY)
+        ]
         adapter = self._gate("delete_snapshot", *features)
         with self._errors("delete_snapshot"):
             adapter.delete_snapshot(snapshot_id=snapshot_id)

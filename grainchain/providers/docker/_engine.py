@@ -22,8 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
+
 from grainchain._types import BYTE_SIZE_FORMS, parse_byte_size
 from grainchain.errors import (
+    BackendConnectionError,
+    BackendTimeoutError,
     ConfigurationError,
     GrainchainError,
     InvalidArgumentError,
@@ -64,9 +68,6 @@ def init_command(ttl: float | None) -> list[str]:
     return ["/bin/sh", "-c", script.format(max(1, round(ttl)))]
 
 
-KNOWN_PROVIDER_CONFIG = frozenset(
-    {"image", "network", "pids_limit", "disk_limit", "dockerfile", "build_context", "ports", "volumes", "ttl"}
-)
 DEFAULT_PIDS_LIMIT = 4096
 API_TIMEOUT = 60.0  # seconds for one ordinary Engine API call
 CONNECT_TIMEOUT = 10.0
@@ -119,10 +120,45 @@ def engine_endpoint(docker_host: str | None = None) -> Endpoint:
     )
 
 
-def unreachable(endpoint: Endpoint, exc: BaseException) -> ProviderUnavailableError:
-    error = ProviderUnavailableError(
-        f"cannot reach the Docker engine at {endpoint.describe()} ({exc}): {START_HINT}", provider=PROVIDER
+def unreachable(endpoint: Endpoint, exc: BaseException) -> BackendConnectionError:
+    """The engine is not there (no socket, nothing listening): is dockerd running, is DOCKER_HOST right?"""
+    error = BackendConnectionError(
+        f"cannot reach the Docker engine at {endpoint.describe()} ({_describe(exc)}): is dockerd running "
+        f"and is that its socket? {START_HINT}",
+        provider=PROVIDER,
+        retryable=True,
     )
+    error.__cause__ = exc
+    return error
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__  # httpx's timeouts often have no message
+
+
+def transport_error(endpoint: Endpoint, what: str, exc: BaseException) -> GrainchainError:
+    """The grainchain error for a call to the engine that got no (complete) answer: BackendTimeoutError
+    when it did not answer in time, BackendConnectionError when it could not be reached or the connection
+    broke (both retryable), ProviderError for anything else httpx reports."""
+    error: GrainchainError
+    if isinstance(exc, httpx.TimeoutException):
+        error = BackendTimeoutError(
+            f"{what}: the Docker engine at {endpoint.describe()} did not answer in time ({_describe(exc)}); "
+            "it may be busy (a big pull, commit or many sandboxes): try again, and check `docker info`",
+            provider=PROVIDER,
+            retryable=True,
+        )
+    elif isinstance(exc, httpx.ConnectError | FileNotFoundError | ConnectionRefusedError):
+        return unreachable(endpoint, exc)
+    elif isinstance(exc, httpx.NetworkError | httpx.RemoteProtocolError | ConnectionError):
+        error = BackendConnectionError(
+            f"{what}: the connection to the Docker engine at {endpoint.describe()} broke ({_describe(exc)}); "
+            "did dockerd stop or restart? Check `docker info`, then try again",
+            provider=PROVIDER,
+            retryable=True,
+        )
+    else:
+        error = ProviderError(f"{what}: {_describe(exc)}", provider=PROVIDER)
     error.__cause__ = exc
     return error
 
@@ -135,11 +171,73 @@ def engine_message(body: bytes) -> str:
     return str(message) if message else body.decode("utf-8", "replace").strip()
 
 
-def engine_error(status: int, body: bytes, what: str) -> GrainchainError:
-    """The grainchain error for a failed Engine API call (`what` names the call for the message)."""
-    message = f"{what}: docker engine answered {status}: {engine_message(body)}"
+class EngineNotFoundError(ProviderError):
+    """Internal: the engine has no such object (a 404). `kind`: "image", "volume", "exec", "path",
+    "checkpoint", "network" or "object" (not known). The adapter catches it where a missing object has a meaning
+    (pull a missing image, create a missing volume, SnapshotNotFoundError for a snapshot's image,
+    FileNotFoundInSandboxError for a path); one that escapes is a ProviderError, never a
+    SandboxNotFoundError. A missing *container* is not one of these: see engine_error."""
+
+    retryable = False
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message, provider=PROVIDER)
+        self.kind = kind
+
+
+# What the engine's 404 messages say (daemon/errdefs and the API handlers), first match wins; then the URL
+# decides (a HEAD has no body).
+_NOT_FOUND_MESSAGES = (
+    ("container", re.compile(r"no such container", re.IGNORECASE)),
+    ("exec", re.compile(r"no such exec", re.IGNORECASE)),
+    ("volume", re.compile(r"no such volume", re.IGNORECASE)),
+    ("path", re.compile(r"could not find the file|no such file or directory", re.IGNORECASE)),
+    ("checkpoint", re.compile(r"checkpoint", re.IGNORECASE)),
+    ("network", re.compile(r"network \S+ not found|no such network", re.IGNORECASE)),
+    (
+        "image",
+        re.compile(
+            r"no such image|pull access denied|repository does not exist|manifest unknown|manifest for .* not found",
+            re.IGNORECASE,
+        ),
+    ),
+)
+_NOT_FOUND_URLS = (
+    ("image", re.compile(r"/images/|/build$")),
+    ("volume", re.compile(r"/volumes/")),
+    ("exec", re.compile(r"/exec/")),
+    ("path", re.compile(r"/containers/[^/]+/archive$")),
+    ("checkpoint", re.compile(r"/containers/[^/]+/checkpoints")),
+)
+
+
+def not_found_kind(url: str, engine_said: str) -> str:
+    """What a 404 of the engine is about: "container", "image", "volume", "exec", "path", "checkpoint",
+    "network" or "object" (unknown); by the engine's message, else by the URL called."""
+    for kind, pattern in _NOT_FOUND_MESSAGES:
+        if pattern.search(engine_said):
+            return kind
+    path = url.partition("?")[0]
+    for kind, pattern in _NOT_FOUND_URLS:
+        if pattern.search(path):
+            return kind
+    return "object"
+
+
+def engine_error(status: int, body: bytes, what: str, url: str = "") -> GrainchainError:
+    """The grainchain error for a failed Engine API call (`what` names the call for the message, `url` is
+    the path called). A 404 is SandboxNotFoundError only when the engine says the container is missing:
+    the adapter addresses no container but its sandbox's, so the sandbox is gone. Every other 404 is an
+    EngineNotFoundError for the caller to map."""
+    said = engine_message(body)
+    message = f"{what}: docker engine answered {status}: {said}"
     if status == 404:
-        return SandboxNotFoundError(message, provider=PROVIDER)
+        kind = not_found_kind(url, said)
+        if kind == "container":
+            return SandboxNotFoundError(
+                f"{message} (the sandbox's container is gone: removed outside grainchain?)", provider=PROVIDER
+            )
+        return EngineNotFoundError(kind, message)
     if status == 409 and "is not running" in message:
         return SandboxNotRunningError(
             f"{message} (the container stopped: its provider_config ttl passed, or something outside "
@@ -163,12 +261,12 @@ def split_image(image: str) -> tuple[str, str]:
     return image, "latest"
 
 
-def pull_error(image: str, detail: str) -> ProviderUnavailableError:
-    return ProviderUnavailableError(
+def pull_error(image: str, detail: str) -> ConfigurationError:
+    """The image SandboxConfig names is not on the engine and the engine cannot pull it."""
+    return ConfigurationError(
         f"docker image {image!r} is not on this engine and cannot be pulled ({detail}); build or load it "
         "first (`docker build`, `docker load`, `docker import`), or pick another SandboxConfig.image",
         provider=PROVIDER,
-        retryable=False,
     )
 
 
@@ -305,14 +403,12 @@ def disk_limit_error(value: Any, engine_said: str, info: dict[str, Any]) -> Conf
 BUILD_REPO = "grainchain-build"
 
 
-def build_context(provider_config: dict[str, Any]) -> tuple[bytes, str, str]:
+def build_context(dockerfile: str | None, context: str | None) -> tuple[bytes, str, str]:
     """The tar of a build context, the Dockerfile's name inside it, and a content tag for the image.
 
     provider_config: `dockerfile` (a path; default <build_context>/Dockerfile) and/or `build_context`
     (a directory; default the Dockerfile's directory). A Dockerfile outside the context is added to it.
     .dockerignore is not read: keep the context small."""
-    dockerfile = provider_config.get("dockerfile")
-    context = provider_config.get("build_context")
     if context is None:
         context = os.path.dirname(os.path.abspath(str(dockerfile)))
     context = os.path.abspath(str(context))

@@ -37,7 +37,10 @@ from grainchain._acompat import Task, run_blocking, select, start_task
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream, memory_limit_error
+from grainchain._provider_config import ProviderConfig
+from grainchain._provider_info import ProviderInfo
 from grainchain._sync.adapter import SandboxAdapter
+from grainchain._sync.backend import Backend, parse_options
 from grainchain._sync.process import ProcessHandle
 from grainchain._types import OutputCallback
 from grainchain.errors import (
@@ -59,15 +62,13 @@ from grainchain.models import (
     SnapshotKind,
 )
 from grainchain.providers.docker import _engine as dk
+from grainchain.providers.docker.config import DockerConfig
 from grainchain.settings import Settings
 
 _BIG_TIMEOUT = 600.0  # commits, checkpoints, restores and uploads of big things
 _BUILD_TIMEOUT = 3600.0  # image pulls and builds (the read timeout: between two progress lines)
 _STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
 _KILL_TIMEOUT = 30.0
-
-
-_ENGINE_INFO: dict[str, dict[str, Any]] = {}
 
 
 class _Engine:
@@ -84,16 +85,16 @@ class _Engine:
             base_url=self.endpoint.base_url,
             timeout=httpx.Timeout(dk.API_TIMEOUT, connect=dk.CONNECT_TIMEOUT),
         )
+        self._info: dict[str, Any] | None = None
 
     def close(self) -> None:
         self.client.close()
 
     def info(self) -> dict[str, Any]:
-        """GET /info, once per engine address and process (it does not change while the engine runs)."""
-        key = self.endpoint.describe()
-        if key not in _ENGINE_INFO:
-            _ENGINE_INFO[key] = self.json("GET", "/info", "engine info")
-        return _ENGINE_INFO[key]
+        """GET /info, once per engine client (it does not change while the engine runs)."""
+        if self._info is None:
+            self._info = self.json("GET", "/info", "engine info")
+        return self._info
 
     def checkpoint_path(self, container_id: str, name: str) -> str:
         """Where the engine keeps a container's checkpoint `name` (its data directory is on this machine)."""
@@ -115,18 +116,10 @@ class _Engine:
             response = self.client.request(
                 method, url, timeout=httpx.Timeout(timeout, connect=dk.CONNECT_TIMEOUT), **kwargs
             )
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise dk.unreachable(self.endpoint, exc) from exc
-        except httpx.TimeoutException as exc:
-            raise ProviderError(
-                f"{what}: the docker engine did not answer in time ({exc})",
-                provider=dk.PROVIDER,
-                retryable=True,
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(f"{what}: {exc}", provider=dk.PROVIDER) from exc
+        except (httpx.HTTPError, FileNotFoundError, ConnectionError) as exc:
+            raise dk.transport_error(self.endpoint, what, exc) from exc
         if response.status_code not in ok:
-            raise dk.engine_error(response.status_code, response.content, what)
+            raise dk.engine_error(response.status_code, response.content, what, url)
         return response
 
     def follow_progress(self, url: str, what: str, **kwargs: Any) -> dk.ProgressLog:
@@ -137,7 +130,7 @@ class _Engine:
             for line in response.iter_lines():
                 progress.feed(line)
         except httpx.HTTPError as exc:
-            raise ProviderError(f"{what}: {exc}", provider=dk.PROVIDER) from exc
+            raise dk.transport_error(self.endpoint, what, exc) from exc
         finally:
             response.close()
         return progress
@@ -153,14 +146,12 @@ class _Engine:
         )
         try:
             response = self.client.send(request, stream=True)
-        except (httpx.ConnectError, FileNotFoundError, ConnectionRefusedError) as exc:
-            raise dk.unreachable(self.endpoint, exc) from exc
-        except httpx.HTTPError as exc:
-            raise ProviderError(f"{what}: {exc}", provider=dk.PROVIDER) from exc
+        except (httpx.HTTPError, FileNotFoundError, ConnectionError) as exc:
+            raise dk.transport_error(self.endpoint, what, exc) from exc
         if response.status_code != 200:
             content = response.read()
             response.close()
-            raise dk.engine_error(response.status_code, content, what)
+            raise dk.engine_error(response.status_code, content, what, url)
         return response
 
 
@@ -188,7 +179,7 @@ class _Exec:
         except httpx.ReadTimeout:
             return False  # the read timeout is the command's remaining time
         except httpx.HTTPError as exc:
-            raise ProviderError(f"reading the output of a command: {exc}", provider=dk.PROVIDER) from exc
+            raise dk.transport_error(self.engine.endpoint, "reading the output of a command", exc) from exc
         return True
 
     def exit_code(self) -> int:
@@ -217,9 +208,6 @@ class _Exec:
 def _pause(seconds: float) -> None:
     """Sleep (no asyncio in _async/: a select of no descriptors)."""
     select([], seconds)
-
-
-_MEMORY_PROBLEMS: dict[str, dict[Feature, str]] = {}  # per engine address: what missing_features says
 
 
 def _find_criu() -> str | None:
@@ -317,8 +305,47 @@ class _Watchdog:
                 self._task.join()
 
 
+class DockerBackend(Backend):
+    """The docker provider's shared part: one Engine API client (made on first use) and what was probed."""
+
+    def __init__(
+        self,
+        provider: ProviderInfo,
+        adapter_class: type[SandboxAdapter],
+        settings: Settings,
+        options: ProviderConfig,
+    ) -> None:
+        super().__init__(provider, adapter_class, settings, options)
+        self._engine: _Engine | None = None
+        self.memory_problems: dict[Feature, str] | None = None  # what missing_features found, once
+
+    @property
+    def engine(self) -> _Engine:
+        """The Engine API client (made on first use; an unreachable engine raises here)."""
+        if self._engine is None:
+            self._engine = _Engine()
+        return self._engine
+
+    def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.close()
+        super().close()
+
+
+def _shared(backend: Backend) -> DockerBackend:
+    if not isinstance(backend, DockerBackend):
+        raise TypeError(f"the docker adapter needs an AsyncDockerBackend, got {type(backend).__name__}")
+    return backend
+
+
+def _docker_options(options: ProviderConfig) -> DockerConfig:
+    return options if isinstance(options, DockerConfig) else DockerConfig.model_validate(options.model_dump())
+
+
 class DockerAdapter(SandboxAdapter):
     provider_name = "docker"
+    backend_class = DockerBackend
 
     def __init__(
         self,
@@ -339,10 +366,8 @@ class DockerAdapter(SandboxAdapter):
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _image_of(config: SandboxConfig) -> str:
-        image = (
-            config.image or config.provider_config.get("image") or os.environ.get("GRAINCHAIN_DOCKER_IMAGE")
-        )
+    def _image_of(config: SandboxConfig, options: DockerConfig) -> str:
+        image = config.image or options.image or os.environ.get("GRAINCHAIN_DOCKER_IMAGE")
         return str(image or dk.DEFAULT_IMAGE)
 
     @staticmethod
@@ -351,32 +376,34 @@ class DockerAdapter(SandboxAdapter):
 
     @classmethod
     def _container_body(
-        cls, image: str, sandbox_id: str, config: SandboxConfig, publish_ip: str
+        cls, image: str, sandbox_id: str, config: SandboxConfig, options: DockerConfig, publish_ip: str
     ) -> dict[str, Any]:
         env = {**config.environment_vars, SANDBOX_MARKER: sandbox_id}
-        host: dict[str, Any] = {
-            "PidsLimit": int(config.provider_config.get("pids_limit", dk.DEFAULT_PIDS_LIMIT)),
-        }
+        host: dict[str, Any] = {"PidsLimit": options.pids_limit}
         if config.memory_limit is not None:
             host["Memory"] = int(config.memory_limit)
             host["MemorySwap"] = int(config.memory_limit)  # no swap: over the limit means killed
         if config.cpu_limit is not None:
             host["NanoCpus"] = int(config.cpu_limit * 1e9)
-        disk_limit = dk.parse_disk_limit(config.provider_config.get("disk_limit"))
+        disk_limit = dk.parse_disk_limit(options.disk_limit)
         if disk_limit is not None:  # the container's writable layer; engines that cannot, refuse (see create)
             host["StorageOpt"] = {"size": str(disk_limit)}
-        network = config.provider_config.get("network")
-        if network is not None:
-            host["NetworkMode"] = str(network)
-        ports = [f"{port}/tcp" for port in config.ports or []]
-        if ports:  # on host ports the engine picks
-            host["PortBindings"] = {port: [{"HostIp": publish_ip, "HostPort": ""}] for port in ports}
-        volumes = dk.parse_volumes(config.provider_config.get("volumes"))
+        if options.network is not None:
+            host["NetworkMode"] = options.network
+        # SandboxConfig.ports on host ports the engine picks; provider_config ports where they say
+        published = {port: None for port in config.ports or []} | dict(options.ports or {})
+        ports = [f"{port}/tcp" for port in published]
+        if ports:
+            host["PortBindings"] = {
+                f"{port}/tcp": [{"HostIp": publish_ip, "HostPort": "" if on is None else str(on)}]
+                for port, on in published.items()
+            }
+        volumes = dk.parse_volumes(options.volumes)
         if volumes.binds:
             host["Binds"] = volumes.binds
         return {
             "Image": image,
-            "Entrypoint": dk.init_command(dk.parse_ttl(config.provider_config.get("ttl"))),
+            "Entrypoint": dk.init_command(options.ttl),
             "Cmd": None,
             "ExposedPorts": {port: {} for port in ports},
             "Volumes": {path: {} for path in volumes.anonymous},
@@ -395,7 +422,7 @@ class DockerAdapter(SandboxAdapter):
         try:
             engine.request("GET", f"/images/{image}/json", "inspect image")
             return
-        except SandboxNotFoundError:
+        except dk.EngineNotFoundError:
             pass
         if image.startswith(dk.SNAPSHOT_REPO + ":"):
             raise SnapshotNotFoundError(image, provider=dk.PROVIDER)
@@ -404,17 +431,19 @@ class DockerAdapter(SandboxAdapter):
         dk.log.info("pulling %s", image)
         try:
             progress = engine.follow_progress("/images/create", f"pull {image}", params=params)
-        except (ProviderError, SandboxNotFoundError, InvalidArgumentError) as exc:
+        except (ProviderError, InvalidArgumentError) as exc:  # not RemoteError: the engine itself failed
             raise dk.pull_error(image, exc.message) from exc
         if progress.error:
             raise dk.pull_error(image, progress.error)
 
     @classmethod
-    def _build_image(cls, engine: _Engine, config: SandboxConfig) -> str:
+    def _build_image(cls, engine: _Engine, config: SandboxConfig, options: DockerConfig) -> str:
         """Build provider_config's Dockerfile (once per content: the tag is a hash of the context)."""
-        context, dockerfile, digest = run_blocking(dk.build_context, config.provider_config)
+        context, dockerfile, digest = run_blocking(
+            dk.build_context, options.dockerfile, options.build_context
+        )
         image = f"{dk.BUILD_REPO}:{digest}"
-        with contextlib.suppress(SandboxNotFoundError):
+        with contextlib.suppress(dk.EngineNotFoundError):
             engine.request("GET", f"/images/{image}/json", "inspect image")
             return image
         dk.log.info("building %s from %s (%d KiB of context)", image, dockerfile, len(context) // 1024)
@@ -430,7 +459,7 @@ class DockerAdapter(SandboxAdapter):
         if progress.error:
             output = "\n".join(progress.tail[-10:])
             raise ConfigurationError(
-                f"building the image from {config.provider_config.get('dockerfile') or 'Dockerfile'} failed: "
+                f"building the image from {options.dockerfile or 'Dockerfile'} failed: "
                 f"{progress.error}" + (f"\n--- last build output ---\n{output}" if output else ""),
                 provider=dk.PROVIDER,
             )
@@ -443,6 +472,7 @@ class DockerAdapter(SandboxAdapter):
         image: str,
         sandbox_id: str,
         config: SandboxConfig,
+        options: DockerConfig,
         checkpoint: tuple[str, str] | None = None,
     ) -> str:
         """Create and start a container; from a saved checkpoint (name, directory) when one is given."""
@@ -451,10 +481,10 @@ class DockerAdapter(SandboxAdapter):
                 "POST",
                 "/containers/create",
                 "create container",
-                json=cls._container_body(image, sandbox_id, config, engine.endpoint.publish_ip),
+                json=cls._container_body(image, sandbox_id, config, options, engine.endpoint.publish_ip),
             )
         except (ProviderError, InvalidArgumentError) as exc:
-            cls._explain_disk_limit(engine, config, exc)
+            cls._explain_disk_limit(engine, options, exc)
             raise
         container_id = str(created["Id"])
         try:
@@ -468,15 +498,15 @@ class DockerAdapter(SandboxAdapter):
                     "DELETE", f"/containers/{container_id}", "remove container", params={"force": "1"}
                 )
             if isinstance(exc, ProviderError | InvalidArgumentError):
-                cls._explain_disk_limit(engine, config, exc)  # drivers that refuse only at start
+                cls._explain_disk_limit(engine, options, exc)  # drivers that refuse only at start
             raise
         return container_id
 
     @staticmethod
-    def _explain_disk_limit(engine: _Engine, config: SandboxConfig, exc: GrainchainError) -> None:
+    def _explain_disk_limit(engine: _Engine, options: DockerConfig, exc: GrainchainError) -> None:
         """Raise a ConfigurationError when the engine refused the container because it cannot enforce
         provider_config disk_limit (its storage driver or filesystem); return otherwise."""
-        value = config.provider_config.get("disk_limit")
+        value = options.disk_limit
         if value is None or not dk.storage_opt_refused(exc.message):
             return
         info: dict[str, Any] = {}
@@ -485,63 +515,57 @@ class DockerAdapter(SandboxAdapter):
         raise dk.disk_limit_error(value, exc.message, info) from exc
 
     @classmethod
-    def missing_features(cls, config: SandboxConfig, settings: Settings) -> dict[Feature, str]:
+    def missing_features(
+        cls, backend: Backend, config: SandboxConfig, options: ProviderConfig
+    ) -> dict[Feature, str]:
+        shared = _shared(backend)
+        if shared.memory_problems is not None:  # asked before every create: probed once per backend
+            return shared.memory_problems
         try:
-            key = dk.engine_endpoint().describe()
-            if key in _MEMORY_PROBLEMS:  # asked before every create: no client once it is known
-                return _MEMORY_PROBLEMS[key]
-            engine = _Engine()
-        except GrainchainError:
-            return {}  # creating the sandbox will say the engine is unreachable
-        try:
+            engine = shared.engine
             info = engine.info()
         except GrainchainError:
-            return {}
-        finally:
-            engine.close()
+            return {}  # creating the sandbox will say the engine is unreachable
         problem = dk.memory_snapshot_problem(engine.endpoint, info, _find_criu())
-        _MEMORY_PROBLEMS[key] = {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
-        return _MEMORY_PROBLEMS[key]
+        shared.memory_problems = {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
+        return shared.memory_problems
 
     @classmethod
-    def create(cls, config: SandboxConfig, settings: Settings) -> Self:
-        unknown = set(config.provider_config) - dk.KNOWN_PROVIDER_CONFIG
-        if unknown:
-            raise ConfigurationError(
-                f"unknown provider_config keys for docker: {', '.join(sorted(unknown))} "
-                f"(known: {', '.join(sorted(dk.KNOWN_PROVIDER_CONFIG))})",
-                provider=cls.provider_name,
-            )
-        dk.parse_disk_limit(config.provider_config.get("disk_limit"))  # a bad value fails before the engine
-        engine = _Engine()
+    def create(cls, backend: Backend, config: SandboxConfig, options: ProviderConfig) -> Self:
+        docker = _docker_options(options)
+        engine = _shared(backend).engine
         sandbox_id = "gc-" + uuid.uuid4().hex[:16]
         try:
-            if "dockerfile" in config.provider_config or "build_context" in config.provider_config:
-                image = cls._build_image(engine, config)
+            if docker.dockerfile is not None or docker.build_context is not None:
+                image = cls._build_image(engine, config, docker)
             else:
-                image = cls._image_of(config)
-            cls._create_named_volumes(engine, sandbox_id, config)
+                image = cls._image_of(config, docker)
+            cls._create_named_volumes(engine, sandbox_id, docker)
             try:
-                container_id = cls._start_container(engine, image, sandbox_id, config)
-            except SandboxNotFoundError as exc:  # the image is pulled only when it is missing
-                if "No such image" not in exc.message:
+                container_id = cls._start_container(engine, image, sandbox_id, config, docker)
+            except dk.EngineNotFoundError as exc:  # the image is pulled only when it is missing
+                if exc.kind == "network":
+                    raise ConfigurationError(
+                        f"provider_config['network']: {exc.message} (see `docker network ls`)",
+                        provider=dk.PROVIDER,
+                    ) from exc
+                if exc.kind != "image":
                     raise
                 cls._ensure_image(engine, image)
-                container_id = cls._start_container(engine, image, sandbox_id, config)
-            return cls(engine, container_id, sandbox_id, cls._cwd_of(config), config, settings)
+                container_id = cls._start_container(engine, image, sandbox_id, config, docker)
+            return cls(engine, container_id, sandbox_id, cls._cwd_of(config), config, backend.settings)
         except BaseException:
             with contextlib.suppress(Exception):  # volumes made for a sandbox that never came to be
                 cls._remove_volumes_of(engine, sandbox_id)
-            engine.close()
             raise
 
     @classmethod
-    def _create_named_volumes(cls, engine: _Engine, sandbox_id: str, config: SandboxConfig) -> None:
+    def _create_named_volumes(cls, engine: _Engine, sandbox_id: str, options: DockerConfig) -> None:
         """Create the named volumes that do not exist yet, labelled as this sandbox's (close removes them)."""
-        for name in dk.parse_volumes(config.provider_config.get("volumes")).named:
+        for name in dk.parse_volumes(options.volumes).named:
             try:
                 engine.request("GET", f"/volumes/{name}", "inspect volume")
-            except SandboxNotFoundError:
+            except dk.EngineNotFoundError:
                 labels = {dk.LABEL: "1", dk.LABEL_SANDBOX: sandbox_id}
                 engine.request(
                     "POST", "/volumes/create", "create volume", json={"Name": name, "Labels": labels}
@@ -552,7 +576,7 @@ class DockerAdapter(SandboxAdapter):
         filters = json.dumps({"label": [f"{dk.LABEL_SANDBOX}={sandbox_id}"]})
         found = engine.json("GET", "/volumes", "list volumes", params={"filters": filters})
         for volume in (found or {}).get("Volumes") or []:
-            with contextlib.suppress(SandboxNotFoundError):
+            with contextlib.suppress(dk.EngineNotFoundError):
                 engine.request("DELETE", f"/volumes/{volume['Name']}", "remove volume")
 
     @classmethod
@@ -565,33 +589,30 @@ class DockerAdapter(SandboxAdapter):
         return found
 
     @classmethod
-    def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
-        engine = _Engine()
-        try:
-            found = cls._find(engine, sandbox_id)
-            if not found:
-                raise SandboxNotFoundError(f"no docker sandbox with id {sandbox_id!r}", provider=dk.PROVIDER)
-            container = found[0]
-            labels = container.get("Labels") or {}
-            stored = (
-                SandboxConfig.model_validate_json(labels[dk.LABEL_CONFIG])
-                if dk.LABEL_CONFIG in labels
-                else config
-            )
-            if container.get("State") != "running":
-                engine.request("POST", f"/containers/{container['Id']}/start", "start container")
-            return cls(engine, str(container["Id"]), sandbox_id, cls._cwd_of(stored), stored, settings)
-        except BaseException:
-            engine.close()
-            raise
+    def connect(
+        cls, backend: Backend, sandbox_id: str, config: SandboxConfig, options: ProviderConfig
+    ) -> Self:
+        engine = _shared(backend).engine
+        found = cls._find(engine, sandbox_id)
+        if not found:
+            raise SandboxNotFoundError(f"no docker sandbox with id {sandbox_id!r}", provider=dk.PROVIDER)
+        container = found[0]
+        labels = container.get("Labels") or {}
+        stored = (
+            SandboxConfig.model_validate_json(labels[dk.LABEL_CONFIG])
+            if dk.LABEL_CONFIG in labels
+            else config
+        )
+        if container.get("State") != "running":
+            engine.request("POST", f"/containers/{container['Id']}/start", "start container")
+        adapter = cls(engine, str(container["Id"]), sandbox_id, cls._cwd_of(stored), stored, backend.settings)
+        # the sandbox's own options (the facade sets them again from `stored` when it takes the adapter)
+        adapter.options = parse_options(backend.provider, backend.settings, stored.provider_config)
+        return adapter
 
     @classmethod
-    def list_sandboxes(cls, settings: Settings) -> list[SandboxInfo]:
-        engine = _Engine()
-        try:
-            found = cls._find(engine, None)
-        finally:
-            engine.close()
+    def list_sandboxes(cls, backend: Backend) -> list[SandboxInfo]:
+        found = cls._find(_shared(backend).engine, None)
         return [
             SandboxInfo(
                 sandbox_id=c["Labels"][dk.LABEL_SANDBOX],
@@ -635,11 +656,9 @@ class DockerAdapter(SandboxAdapter):
                         "POST", f"/containers/{self._container}/stop", "stop container", params={"t": "1"}
                     )
         finally:
-            self.status = SandboxStatus.closed
-            self._engine.close()
+            self.status = SandboxStatus.closed  # the engine client is the backend's: it closes it
 
     def detach(self) -> None:
-        self._engine.close()
         self.status = SandboxStatus.running
 
     # -- commands -------------------------------------------------------------------------------------
@@ -847,7 +866,7 @@ class DockerAdapter(SandboxAdapter):
             response = self._engine.request(
                 "HEAD", f"/containers/{self._container}/archive", "stat path", params={"path": path}
             )
-        except SandboxNotFoundError:
+        except dk.EngineNotFoundError:  # a HEAD's 404 has no body: the path, or the whole container?
             self._container_exists()
             return None
         header = response.headers.get("X-Docker-Container-Path-Stat")
@@ -869,15 +888,20 @@ class DockerAdapter(SandboxAdapter):
         )
 
     def _put(self, directory: str, name: str, data: bytes) -> None:
-        self._engine.request(
-            "PUT",
-            f"/containers/{self._container}/archive",
-            "upload file",
-            params={"path": directory},
-            content=dk.tar_one_file(name, data),
-            headers={"Content-Type": "application/x-tar"},
-            timeout=600,
-        )
+        try:
+            self._engine.request(
+                "PUT",
+                f"/containers/{self._container}/archive",
+                "upload file",
+                params={"path": directory},
+                content=dk.tar_one_file(name, data),
+                headers={"Content-Type": "application/x-tar"},
+                timeout=600,
+            )
+        except dk.EngineNotFoundError as exc:  # the directory went away meanwhile
+            if exc.kind != "path":
+                raise
+            raise FileNotFoundInSandboxError(directory, provider=dk.PROVIDER) from exc
 
     def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
         target = self._path(path)
@@ -904,13 +928,18 @@ class DockerAdapter(SandboxAdapter):
             raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER)
         if stat.is_directory:
             raise InvalidArgumentError(f"{target} is a directory", argument="path", provider=dk.PROVIDER)
-        response = self._engine.request(
-            "GET",
-            f"/containers/{self._container}/archive",
-            "download file",
-            params={"path": target},
-            timeout=600,
-        )
+        try:
+            response = self._engine.request(
+                "GET",
+                f"/containers/{self._container}/archive",
+                "download file",
+                params={"path": target},
+                timeout=600,
+            )
+        except dk.EngineNotFoundError as exc:  # deleted since the stat
+            if exc.kind != "path":
+                raise
+            raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER) from exc
         data = dk.untar_first_file(response.content)
         if data is None:
             raise InvalidArgumentError(
@@ -1049,7 +1078,7 @@ class DockerAdapter(SandboxAdapter):
             image: dict[str, Any] = self._engine.json(
                 "GET", f"/images/{snapshot_id}/json", "inspect snapshot"
             )
-        except SandboxNotFoundError:
+        except dk.EngineNotFoundError:
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
         labels: dict[str, str] = (image.get("Config") or {}).get("Labels") or {}
         if labels.get(dk.LABEL_SNAPSHOT) != "1":
@@ -1080,7 +1109,9 @@ class DockerAdapter(SandboxAdapter):
         labels = self._snapshot_image(snapshot_id)  # an unknown id fails before anything is touched
         checkpoint = self._saved_checkpoint(snapshot_id, labels)
         self._kill_handles()
-        new = self._start_container(self._engine, snapshot_id, self.sandbox_id, self.config, checkpoint)
+        new = self._start_container(
+            self._engine, snapshot_id, self.sandbox_id, self.config, _docker_options(self.options), checkpoint
+        )
         old, self._container = self._container, new
         self._oom_seen = 0
         with contextlib.suppress(SandboxNotFoundError):
@@ -1113,7 +1144,7 @@ class DockerAdapter(SandboxAdapter):
         labels = self._snapshot_image(snapshot_id)
         try:
             self._engine.request("DELETE", f"/images/{snapshot_id}", "delete snapshot", params={"force": "1"})
-        except SandboxNotFoundError:
+        except dk.EngineNotFoundError:
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
         if labels.get(dk.LABEL_KIND) == SnapshotKind.memory.value:
             saved = dk.owned_checkpoint(str(self._checkpoint_store()), labels.get(dk.LABEL_CHECKPOINT))

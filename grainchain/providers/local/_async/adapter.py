@@ -26,8 +26,10 @@ from typing import Any, Self
 
 from grainchain._acompat import arun_blocking, arun_in
 from grainchain._async.adapter import AsyncSandboxAdapter
+from grainchain._async.backend import AsyncBackend
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
+from grainchain._provider_config import ProviderConfig
 from grainchain._output import OutputCollector, memory_limit_error
 from grainchain._types import OutputCallback, parse_byte_size
 from grainchain.errors import (
@@ -65,9 +67,6 @@ from grainchain.providers.local._hostproc import (
 from grainchain.providers.local._spawner import Spawner
 from grainchain.settings import Settings
 
-KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset(
-    {"isolation", "network", "pids_limit", "snapshots", "disk_limit"}
-)
 SNAPSHOT_MODES = ("layers", "copy")
 # A fork bomb must not exhaust the host's pids: every sandbox gets a pids cgroup where cgroups are writable
 # (commands start in it for free: grainchain/providers/local/_spawner.py); provider_config pids_limit=None turns it off.
@@ -77,13 +76,7 @@ DEFAULT_PIDS_LIMIT = 4096
 
 
 def _options(config: SandboxConfig) -> iso.Options:
-    unknown = set(config.provider_config) - KNOWN_PROVIDER_CONFIG
-    if unknown:
-        raise ConfigurationError(
-            f"unknown provider_config keys for local: {', '.join(sorted(unknown))} "
-            f"(known: {', '.join(sorted(KNOWN_PROVIDER_CONFIG))})",
-            provider="local",
-        )
+    """The options of provider_config (whose keys and types LocalConfig checked when the Sandbox was made)."""
     default = DEFAULT_PIDS_LIMIT if cg.unavailable(cg.Limits(pids=DEFAULT_PIDS_LIMIT)) is None else None
     return iso.parse_options(config.provider_config, default)
 
@@ -195,7 +188,9 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @classmethod
-    async def missing_features(cls, config: SandboxConfig, settings: Settings) -> Mapping[Feature, str]:
+    async def missing_features(
+        cls, backend: AsyncBackend, config: SandboxConfig, provider_options: ProviderConfig
+    ) -> Mapping[Feature, str]:
         try:
             options = _options(config)
         except ConfigurationError:
@@ -220,7 +215,10 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         return missing
 
     @classmethod
-    async def create(cls, config: SandboxConfig, settings: Settings) -> Self:
+    async def create(
+        cls, backend: AsyncBackend, config: SandboxConfig, provider_options: ProviderConfig
+    ) -> Self:
+        settings = backend.settings
         options = _options(config)
         if options.network == "none" and options.isolation == "none":
             raise CapabilityError(
@@ -288,7 +286,10 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         self._box.save(status, self.config, None, self._runtime())
 
     @classmethod
-    async def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
+    async def connect(
+        cls, backend: AsyncBackend, sandbox_id: str, config: SandboxConfig, options: ProviderConfig
+    ) -> Self:
+        settings = backend.settings
         box = await arun_blocking(fs.SandboxDir.open, settings.state_dir, sandbox_id)
         stored = await arun_blocking(box.config)
         runtime = await arun_blocking(box.runtime)
@@ -311,8 +312,8 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         return adapter
 
     @classmethod
-    async def list_sandboxes(cls, settings: Settings) -> list[SandboxInfo]:
-        found = await arun_blocking(fs.list_sandboxes, settings.state_dir)
+    async def list_sandboxes(cls, backend: AsyncBackend) -> list[SandboxInfo]:
+        found = await arun_blocking(fs.list_sandboxes, backend.settings.state_dir)
         return [i.model_copy(update={"provider": cls.provider_name}) for i in found]  # (a subclass's name)
 
     async def aclose(self) -> None:

@@ -30,7 +30,9 @@ from grainchain._acompat import run_blocking, run_in
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, memory_limit_error
+from grainchain._provider_config import ProviderConfig
 from grainchain._sync.adapter import SandboxAdapter
+from grainchain._sync.backend import Backend
 from grainchain._types import OutputCallback, parse_byte_size
 from grainchain.errors import (
     CapabilityError,
@@ -67,9 +69,6 @@ from grainchain.providers.local._spawner import Spawner
 from grainchain.providers.local._sync.hostexec import HostProcessHandle, run_to_completion
 from grainchain.settings import Settings
 
-KNOWN_PROVIDER_CONFIG: frozenset[str] = frozenset(
-    {"isolation", "network", "pids_limit", "snapshots", "disk_limit"}
-)
 SNAPSHOT_MODES = ("layers", "copy")
 # A fork bomb must not exhaust the host's pids: every sandbox gets a pids cgroup where cgroups are writable
 # (commands start in it for free: grainchain/providers/local/_spawner.py); provider_config pids_limit=None turns it off.
@@ -79,13 +78,7 @@ DEFAULT_PIDS_LIMIT = 4096
 
 
 def _options(config: SandboxConfig) -> iso.Options:
-    unknown = set(config.provider_config) - KNOWN_PROVIDER_CONFIG
-    if unknown:
-        raise ConfigurationError(
-            f"unknown provider_config keys for local: {', '.join(sorted(unknown))} "
-            f"(known: {', '.join(sorted(KNOWN_PROVIDER_CONFIG))})",
-            provider="local",
-        )
+    """The options of provider_config (whose keys and types LocalConfig checked when the Sandbox was made)."""
     default = DEFAULT_PIDS_LIMIT if cg.unavailable(cg.Limits(pids=DEFAULT_PIDS_LIMIT)) is None else None
     return iso.parse_options(config.provider_config, default)
 
@@ -197,7 +190,9 @@ class LocalAdapter(SandboxAdapter):
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @classmethod
-    def missing_features(cls, config: SandboxConfig, settings: Settings) -> Mapping[Feature, str]:
+    def missing_features(
+        cls, backend: Backend, config: SandboxConfig, provider_options: ProviderConfig
+    ) -> Mapping[Feature, str]:
         try:
             options = _options(config)
         except ConfigurationError:
@@ -222,7 +217,8 @@ class LocalAdapter(SandboxAdapter):
         return missing
 
     @classmethod
-    def create(cls, config: SandboxConfig, settings: Settings) -> Self:
+    def create(cls, backend: Backend, config: SandboxConfig, provider_options: ProviderConfig) -> Self:
+        settings = backend.settings
         options = _options(config)
         if options.network == "none" and options.isolation == "none":
             raise CapabilityError(
@@ -290,7 +286,10 @@ class LocalAdapter(SandboxAdapter):
         self._box.save(status, self.config, None, self._runtime())
 
     @classmethod
-    def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
+    def connect(
+        cls, backend: Backend, sandbox_id: str, config: SandboxConfig, options: ProviderConfig
+    ) -> Self:
+        settings = backend.settings
         box = run_blocking(fs.SandboxDir.open, settings.state_dir, sandbox_id)
         stored = run_blocking(box.config)
         runtime = run_blocking(box.runtime)
@@ -311,8 +310,8 @@ class LocalAdapter(SandboxAdapter):
         return adapter
 
     @classmethod
-    def list_sandboxes(cls, settings: Settings) -> list[SandboxInfo]:
-        found = run_blocking(fs.list_sandboxes, settings.state_dir)
+    def list_sandboxes(cls, backend: Backend) -> list[SandboxInfo]:
+        found = run_blocking(fs.list_sandboxes, backend.settings.state_dir)
         return [i.model_copy(update={"provider": cls.provider_name}) for i in found]  # (a subclass's name)
 
     def close(self) -> None:
