@@ -46,10 +46,17 @@ def render_features(spec: dict[str, Any]) -> str:
         for n, f in spec["features"].items()
         if "informational" in f
     ]
-    lines += ["}", "", "# Every feature an operation may need (some for certain arguments, one of an any_of).", ""]
+    lines += [
+        "}",
+        "",
+        "# Every feature an operation may need (some for certain arguments, one of an any_of).",
+        "",
+    ]
     lines += ["OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {"]
     for name, op in {**spec["operations"], **spec["lifecycle"]}.items():
-        needed = [f for r in op["requires"] for f in (requirement_features(r) if isinstance(r, dict) else [r])]
+        needed = [
+            f for r in op["requires"] for f in (requirement_features(r) if isinstance(r, dict) else [r])
+        ]
         unique = list(dict.fromkeys(needed))
         members = "".join(f"Feature.{feature_member(f)}, " for f in unique)
         lines.append(f"    {name!r}: ({members}),")
@@ -77,7 +84,7 @@ def render_providers(spec: dict[str, Any]) -> str:
         cls = f"{name.capitalize()}Adapter"
         async_path = f"grainchain.providers.{name}._async.adapter:Async{cls}" if available else None
         sync_path = f"grainchain.providers.{name}._sync.adapter:{cls}" if available else None
-        config_path = f"grainchain.providers.{name}.config:{name.capitalize()}Config" if available else None
+        config_path = f"grainchain.providers.{name}.config:{name.capitalize()}Config"
         lines += [
             f"    {name!r}: ProviderInfo(",
             f"        name={name!r},",

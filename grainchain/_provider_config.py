@@ -81,5 +81,7 @@ def _explain(exc: ValidationError, model: type[ProviderConfig], provider: str) -
         elif str(error["loc"][0] if error["loc"] else "") in secret:
             lines.append(f"{key!r}: {error['msg']}")  # never quote a credential
         else:
-            lines.append(f"{key!r}: {error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})")
+            lines.append(
+                f"{key!r}: {error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})"
+            )
     return f"invalid provider_config for {provider}: {'; '.join(lines)}. Valid keys: {valid}"

@@ -157,3 +157,50 @@ async def test_an_explicit_backend_is_shared_and_left_open(tmp_path: Path) -> No
         with pytest.raises(ConfigurationError, match="'local'"):
             AsyncSandbox("docker", backend=backend)
     assert backend.closed
+
+
+class _FakeModalImage:  # what a modal.Image looks like to a check that must not import modal
+    pass
+
+
+_FakeModalImage.__module__ = "modal.image"
+
+
+@pytest.mark.parametrize(
+    ("provider", "provider_config"),
+    [  # the API document's examples, as written
+        ("e2b", {"template": "custom-nodejs-template", "api_key": "your-e2b-api-key"}),
+        ("morph", {"image_id": "morphvm-python", "vcpus": 2, "memory": 2048, "disk_size": 10240}),
+        ("modal", {"image": _FakeModalImage(), "token_id": "id", "token_secret": "secret"}),
+        (
+            "docker",
+            {
+                "dockerfile": "./custom.Dockerfile",
+                "volumes": {"/host/path": "/container/path"},
+                "ports": {"8080": "8080"},
+                "network": "bridge",
+            },
+        ),
+    ],
+)
+def test_the_api_documents_provider_configs_are_accepted_and_typos_are_not(
+    provider: str, provider_config: dict[str, Any]
+) -> None:
+    AsyncSandbox(provider, SandboxConfig(provider_config=provider_config))
+    typo = {**provider_config, "tempalte": "x"}
+    with pytest.raises(ConfigurationError, match="unknown key 'tempalte'"):
+        AsyncSandbox(provider, SandboxConfig(provider_config=typo))
+
+
+def test_modal_image_must_be_an_image_or_a_name() -> None:
+    with pytest.raises(ConfigurationError, match=r"'image': must be a modal\.Image or a registry image name"):
+        AsyncSandbox("modal", SandboxConfig(provider_config={"image": 42}))
+
+
+def test_every_provider_declares_a_model_whose_credentials_match_the_spec() -> None:
+    from grainchain._generated.providers import BUILTIN_PROVIDERS
+
+    for info in BUILTIN_PROVIDERS.values():
+        model = info.load_config_model()
+        assert info.config_model is not None, info.name
+        assert set(model.credential_env().values()) == set(info.credentials_env), info.name

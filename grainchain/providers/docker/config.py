@@ -16,7 +16,9 @@ from grainchain.providers.docker import _engine as dk
 class DockerConfig(ProviderConfig):
     image: str | None = Field(None, description="image when SandboxConfig.image is unset")
     dockerfile: str | None = Field(None, description="a Dockerfile to build the sandbox's image from")
-    build_context: str | None = Field(None, description="the build context directory (default: the Dockerfile's)")
+    build_context: str | None = Field(
+        None, description="the build context directory (default: the Dockerfile's)"
+    )
     network: str | None = Field(None, description="the engine network mode, e.g. 'bridge', 'none', 'host'")
     pids_limit: Annotated[int, Field(gt=0, strict=True)] = Field(
         dk.DEFAULT_PIDS_LIMIT, description="most processes at once"
