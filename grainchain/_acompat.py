@@ -10,15 +10,23 @@ unasync step renames them for grainchain/_sync/: each async name on the left has
     arun_in        -> run_in          run a function on a given thread (a sandbox's spawner) and wait for it
     AFLAVOUR       -> FLAVOUR         "async" / "sync": which adapter class a provider loads
     ascope         -> scope           what a shared backend is bound to (the event loop / nothing)
+    asleep         -> sleep           pause the task / the thread
+    AsyncEvent     -> Event           a flag one side sets and another waits for (with a timeout)
+    afail_after    -> fail_after      bound a block in time (async: cancelled at the deadline, TimeoutError;
+                                      sync: cannot interrupt, the block honours the Deadline it is given)
+
+Deadline (what afail_after / fail_after yield) is the same in both.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import select as _select
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import Future
 from typing import Any, ParamSpec, Protocol, TypeVar
 
@@ -33,6 +41,23 @@ class Runner(Protocol):
 
 
 _POLL_READABLE = _select.POLLIN | _select.POLLHUP | _select.POLLERR | _select.POLLNVAL
+
+
+class Deadline:
+    """When a bounded block (afail_after / fail_after) must be done, on the time.monotonic() clock.
+
+    Calls inside the block that take a timeout of their own get `remaining()`: in the sync flavour that is
+    what bounds them (a blocking call cannot be interrupted from outside)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.at: float | None = None if seconds is None else time.monotonic() + seconds
+
+    def remaining(self) -> float | None:
+        """Seconds left (0.0 once passed); None when there is no bound."""
+        return None if self.at is None else max(0.0, self.at - time.monotonic())
+
+    def expired(self) -> bool:
+        return self.at is not None and time.monotonic() >= self.at
 
 
 # --------------------------------------------------------------------------------------------- async
@@ -121,6 +146,45 @@ async def arun_in(runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], 
         raise
 
 
+async def asleep(seconds: float) -> None:
+    """Pause for `seconds` (none when negative); the event loop goes on meanwhile."""
+    await asyncio.sleep(max(0.0, seconds))
+
+
+class AsyncEvent:
+    """A flag that one task sets and others wait for. Set it on the event loop's thread."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the flag is set: True, or False when `timeout` seconds pass first (None: no limit)."""
+        if self._event.is_set():
+            return True
+        try:
+            async with asyncio.timeout(None if timeout is None else max(0.0, timeout)):
+                await self._event.wait()
+        except TimeoutError:
+            return self._event.is_set()
+        return True
+
+
+@contextlib.asynccontextmanager
+async def afail_after(seconds: float | None) -> AsyncIterator[Deadline]:
+    """Bound the block to `seconds` (None: unbounded): at the deadline it is cancelled and TimeoutError
+    raised, so an awaited SDK call that would hang ends in time. Yields the Deadline, for calls that take
+    a timeout of their own (what the sync twin relies on). A cancellation from outside stays one."""
+    deadline = Deadline(seconds)
+    async with asyncio.timeout(None if seconds is None else max(0.0, seconds)):
+        yield deadline
+
+
 # ---------------------------------------------------------------------------------------------- sync
 
 FLAVOUR = "sync"
@@ -184,18 +248,54 @@ def run_in(runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], object]
         raise
 
 
+def sleep(seconds: float) -> None:
+    time.sleep(max(0.0, seconds))
+
+
+class Event:
+    """A flag that one thread sets and others wait for (threading.Event)."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the flag is set: True, or False when `timeout` seconds pass first (None: no limit)."""
+        return self._event.wait(None if timeout is None else max(0.0, timeout))
+
+
+@contextlib.contextmanager
+def fail_after(seconds: float | None) -> Iterator[Deadline]:
+    """The sync twin of afail_after: a blocking call cannot be interrupted from outside, so nothing is
+    cancelled or raised here. The block bounds itself: every blocking call in it takes the remaining time
+    (`deadline.remaining()`) as its own timeout, or checks `deadline.expired()` between steps."""
+    yield Deadline(seconds)
+
+
 __all__ = [
     "AFLAVOUR",
     "FLAVOUR",
+    "AsyncEvent",
     "AsyncTask",
+    "Deadline",
+    "Event",
     "Runner",
     "Task",
+    "afail_after",
     "arun_blocking",
     "arun_in",
     "aselect",
+    "asleep",
     "astart_task",
+    "fail_after",
     "run_blocking",
     "run_in",
     "select",
+    "sleep",
     "start_task",
 ]

@@ -284,7 +284,7 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             command=command, working_dir=working_dir, environment=environment, on_stdout=on_stdout,
             on_stderr=on_stderr,
         )
-        pid = handle._child.pid
+        pid = handle.pid  # (isolation none: the host pid)
 
         async def _signal():
             with contextlib.suppress(ProcessLookupError):

@@ -21,6 +21,7 @@ from _support import grainchain_script
 
 import grainchain
 from spec.validate import load_spec
+from tests.providers import memory
 
 ALL_PROVIDERS = {"local", "docker", "e2b", "morph", "daytona", "modal"}
 
@@ -211,6 +212,19 @@ def test_providers_json(tmp_path: Path) -> None:
     assert records["e2b"]["status"] == "planned"
     assert records["e2b"]["missing_credentials"] == ["E2B_API_KEY"]  # empty counts as missing
     assert records["modal"]["missing_credentials"] == ["MODAL_TOKEN_SECRET"]
+
+
+def test_providers_lists_a_provider_registered_at_run_time() -> None:
+    # the memory test provider, registered with registry.register() as the command's process starts
+    env = memory.subprocess_env({"exec": "native", "files": "emulated"}, summary="registered at run time")
+    records = {r["name"]: r for r in json.loads(grainchain_cli("providers", "--json", env=env).stdout)}
+    assert set(records) == ALL_PROVIDERS | {"memory"}
+    assert (records["memory"]["status"], records["memory"]["installed"]) == ("available", True)
+    assert records["memory"]["features"]["files"] == "emulated"
+    assert records["memory"]["features"]["snapshot.filesystem"] == "unsupported"
+    table = grainchain_cli("providers", env=env)
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"\bmemory\b", table.stdout), table.stdout
 
 
 # -- spec -------------------------------------------------------------------------------------------------

@@ -36,6 +36,11 @@ PATH_OPS = (
 @pytest.fixture
 def canary() -> Iterator[Path]:
     """A directory on the client's host with a secret in it, under the system's temporary directory."""
+    yield from host_canary()
+
+
+def host_canary() -> Iterator[Path]:
+    """The canary fixture's body (suite.PathsSuite has the same fixture as a method)."""
     root = Path(tempfile.gettempdir()) / f"gc-conformance-canary-{uuid.uuid4().hex[:12]}"
     root.mkdir()
     (root / "secret").write_text("host secret")

@@ -26,7 +26,14 @@ def test_kill_ends_the_process_and_everything_it_started(conformance: Conformanc
         handle = sandbox.start_process(FAMILY.format(pids="pids"))
         inside.wait_for_lines(sandbox, "pids", 3)
         assert handle.is_running
-        assert isinstance(handle.pid, int | str | None)
+        # `id` always names the process (a string); `pid` only where the provider has one
+        assert isinstance(handle.id, str), f"handle.id is {handle.id!r}, not a str"
+        assert handle.id, "handle.id is empty"
+        assert handle.pid is None or (isinstance(handle.pid, int) and handle.pid > 0), handle.pid
+        other = sandbox.start_process("true")
+        assert isinstance(other.id, str)
+        assert other.id != handle.id, f"two processes share the id {handle.id!r}"
+        other.wait(timeout=30)
         handle.kill()
         assert not handle.is_running
         assert inside.survivors(sandbox, "pids") == "", "kill() left processes the command started"

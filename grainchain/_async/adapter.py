@@ -10,11 +10,15 @@ defaults below, which raise CapabilityError: never a fake success.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Self
 
 from grainchain._async.backend import AsyncBackend
+from grainchain._async.commands import CommandRun, HandleRegistry, OomWatch, run_to_completion
+from grainchain._async.process import AsyncProcessHandle
 from grainchain._generated.features import Feature
+from grainchain._output import OutputCollector
 from grainchain._provider_config import OpenProviderConfig, ProviderConfig
 from grainchain._types import OutputCallback
 from grainchain.errors import CapabilityError
@@ -29,7 +33,6 @@ from grainchain.models import (
 )
 
 if TYPE_CHECKING:
-    from grainchain._async.process import AsyncProcessHandle
     from grainchain.settings import Settings
 
 
@@ -63,6 +66,7 @@ class AsyncSandboxAdapter:
         self.options = options if options is not None else OpenProviderConfig()
         self.backend = backend
         self.status = SandboxStatus.running
+        self._handles = HandleRegistry()  # background processes that may still run
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -107,7 +111,16 @@ class AsyncSandboxAdapter:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ExecutionResult:
-        raise self._unsupported(Feature.EXEC, "execute")
+        """Start the command with `_launch` and see it through (grainchain/_async/commands.py)."""
+        if not self._launches():
+            raise self._unsupported(Feature.EXEC, "execute")
+        output = self._collector(on_stdout, on_stderr)
+        timeout = self.command_timeout(timeout)
+        oom = await self._oom_watch()
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        run = await self._launch(command, working_dir, environment, deadline)
+        return await run_to_completion(run, command, output, timeout, started, oom)
 
     async def start_process(
         self,
@@ -117,7 +130,23 @@ class AsyncSandboxAdapter:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> AsyncProcessHandle:
-        raise self._unsupported(Feature.PROCESS_BACKGROUND, "start_process")
+        """Start the command with `_launch`; a handle follows it, tracked until it ends or close()."""
+        if not self._launches():
+            raise self._unsupported(Feature.PROCESS_BACKGROUND, "start_process")
+        output = self._collector(on_stdout, on_stderr)
+        oom = await self._oom_watch()
+        run = await self._launch(command, working_dir, environment, None)
+        try:
+            pid = await run.pid()
+        except BaseException:  # nobody would ever stop it
+            try:
+                await run.abandon()
+            finally:
+                await run.close()
+            raise
+        handle = AsyncProcessHandle(command, run, output, pid=pid, oom=oom)
+        self._handles.add(handle)
+        return handle
 
     async def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
         raise self._unsupported(Feature.FILES, "upload_file")
@@ -178,6 +207,43 @@ class AsyncSandboxAdapter:
     def command_timeout(self, timeout: float | None) -> float | None:
         """The timeout of one command: the call's, else the sandbox's default."""
         return self.config.timeout if timeout is None else timeout
+
+    # -- commands: what a provider implements for execute() and start_process() ----------------------
+
+    async def _launch(
+        self,
+        command: str,
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        deadline: float | None,
+    ) -> CommandRun:
+        """Start `command` (a shell command line) and return how to reach it. `deadline`
+        (time.monotonic()) is execute()'s, for a provider that enforces it on its side too; None for a
+        background process. Raise FileNotFoundInSandboxError for a working_dir that does not exist."""
+        raise NotImplementedError(f"{type(self).__name__} does not run commands")
+
+    def _launches(self) -> bool:
+        return type(self)._launch is not AsyncSandboxAdapter._launch
+
+    def _collector(
+        self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
+    ) -> OutputCollector:
+        """Where one command's output goes: the callbacks, under the sandbox's output cap."""
+        return OutputCollector(limit=self.config.output_limit, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    async def _oom_baseline(self) -> int | None:
+        """Asked before a command starts: a count of the sandbox's OOM kills so far, for
+        `_oom_killed_since`; None when OOM kills are not reported (no memory limit)."""
+        return None
+
+    async def _oom_killed_since(self, baseline: int) -> bool:
+        """Asked after a command failed: whether the kernel OOM-killed a process of the sandbox since
+        `_oom_baseline` said `baseline` (MemoryLimitExceededError then)."""
+        return False
+
+    async def _oom_watch(self) -> OomWatch | None:
+        baseline = await self._oom_baseline()
+        return None if baseline is None else OomWatch(self, baseline)
 
     @staticmethod
     def content_bytes(content: str | bytes) -> bytes:

@@ -19,7 +19,7 @@ class Feature(StrEnum):
     """Deliver stdout/stderr to callbacks while the command runs."""
 
     PROCESS_BACKGROUND = "process.background"
-    """Start a command without waiting; a handle gives pid, output so far, wait and kill."""
+    """Start a command without waiting; a handle gives its id, output so far, wait and kill."""
 
     FILES = "files"
     """Upload, download, list, stat, delete files and make directories, byte for byte."""
@@ -58,7 +58,7 @@ class Feature(StrEnum):
 FEATURE_SUMMARIES: Final[dict[Feature, str]] = {
     Feature.EXEC: "Run a shell command and collect exit code, stdout and stderr",
     Feature.EXEC_STREAMING: "Deliver stdout/stderr to callbacks while the command runs",
-    Feature.PROCESS_BACKGROUND: "Start a command without waiting; a handle gives pid, output so far, wait and kill",
+    Feature.PROCESS_BACKGROUND: "Start a command without waiting; a handle gives its id, output so far, wait and kill",
     Feature.FILES: "Upload, download, list, stat, delete files and make directories, byte for byte",
     Feature.SNAPSHOT_FILESYSTEM: "Capture the filesystem; restore brings back exactly that tree: every name (hidden ones too), content, permission bits, empty directory and symlink",
     Feature.SNAPSHOT_MEMORY: "Capture process memory too; after restore, running processes continue",

@@ -9,30 +9,55 @@ import time
 
 from grainchain._acompat import Task, start_task
 from grainchain._output import OutputCollector
+from grainchain._sync.commands import CommandRun, OomWatch, finish_command
 from grainchain.models import ExecutionResult
 
 
 class ProcessHandle:
     """A command running in the background. Its output is collected as it arrives (and capped).
 
-    Adapters subclass it with `_follow` (copy the output until the process ends, then `_exited(code)`) and
-    `_signal` (kill the process tree; `_follow` then sees the end). Everything else is shared.
+    `id` names the process for good (a string: a provider's process or exec id); `pid` is its process id
+    where the provider has one (None otherwise). A task follows the adapter's CommandRun until the command
+    ends; nothing here is provider-specific.
     """
 
-    def __init__(self, command: str, pid: int, output: OutputCollector) -> None:
+    def __init__(
+        self,
+        command: str,
+        run: CommandRun,
+        output: OutputCollector,
+        *,
+        pid: int | None = None,
+        oom: OomWatch | None = None,
+    ) -> None:
         self.command = command
-        self.pid = pid
+        self.id: str = run.id
+        self.pid: int | None = pid
+        self._run = run
         self._output = output
+        self._oom = oom
         self._started = time.monotonic()
         self._elapsed = 0.0
         self._code: int | None = None
         self._task: Task = start_task(self._follow)
 
     def _follow(self) -> None:
-        raise NotImplementedError
+        """The only code that reads the output, reaps the command and closes the run; kill() just signals."""
+        settled = False
+        try:
+            if not self._run.pump(self._output, None):  # overflow
+                self._run.stop(self._output)
+            settled = True
+            self._exited(self._run.exit_code())
+        finally:
+            try:
+                if not settled:  # a callback raised, or the task was cancelled: leave nothing running
+                    self._code = self._run.abandon()
+            finally:
+                self._run.close()
 
     def _signal(self) -> None:
-        raise NotImplementedError
+        self._run.signal()
 
     def _exited(self, code: int) -> None:
         self._code = code
@@ -61,15 +86,16 @@ class ProcessHandle:
         return self.return_code is None
 
     def wait(self, timeout: float | None = None) -> ExecutionResult:
-        """Wait for the exit and return the result. After `timeout` seconds raise CommandTimeoutError and
-        leave the process running (call kill() to stop it)."""
+        """Wait for the exit and return the result, or raise as execute() would (OutputLimitExceededError,
+        MemoryLimitExceededError). After `timeout` seconds raise CommandTimeoutError and leave the process
+        running (call kill() to stop it)."""
         if not self._task.join(timeout):
             assert timeout is not None
             raise self._output.still_running_error(self.command, timeout)
-        if self._output.overflowed:
-            raise self._output.overflow_error(self.command)
         code = self.return_code
-        return self._output.result(self.command, -1 if code is None else code, self._elapsed)
+        return finish_command(
+            self.command, self._output, -1 if code is None else code, self._elapsed, oom=self._oom
+        )
 
     def kill(self) -> None:
         """Kill the process and all its descendants; a no-op once it has exited."""

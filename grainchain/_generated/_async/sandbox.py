@@ -70,7 +70,7 @@ class AsyncSandbox(AsyncSandboxBase):
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> AsyncProcessHandle:
-        """Start a command in the background and return a handle (pid, output so far, wait, kill of the process and everything it started).
+        """Start a command in the background and return a handle (id, pid where the provider has one, output so far, wait, kill of the process and everything it started).
 
         Args:
             working_dir: As for execute; a directory that does not exist raises FileNotFoundInSandboxError.

@@ -173,10 +173,10 @@ def engine_message(body: bytes) -> str:
 
 class EngineNotFoundError(ProviderError):
     """Internal: the engine has no such object (a 404). `kind`: "image", "volume", "exec", "path",
-    "checkpoint", "network" or "object" (not known). The adapter catches it where a missing object has a meaning
-    (pull a missing image, create a missing volume, SnapshotNotFoundError for a snapshot's image,
-    FileNotFoundInSandboxError for a path); one that escapes is a ProviderError, never a
-    SandboxNotFoundError. A missing *container* is not one of these: see engine_error."""
+    "checkpoint", "network" or "object" (not known). The adapter catches it where a missing object has a
+    meaning (pull a missing image, create a missing volume, SnapshotNotFoundError for a snapshot's image,
+    FileNotFoundInSandboxError for a path, ConfigurationError for a network); one that escapes is a
+    ProviderError, never a SandboxNotFoundError. A missing *container* is not one: see engine_error."""
 
     retryable = False
 
@@ -197,7 +197,8 @@ _NOT_FOUND_MESSAGES = (
     (
         "image",
         re.compile(
-            r"no such image|pull access denied|repository does not exist|manifest unknown|manifest for .* not found",
+            r"no such image|pull access denied|repository does not exist|manifest unknown"
+            r"|manifest for .* not found",
             re.IGNORECASE,
         ),
     ),

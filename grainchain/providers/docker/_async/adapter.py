@@ -31,18 +31,18 @@ from typing import Any, Self
 
 import httpx
 
-from grainchain._acompat import AsyncTask, arun_blocking, aselect, astart_task
+from grainchain._acompat import AsyncEvent, AsyncTask, arun_blocking, asleep, astart_task
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.backend import AsyncBackend, parse_options
+from grainchain._async.commands import run_to_completion
 from grainchain._provider_config import ProviderConfig
 from grainchain._provider_info import ProviderInfo
 from grainchain.providers.docker.config import DockerConfig
-from grainchain._async.process import AsyncProcessHandle
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
-from grainchain._output import OutputCollector, Stream, memory_limit_error
-from grainchain._types import OutputCallback
+from grainchain._output import OutputCollector, Stream
 from grainchain.errors import (
+    CapabilityError,
     ConfigurationError,
     FileNotFoundInSandboxError,
     GrainchainError,
@@ -52,7 +52,6 @@ from grainchain.errors import (
     SnapshotNotFoundError,
 )
 from grainchain.models import (
-    ExecutionResult,
     FileInfo,
     SandboxConfig,
     SandboxInfo,
@@ -154,16 +153,53 @@ class _Engine:
 
 
 class _Exec:
-    """One exec'd command: its id, marker and the stream of its output."""
+    """One exec'd command: its id, marker and the stream of its output; the shared command plumbing drives
+    it (grainchain/_async/commands.py's CommandRun). Kills go to every process carrying its marker."""
 
-    def __init__(self, engine: _Engine, exec_id: str, marker: str, response: httpx.Response) -> None:
-        self.engine = engine
+    def __init__(
+        self, adapter: AsyncDockerAdapter, exec_id: str, marker: str, response: httpx.Response
+    ) -> None:
+        self.adapter = adapter
+        self.engine = adapter._engine
+        self.id = exec_id
         self.exec_id = exec_id
         self.marker = marker
         self.response = response
         self.decoder = dk.FrameDecoder()
+        self._watchdog: _Watchdog | None = None
+
+    def watch(self, deadline: float) -> None:
+        """Kill the command's processes when `deadline` passes, so that a silent command ends on time."""
+        self._watchdog = _Watchdog(self.adapter, self.marker, deadline)
 
     async def pump(self, output: OutputCollector, deadline: float | None) -> bool:
+        finished = await self._read(output, deadline)
+        return not await self._stop_watchdog() and finished
+
+    async def _stop_watchdog(self) -> bool:
+        """Stop the watchdog, if any (idempotent): whether it fired (and killed the command)."""
+        if self._watchdog is None:
+            return False
+        await self._watchdog.stop()
+        return self._watchdog.fired
+
+    async def stop(self, output: OutputCollector) -> None:
+        """Kill the command's processes (unless the watchdog did); the stream has nothing more to say."""
+        fired = await self._stop_watchdog()
+        await self.close()
+        if not fired:
+            await self.adapter._kill_marked(self.marker)
+
+    async def signal(self) -> None:
+        await self.adapter._kill_marked(self.marker)
+
+    async def abandon(self) -> int | None:
+        await self._stop_watchdog()
+        with contextlib.suppress(Exception):
+            await self.adapter._kill_marked(self.marker)
+        return None
+
+    async def _read(self, output: OutputCollector, deadline: float | None) -> bool:
         """Copy output until the stream ends (True), or the deadline passes / the output overflows (False)."""
         try:
             async for chunk in self.response.aiter_raw():
@@ -181,33 +217,28 @@ class _Exec:
         return True
 
     async def exit_code(self) -> int:
+        await self.close()  # the stream is over
         for _ in range(200):  # the stream ends a moment before the engine records the exit
             info = await self.engine.json("GET", f"/exec/{self.exec_id}/json", "inspect exec")
             if not info.get("Running"):
                 code = info.get("ExitCode")
                 return int(code) if code is not None else -1
-            await _pause(0.01)
+            await asleep(0.01)
         raise ProviderError("the docker engine still reports a finished command as running", retryable=True)
 
-    async def pid(self) -> int:
-        """The engine's (host) pid of the exec'd process; 0 if the engine has not recorded it in time."""
+    async def pid(self) -> int | None:
+        """The engine's (host) pid of the exec'd process; None if the engine has not recorded it in time."""
         for _ in range(50):
             info = await self.engine.json("GET", f"/exec/{self.exec_id}/json", "inspect exec")
             if info.get("Pid") or not info.get("Running", True):
-                return int(info.get("Pid") or 0)
-            await _pause(0.005)
-        return 0
+                return int(info.get("Pid") or 0) or None
+            await asleep(0.005)
+        return None
 
     async def close(self) -> None:
+        await self._stop_watchdog()
         with contextlib.suppress(Exception):
             await self.response.aclose()
-
-
-async def _pause(seconds: float) -> None:
-    """Sleep (no asyncio in _async/: a select of no descriptors)."""
-    await aselect([], seconds)
-
-
 
 
 def _find_criu() -> str | None:
@@ -235,71 +266,36 @@ async def _resume(engine: _Engine, container_id: str, name: str, saved: str | No
             # the engine's 'already exists' race (see dk.stage_checkpoint): a fresh mark, a short wait
             if delay is None or "already exists" not in exc.message:
                 raise
-            await _pause(delay)
+            await asleep(delay)
             await arun_blocking(dk.stage_checkpoint, checkpoint)
     with contextlib.suppress(GrainchainError):
         await engine.request("DELETE", f"/containers/{container_id}/checkpoints/{name}", "delete checkpoint")
 
 
-class AsyncDockerProcessHandle(AsyncProcessHandle):
-    """A background command in the container; a task reads its output until it ends or is killed.
-
-    `pid` is the engine's (host) pid of the exec'd shell."""
-
-    def __init__(
-        self, adapter: AsyncDockerAdapter, run: _Exec, command: str, output: OutputCollector, pid: int
-    ) -> None:
-        self._adapter = adapter
-        self._run = run
-        super().__init__(command, pid, output)
-
-    async def _follow(self) -> None:
-        try:
-            if not await self._run.pump(self._output, None):  # overflow
-                await self._adapter._kill_marked(self._run.marker)
-            await self._run.close()
-            self._exited(await self._run.exit_code())
-        finally:
-            await self._run.close()
-
-    async def _signal(self) -> None:
-        await self._adapter._kill_marked(self._run.marker)
-
-
 class _Watchdog:
-    """Kills an exec's processes when its deadline passes, so that a silent command ends on time.
-
-    A pipe wakes it early when the command ends first (works for a task and for a thread alike)."""
+    """Kills an exec's processes when its deadline passes, so that a silent command ends on time; an
+    event wakes it early when the command ends first (a task, or a thread in the sync client)."""
 
     def __init__(self, adapter: AsyncDockerAdapter, marker: str, deadline: float) -> None:
         self.fired = False
         self._adapter = adapter
         self._marker = marker
         self._deadline = deadline
-        self._done = False
-        self._wake_r, self._wake_w = os.pipe()
+        self._done = AsyncEvent()
         self._task: AsyncTask = astart_task(self._watch)
 
     async def _watch(self) -> None:
-        try:
-            while not self._done:
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    self.fired = True
-                    await self._adapter._kill_marked(self._marker)
-                    return
-                await aselect([self._wake_r], remaining)
-        finally:
-            os.close(self._wake_r)
+        while not await self._done.wait(self._deadline - time.monotonic()):
+            if time.monotonic() >= self._deadline:
+                self.fired = True
+                await self._adapter._kill_marked(self._marker)
+                return
 
     async def stop(self) -> None:
         """Stop watching (idempotent); if it fired, wait until its kill has run."""
-        if self._done:
+        if self._done.is_set():
             return
-        self._done = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        os.close(self._wake_w)
+        self._done.set()
         if self.fired:
             with contextlib.suppress(Exception):
                 await self._task.join()
@@ -360,7 +356,6 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         self._engine = engine
         self._container = container_id
         self._cwd = cwd
-        self._handles: list[AsyncDockerProcessHandle] = []
         self._oom_seen = 0  # OOM kills in the container's cgroup so far (a new container starts at 0)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -599,7 +594,9 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         container = found[0]
         labels = container.get("Labels") or {}
         stored = (
-            SandboxConfig.model_validate_json(labels[dk.LABEL_CONFIG]) if dk.LABEL_CONFIG in labels else config
+            SandboxConfig.model_validate_json(labels[dk.LABEL_CONFIG])
+            if dk.LABEL_CONFIG in labels
+            else config
         )
         if container.get("State") != "running":
             await engine.request("POST", f"/containers/{container['Id']}/start", "start container")
@@ -631,15 +628,9 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
                 "POST", "/images/prune", "prune snapshots", params={"filters": filters}
             )
 
-    async def _kill_handles(self) -> None:
-        for handle in self._handles:
-            with contextlib.suppress(GrainchainError):
-                await handle.kill()
-        self._handles.clear()
-
     async def aclose(self) -> None:
         try:
-            await self._kill_handles()
+            await self._handles.kill_all()
             if self.config.auto_cleanup:
                 with contextlib.suppress(SandboxNotFoundError):
                     await self._engine.request(
@@ -690,7 +681,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             json={"Detach": False, "Tty": False},
             headers=dk.EXEC_START_HEADERS,
         )
-        return _Exec(self._engine, exec_id, marker, response)
+        return _Exec(self, exec_id, marker, response)
 
     async def _kill_marked(self, marker: str) -> None:
         """Kill every process of an exec (they carry its marker)."""
@@ -733,7 +724,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             code = await run.exit_code() if finished else None
             if code != dk.EXEC_FAILED or attempt == 4:
                 return code
-            await _pause(0.05)
+            await asleep(0.05)
         return None
 
     async def _pids_limit(self) -> int | None:
@@ -746,52 +737,19 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             "POST", f"/containers/{self._container}/update", "update pids limit", json={"PidsLimit": limit}
         )
 
-    def _collector(
-        self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
-    ) -> OutputCollector:
-        return OutputCollector(limit=self.config.output_limit, on_stdout=on_stdout, on_stderr=on_stderr)
-
-    async def _run_to_completion(
+    async def _start_exec(
         self,
         cmd: list[str],
-        command: str,
-        output: OutputCollector,
-        timeout: float | None,
-        working_dir: str | None = None,
-        environment: dict[str, str] | None = None,
-    ) -> ExecutionResult:
-        started = time.monotonic()
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        deadline: float | None,
+    ) -> _Exec:
+        """An exec of `cmd`, watched until `deadline` when there is one (its stream's read timeout too)."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         run = await self._exec(cmd, working_dir, environment, timeout)
-        deadline = None if timeout is None else started + timeout
-        watchdog = None if deadline is None else _Watchdog(self, run.marker, deadline)
-        settled = False
-        try:
-            finished = await run.pump(output, deadline)
-            if watchdog is not None:
-                await watchdog.stop()
-                finished = finished and not watchdog.fired
-            if finished:
-                settled = True
-                await run.close()
-                code = await run.exit_code()
-                output.finish()
-                return output.result(command, code, time.monotonic() - started)
-            await run.close()
-            if watchdog is None or not watchdog.fired:
-                await self._kill_marked(run.marker)
-            settled = True
-            output.finish()
-            if output.overflowed:
-                raise output.overflow_error(command)
-            assert timeout is not None
-            raise output.timeout_error(command, timeout)
-        finally:
-            if watchdog is not None:
-                await watchdog.stop()
-            await run.close()
-            if not settled:  # interrupted (cancelled, a callback raised): leave nothing of it running
-                with contextlib.suppress(Exception):
-                    await self._kill_marked(run.marker)
+        if deadline is not None:
+            run.watch(deadline)
+        return run
 
     async def _check_cwd(self, working_dir: str | None) -> None:
         if working_dir is not None:
@@ -800,62 +758,32 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             if stat is None or not stat.is_directory:
                 raise FileNotFoundInSandboxError(path, provider=dk.PROVIDER)
 
-    async def execute(
+    async def _launch(
         self,
         command: str,
-        timeout: float | None = None,
-        working_dir: str | None = None,
-        environment: dict[str, str] | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> ExecutionResult:
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        deadline: float | None,
+    ) -> _Exec:
         await self._check_cwd(working_dir)
-        output = self._collector(on_stdout, on_stderr)
-        result = await self._run_to_completion(
-            ["/bin/sh", "-c", command],
-            command,
-            output,
-            self.command_timeout(timeout),
-            working_dir,
-            environment,
-        )
-        if result.return_code != 0 and self.config.memory_limit is not None and await self._new_oom_kill():
-            raise memory_limit_error(result, int(self.config.memory_limit), dk.PROVIDER)
-        return result
+        return await self._start_exec(["/bin/sh", "-c", command], working_dir, environment, deadline)
 
-    async def _new_oom_kill(self) -> bool:
-        """Whether the kernel OOM-killed a process of the container since the last look (asked only after
-        a command failed, so that successful commands pay nothing)."""
+    async def _oom_baseline(self) -> int | None:
+        return None if self.config.memory_limit is None else self._oom_seen
+
+    async def _oom_killed_since(self, baseline: int) -> bool:
+        """Whether the kernel OOM-killed a process of the container since `baseline` (the count last
+        looked at: asked only after a command failed, so that successful commands pay nothing)."""
         _, out = await self._script(dk.OOM_SCRIPT)
-        kills = dk.oom_kills(out.decode(errors="replace"))
-        seen, self._oom_seen = self._oom_seen, kills
-        return kills > seen
-
-    async def start_process(
-        self,
-        command: str,
-        working_dir: str | None = None,
-        environment: dict[str, str] | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> AsyncDockerProcessHandle:
-        await self._check_cwd(working_dir)
-        run = await self._exec(["/bin/sh", "-c", command], working_dir, environment, None)
-        try:
-            pid = await run.pid()
-        except BaseException:
-            await run.close()
-            raise
-        handle = AsyncDockerProcessHandle(self, run, command, self._collector(on_stdout, on_stderr), pid)
-        self._handles = [h for h in self._handles if h.is_running] + [handle]
-        return handle
+        self._oom_seen = dk.oom_kills(out.decode(errors="replace"))
+        return self._oom_seen > baseline
 
     async def _script(self, script: str, *args: str) -> tuple[int, bytes]:
         """Run a helper script (args as $1 …, never through a shell's parser); exit code and raw stdout."""
         output = OutputCollector(limit=1 << 30)
-        result = await self._run_to_completion(
-            ["sh", "-c", script, "sh", *args], "helper", output, dk.API_TIMEOUT, "/"
-        )
+        started = time.monotonic()
+        run = await self._start_exec(["sh", "-c", script, "sh", *args], "/", None, started + dk.API_TIMEOUT)
+        result = await run_to_completion(run, "helper", output, dk.API_TIMEOUT, started)
         return result.return_code, bytes(output._data[Stream.STDOUT])
 
     # -- files ----------------------------------------------------------------------------------------
@@ -1008,7 +936,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         if kind is SnapshotKind.filesystem:
             await self._commit(tag, labels, pause=True)
             return f"{dk.SNAPSHOT_REPO}:{tag}"
-        attached = [h for h in self._handles if h.is_running]
+        attached = self._handles.running()
         if attached:
             raise ProviderError(
                 f"a memory snapshot cannot hold processes started with start_process() ({len(attached)} "
@@ -1087,6 +1015,11 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER)
         return labels
 
+    def _memory_problem(self) -> str | None:
+        """Why this engine cannot restore memory snapshots (missing_features found it), or None."""
+        problems = self.backend.memory_problems if isinstance(self.backend, AsyncDockerBackend) else None
+        return (problems or {}).get(Feature.SNAPSHOT_MEMORY)
+
     def _saved_checkpoint(self, snapshot_id: str, labels: dict[str, str]) -> tuple[str, str] | None:
         """(checkpoint name, saved directory) of a memory snapshot; None for a filesystem snapshot. Only a
         directory in grainchain's checkpoint store is ever copied into a container (dk.owned_checkpoint)."""
@@ -1109,8 +1042,13 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
 
     async def restore_snapshot(self, snapshot_id: str) -> None:
         labels = await self._snapshot_image(snapshot_id)  # an unknown id fails before anything is touched
+        # the gate lets restore_snapshot by with either snapshot kind: a memory snapshot needs CRIU here too
+        if labels.get(dk.LABEL_KIND) == SnapshotKind.memory.value and (reason := self._memory_problem()):
+            raise CapabilityError(
+                Feature.SNAPSHOT_MEMORY.value, self.provider_name, operation="restore_snapshot", hint=reason
+            )
         checkpoint = self._saved_checkpoint(snapshot_id, labels)
-        await self._kill_handles()
+        await self._handles.kill_all()
         new = await self._start_container(
             self._engine, snapshot_id, self.sandbox_id, self.config, _docker_options(self.options), checkpoint
         )
@@ -1159,7 +1097,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
     # -- terminate / wake up --------------------------------------------------------------------------
 
     async def terminate(self) -> None:
-        await self._kill_handles()
+        await self._handles.kill_all()
         await self._engine.request(
             "POST", f"/containers/{self._container}/stop", "stop container", params={"t": "5"}, timeout=30
         )

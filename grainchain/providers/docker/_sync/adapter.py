@@ -33,17 +33,17 @@ from typing import Any, Self
 
 import httpx
 
-from grainchain._acompat import Task, run_blocking, select, start_task
+from grainchain._acompat import Event, Task, run_blocking, sleep, start_task
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
-from grainchain._output import OutputCollector, Stream, memory_limit_error
+from grainchain._output import OutputCollector, Stream
 from grainchain._provider_config import ProviderConfig
 from grainchain._provider_info import ProviderInfo
 from grainchain._sync.adapter import SandboxAdapter
 from grainchain._sync.backend import Backend, parse_options
-from grainchain._sync.process import ProcessHandle
-from grainchain._types import OutputCallback
+from grainchain._sync.commands import run_to_completion
 from grainchain.errors import (
+    CapabilityError,
     ConfigurationError,
     FileNotFoundInSandboxError,
     GrainchainError,
@@ -53,7 +53,6 @@ from grainchain.errors import (
     SnapshotNotFoundError,
 )
 from grainchain.models import (
-    ExecutionResult,
     FileInfo,
     SandboxConfig,
     SandboxInfo,
@@ -156,16 +155,51 @@ class _Engine:
 
 
 class _Exec:
-    """One exec'd command: its id, marker and the stream of its output."""
+    """One exec'd command: its id, marker and the stream of its output; the shared command plumbing drives
+    it (grainchain/_async/commands.py's CommandRun). Kills go to every process carrying its marker."""
 
-    def __init__(self, engine: _Engine, exec_id: str, marker: str, response: httpx.Response) -> None:
-        self.engine = engine
+    def __init__(self, adapter: DockerAdapter, exec_id: str, marker: str, response: httpx.Response) -> None:
+        self.adapter = adapter
+        self.engine = adapter._engine
+        self.id = exec_id
         self.exec_id = exec_id
         self.marker = marker
         self.response = response
         self.decoder = dk.FrameDecoder()
+        self._watchdog: _Watchdog | None = None
+
+    def watch(self, deadline: float) -> None:
+        """Kill the command's processes when `deadline` passes, so that a silent command ends on time."""
+        self._watchdog = _Watchdog(self.adapter, self.marker, deadline)
 
     def pump(self, output: OutputCollector, deadline: float | None) -> bool:
+        finished = self._read(output, deadline)
+        return not self._stop_watchdog() and finished
+
+    def _stop_watchdog(self) -> bool:
+        """Stop the watchdog, if any (idempotent): whether it fired (and killed the command)."""
+        if self._watchdog is None:
+            return False
+        self._watchdog.stop()
+        return self._watchdog.fired
+
+    def stop(self, output: OutputCollector) -> None:
+        """Kill the command's processes (unless the watchdog did); the stream has nothing more to say."""
+        fired = self._stop_watchdog()
+        self.close()
+        if not fired:
+            self.adapter._kill_marked(self.marker)
+
+    def signal(self) -> None:
+        self.adapter._kill_marked(self.marker)
+
+    def abandon(self) -> int | None:
+        self._stop_watchdog()
+        with contextlib.suppress(Exception):
+            self.adapter._kill_marked(self.marker)
+        return None
+
+    def _read(self, output: OutputCollector, deadline: float | None) -> bool:
         """Copy output until the stream ends (True), or the deadline passes / the output overflows (False)."""
         try:
             for chunk in self.response.iter_raw():
@@ -183,31 +217,28 @@ class _Exec:
         return True
 
     def exit_code(self) -> int:
+        self.close()  # the stream is over
         for _ in range(200):  # the stream ends a moment before the engine records the exit
             info = self.engine.json("GET", f"/exec/{self.exec_id}/json", "inspect exec")
             if not info.get("Running"):
                 code = info.get("ExitCode")
                 return int(code) if code is not None else -1
-            _pause(0.01)
+            sleep(0.01)
         raise ProviderError("the docker engine still reports a finished command as running", retryable=True)
 
-    def pid(self) -> int:
-        """The engine's (host) pid of the exec'd process; 0 if the engine has not recorded it in time."""
+    def pid(self) -> int | None:
+        """The engine's (host) pid of the exec'd process; None if the engine has not recorded it in time."""
         for _ in range(50):
             info = self.engine.json("GET", f"/exec/{self.exec_id}/json", "inspect exec")
             if info.get("Pid") or not info.get("Running", True):
-                return int(info.get("Pid") or 0)
-            _pause(0.005)
-        return 0
+                return int(info.get("Pid") or 0) or None
+            sleep(0.005)
+        return None
 
     def close(self) -> None:
+        self._stop_watchdog()
         with contextlib.suppress(Exception):
             self.response.close()
-
-
-def _pause(seconds: float) -> None:
-    """Sleep (no asyncio in _async/: a select of no descriptors)."""
-    select([], seconds)
 
 
 def _find_criu() -> str | None:
@@ -235,71 +266,36 @@ def _resume(engine: _Engine, container_id: str, name: str, saved: str | None) ->
             # the engine's 'already exists' race (see dk.stage_checkpoint): a fresh mark, a short wait
             if delay is None or "already exists" not in exc.message:
                 raise
-            _pause(delay)
+            sleep(delay)
             run_blocking(dk.stage_checkpoint, checkpoint)
     with contextlib.suppress(GrainchainError):
         engine.request("DELETE", f"/containers/{container_id}/checkpoints/{name}", "delete checkpoint")
 
 
-class DockerProcessHandle(ProcessHandle):
-    """A background command in the container; a task reads its output until it ends or is killed.
-
-    `pid` is the engine's (host) pid of the exec'd shell."""
-
-    def __init__(
-        self, adapter: DockerAdapter, run: _Exec, command: str, output: OutputCollector, pid: int
-    ) -> None:
-        self._adapter = adapter
-        self._run = run
-        super().__init__(command, pid, output)
-
-    def _follow(self) -> None:
-        try:
-            if not self._run.pump(self._output, None):  # overflow
-                self._adapter._kill_marked(self._run.marker)
-            self._run.close()
-            self._exited(self._run.exit_code())
-        finally:
-            self._run.close()
-
-    def _signal(self) -> None:
-        self._adapter._kill_marked(self._run.marker)
-
-
 class _Watchdog:
-    """Kills an exec's processes when its deadline passes, so that a silent command ends on time.
-
-    A pipe wakes it early when the command ends first (works for a task and for a thread alike)."""
+    """Kills an exec's processes when its deadline passes, so that a silent command ends on time; an
+    event wakes it early when the command ends first (a task, or a thread in the sync client)."""
 
     def __init__(self, adapter: DockerAdapter, marker: str, deadline: float) -> None:
         self.fired = False
         self._adapter = adapter
         self._marker = marker
         self._deadline = deadline
-        self._done = False
-        self._wake_r, self._wake_w = os.pipe()
+        self._done = Event()
         self._task: Task = start_task(self._watch)
 
     def _watch(self) -> None:
-        try:
-            while not self._done:
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    self.fired = True
-                    self._adapter._kill_marked(self._marker)
-                    return
-                select([self._wake_r], remaining)
-        finally:
-            os.close(self._wake_r)
+        while not self._done.wait(self._deadline - time.monotonic()):
+            if time.monotonic() >= self._deadline:
+                self.fired = True
+                self._adapter._kill_marked(self._marker)
+                return
 
     def stop(self) -> None:
         """Stop watching (idempotent); if it fired, wait until its kill has run."""
-        if self._done:
+        if self._done.is_set():
             return
-        self._done = True
-        with contextlib.suppress(OSError):
-            os.write(self._wake_w, b"x")
-        os.close(self._wake_w)
+        self._done.set()
         if self.fired:
             with contextlib.suppress(Exception):
                 self._task.join()
@@ -360,7 +356,6 @@ class DockerAdapter(SandboxAdapter):
         self._engine = engine
         self._container = container_id
         self._cwd = cwd
-        self._handles: list[DockerProcessHandle] = []
         self._oom_seen = 0  # OOM kills in the container's cgroup so far (a new container starts at 0)
 
     # -- lifecycle ------------------------------------------------------------------------------------
@@ -631,15 +626,9 @@ class DockerAdapter(SandboxAdapter):
         with contextlib.suppress(GrainchainError):
             self._engine.request("POST", "/images/prune", "prune snapshots", params={"filters": filters})
 
-    def _kill_handles(self) -> None:
-        for handle in self._handles:
-            with contextlib.suppress(GrainchainError):
-                handle.kill()
-        self._handles.clear()
-
     def close(self) -> None:
         try:
-            self._kill_handles()
+            self._handles.kill_all()
             if self.config.auto_cleanup:
                 with contextlib.suppress(SandboxNotFoundError):
                     self._engine.request(
@@ -688,7 +677,7 @@ class DockerAdapter(SandboxAdapter):
             json={"Detach": False, "Tty": False},
             headers=dk.EXEC_START_HEADERS,
         )
-        return _Exec(self._engine, exec_id, marker, response)
+        return _Exec(self, exec_id, marker, response)
 
     def _kill_marked(self, marker: str) -> None:
         """Kill every process of an exec (they carry its marker)."""
@@ -731,7 +720,7 @@ class DockerAdapter(SandboxAdapter):
             code = run.exit_code() if finished else None
             if code != dk.EXEC_FAILED or attempt == 4:
                 return code
-            _pause(0.05)
+            sleep(0.05)
         return None
 
     def _pids_limit(self) -> int | None:
@@ -744,52 +733,19 @@ class DockerAdapter(SandboxAdapter):
             "POST", f"/containers/{self._container}/update", "update pids limit", json={"PidsLimit": limit}
         )
 
-    def _collector(
-        self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
-    ) -> OutputCollector:
-        return OutputCollector(limit=self.config.output_limit, on_stdout=on_stdout, on_stderr=on_stderr)
-
-    def _run_to_completion(
+    def _start_exec(
         self,
         cmd: list[str],
-        command: str,
-        output: OutputCollector,
-        timeout: float | None,
-        working_dir: str | None = None,
-        environment: dict[str, str] | None = None,
-    ) -> ExecutionResult:
-        started = time.monotonic()
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        deadline: float | None,
+    ) -> _Exec:
+        """An exec of `cmd`, watched until `deadline` when there is one (its stream's read timeout too)."""
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         run = self._exec(cmd, working_dir, environment, timeout)
-        deadline = None if timeout is None else started + timeout
-        watchdog = None if deadline is None else _Watchdog(self, run.marker, deadline)
-        settled = False
-        try:
-            finished = run.pump(output, deadline)
-            if watchdog is not None:
-                watchdog.stop()
-                finished = finished and not watchdog.fired
-            if finished:
-                settled = True
-                run.close()
-                code = run.exit_code()
-                output.finish()
-                return output.result(command, code, time.monotonic() - started)
-            run.close()
-            if watchdog is None or not watchdog.fired:
-                self._kill_marked(run.marker)
-            settled = True
-            output.finish()
-            if output.overflowed:
-                raise output.overflow_error(command)
-            assert timeout is not None
-            raise output.timeout_error(command, timeout)
-        finally:
-            if watchdog is not None:
-                watchdog.stop()
-            run.close()
-            if not settled:  # interrupted (cancelled, a callback raised): leave nothing of it running
-                with contextlib.suppress(Exception):
-                    self._kill_marked(run.marker)
+        if deadline is not None:
+            run.watch(deadline)
+        return run
 
     def _check_cwd(self, working_dir: str | None) -> None:
         if working_dir is not None:
@@ -798,62 +754,32 @@ class DockerAdapter(SandboxAdapter):
             if stat is None or not stat.is_directory:
                 raise FileNotFoundInSandboxError(path, provider=dk.PROVIDER)
 
-    def execute(
+    def _launch(
         self,
         command: str,
-        timeout: float | None = None,
-        working_dir: str | None = None,
-        environment: dict[str, str] | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> ExecutionResult:
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        deadline: float | None,
+    ) -> _Exec:
         self._check_cwd(working_dir)
-        output = self._collector(on_stdout, on_stderr)
-        result = self._run_to_completion(
-            ["/bin/sh", "-c", command],
-            command,
-            output,
-            self.command_timeout(timeout),
-            working_dir,
-            environment,
-        )
-        if result.return_code != 0 and self.config.memory_limit is not None and self._new_oom_kill():
-            raise memory_limit_error(result, int(self.config.memory_limit), dk.PROVIDER)
-        return result
+        return self._start_exec(["/bin/sh", "-c", command], working_dir, environment, deadline)
 
-    def _new_oom_kill(self) -> bool:
-        """Whether the kernel OOM-killed a process of the container since the last look (asked only after
-        a command failed, so that successful commands pay nothing)."""
+    def _oom_baseline(self) -> int | None:
+        return None if self.config.memory_limit is None else self._oom_seen
+
+    def _oom_killed_since(self, baseline: int) -> bool:
+        """Whether the kernel OOM-killed a process of the container since `baseline` (the count last
+        looked at: asked only after a command failed, so that successful commands pay nothing)."""
         _, out = self._script(dk.OOM_SCRIPT)
-        kills = dk.oom_kills(out.decode(errors="replace"))
-        seen, self._oom_seen = self._oom_seen, kills
-        return kills > seen
-
-    def start_process(
-        self,
-        command: str,
-        working_dir: str | None = None,
-        environment: dict[str, str] | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> DockerProcessHandle:
-        self._check_cwd(working_dir)
-        run = self._exec(["/bin/sh", "-c", command], working_dir, environment, None)
-        try:
-            pid = run.pid()
-        except BaseException:
-            run.close()
-            raise
-        handle = DockerProcessHandle(self, run, command, self._collector(on_stdout, on_stderr), pid)
-        self._handles = [h for h in self._handles if h.is_running] + [handle]
-        return handle
+        self._oom_seen = dk.oom_kills(out.decode(errors="replace"))
+        return self._oom_seen > baseline
 
     def _script(self, script: str, *args: str) -> tuple[int, bytes]:
         """Run a helper script (args as $1 …, never through a shell's parser); exit code and raw stdout."""
         output = OutputCollector(limit=1 << 30)
-        result = self._run_to_completion(
-            ["sh", "-c", script, "sh", *args], "helper", output, dk.API_TIMEOUT, "/"
-        )
+        started = time.monotonic()
+        run = self._start_exec(["sh", "-c", script, "sh", *args], "/", None, started + dk.API_TIMEOUT)
+        result = run_to_completion(run, "helper", output, dk.API_TIMEOUT, started)
         return result.return_code, bytes(output._data[Stream.STDOUT])
 
     # -- files ----------------------------------------------------------------------------------------
@@ -1006,7 +932,7 @@ class DockerAdapter(SandboxAdapter):
         if kind is SnapshotKind.filesystem:
             self._commit(tag, labels, pause=True)
             return f"{dk.SNAPSHOT_REPO}:{tag}"
-        attached = [h for h in self._handles if h.is_running]
+        attached = self._handles.running()
         if attached:
             raise ProviderError(
                 f"a memory snapshot cannot hold processes started with start_process() ({len(attached)} "
@@ -1085,6 +1011,11 @@ class DockerAdapter(SandboxAdapter):
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER)
         return labels
 
+    def _memory_problem(self) -> str | None:
+        """Why this engine cannot restore memory snapshots (missing_features found it), or None."""
+        problems = self.backend.memory_problems if isinstance(self.backend, DockerBackend) else None
+        return (problems or {}).get(Feature.SNAPSHOT_MEMORY)
+
     def _saved_checkpoint(self, snapshot_id: str, labels: dict[str, str]) -> tuple[str, str] | None:
         """(checkpoint name, saved directory) of a memory snapshot; None for a filesystem snapshot. Only a
         directory in grainchain's checkpoint store is ever copied into a container (dk.owned_checkpoint)."""
@@ -1107,8 +1038,13 @@ class DockerAdapter(SandboxAdapter):
 
     def restore_snapshot(self, snapshot_id: str) -> None:
         labels = self._snapshot_image(snapshot_id)  # an unknown id fails before anything is touched
+        # the gate lets restore_snapshot by with either snapshot kind: a memory snapshot needs CRIU here too
+        if labels.get(dk.LABEL_KIND) == SnapshotKind.memory.value and (reason := self._memory_problem()):
+            raise CapabilityError(
+                Feature.SNAPSHOT_MEMORY.value, self.provider_name, operation="restore_snapshot", hint=reason
+            )
         checkpoint = self._saved_checkpoint(snapshot_id, labels)
-        self._kill_handles()
+        self._handles.kill_all()
         new = self._start_container(
             self._engine, snapshot_id, self.sandbox_id, self.config, _docker_options(self.options), checkpoint
         )
@@ -1155,7 +1091,7 @@ class DockerAdapter(SandboxAdapter):
     # -- terminate / wake up --------------------------------------------------------------------------
 
     def terminate(self) -> None:
-        self._kill_handles()
+        self._handles.kill_all()
         self._engine.request(
             "POST", f"/containers/{self._container}/stop", "stop container", params={"t": "5"}, timeout=30
         )

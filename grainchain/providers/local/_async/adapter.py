@@ -18,9 +18,8 @@ import dataclasses
 import functools
 import json
 import shutil
-import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -30,8 +29,7 @@ from grainchain._async.backend import AsyncBackend
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._provider_config import ProviderConfig
-from grainchain._output import OutputCollector, memory_limit_error
-from grainchain._types import OutputCallback, parse_byte_size
+from grainchain._types import parse_byte_size
 from grainchain.errors import (
     CapabilityError,
     ConfigurationError,
@@ -39,7 +37,6 @@ from grainchain.errors import (
     ProviderUnavailableError,
 )
 from grainchain.models import (
-    ExecutionResult,
     FileInfo,
     SandboxConfig,
     SandboxInfo,
@@ -54,7 +51,7 @@ from grainchain.providers.local import _disk as disk
 from grainchain.providers.local import _isolation as iso
 from grainchain.providers.local import _layers as layers
 from grainchain.providers.local import _localfs as fs
-from grainchain.providers.local._async.hostexec import AsyncHostProcessHandle, run_to_completion
+from grainchain.providers.local._async.hostexec import HostRun
 from grainchain.providers.local._hostproc import (
     STATE_MARKER,
     HostProcess,
@@ -136,16 +133,10 @@ def _kill_abandoned(child: HostProcess) -> None:
     child.close()
 
 
-class AsyncLocalProcessHandle(AsyncHostProcessHandle):
-    """A background command of a local sandbox: wait() also reports an OOM kill, as execute() does."""
-
-    on_result: Callable[[ExecutionResult], None] | None = None
-
-    async def wait(self, timeout: float | None = None) -> ExecutionResult:
-        result = await super().wait(timeout)
-        if self.on_result is not None:
-            self.on_result(result)
-        return result
+def _sandbox_pid(host_pid: int) -> int:
+    """The pid an isolated sandbox's commands know a command by (nsenter forks it into the pid namespace)."""
+    inner = iso.joined_child(host_pid)
+    return (inner and iso.in_sandbox_pid(inner)) or host_pid
 
 
 class AsyncLocalAdapter(AsyncSandboxAdapter):
@@ -164,7 +155,6 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         runtime = box.runtime() if runtime is None else runtime
         self._box = box
         self._state_dir = settings.state_dir.resolve()
-        self._handles: list[AsyncHostProcessHandle] = []
         self._options = iso.Options(**runtime["options"])
         self._isolated = self._options.isolation == "namespaces"
         self._cgroup = cg.SandboxCgroup.from_stored(runtime["cgroup"]) if runtime.get("cgroup") else None
@@ -355,9 +345,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     async def _kill_all(self) -> None:
         """Kill every process of the sandbox, the holder of its namespaces included, and wait until they
         are gone (a remount of the workspace must not leave one behind on the old mount)."""
-        for handle in self._handles:
-            await handle.kill()
-        self._handles.clear()
+        await self._handles.kill_all()
         # processes a command left behind (`sleep 100 &`, daemons) carry the sandbox marker, as does the holder;
         # isolated, killing pid 1 ends the whole pid namespace (also processes a memory snapshot restored,
         # whose marker may name the sandbox they were captured in)
@@ -488,56 +476,28 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             self._spawner.stop()
             self._spawner = None
 
-    def _collector(
-        self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
-    ) -> OutputCollector:
-        return OutputCollector(limit=self.config.output_limit, on_stdout=on_stdout, on_stderr=on_stderr)
-
-    async def execute(
+    async def _launch(
         self,
         command: str,
-        timeout: float | None = None,
-        working_dir: str | None = None,
-        environment: dict[str, str] | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> ExecutionResult:
-        oom_before = self._oom_kills()
-        started = time.monotonic()
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        deadline: float | None,
+    ) -> HostRun:
         child = await self._start_command(command, working_dir, environment)
-        output = self._collector(on_stdout, on_stderr)
-        result = await run_to_completion(child, command, output, self.command_timeout(timeout), started)
-        self._raise_if_oom_killed(result, oom_before)
-        return result
+        return HostRun(child, _sandbox_pid if self._isolated else None)
 
-    def _raise_if_oom_killed(self, result: ExecutionResult, oom_before: int) -> None:
-        """A failed command during which the kernel OOM-killed a process of the sandbox: say so."""
-        if result.return_code == 0 or self._oom_kills() <= oom_before:
-            return
-        raise memory_limit_error(result, int(self.config.memory_limit or 0), self.provider_name)
+    async def _oom_baseline(self) -> int | None:
+        if self._cgroup is None or self.config.memory_limit is None:
+            return None
+        return await arun_blocking(self._cgroup.oom_kills)
+
+    async def _oom_killed_since(self, baseline: int) -> bool:
+        return await arun_blocking(self._oom_kills) > baseline
 
     def _oom_kills(self) -> int:
         if self._cgroup is None or self.config.memory_limit is None:
             return 0
         return self._cgroup.oom_kills()
-
-    async def start_process(
-        self,
-        command: str,
-        working_dir: str | None = None,
-        environment: dict[str, str] | None = None,
-        on_stdout: OutputCallback | None = None,
-        on_stderr: OutputCallback | None = None,
-    ) -> AsyncLocalProcessHandle:
-        oom_before = self._oom_kills()
-        child = await self._start_command(command, working_dir, environment)
-        handle = AsyncLocalProcessHandle(child, command, self._collector(on_stdout, on_stderr))
-        handle.on_result = lambda result: self._raise_if_oom_killed(result, oom_before)
-        if self._isolated:  # the pid its commands know it by (nsenter forks it into the pid namespace)
-            inner = await arun_blocking(iso.joined_child, child.pid)
-            handle.pid = (inner and iso.in_sandbox_pid(inner)) or handle.pid
-        self._handles = [h for h in self._handles if h.is_running] + [handle]
-        return handle
 
     # -- files ----------------------------------------------------------------------------------------
 

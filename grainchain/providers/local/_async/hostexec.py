@@ -1,18 +1,19 @@
-"""Run host processes for the local provider: copy their output while they run, enforce deadlines and caps.
+"""Host processes of the local provider as the shared command plumbing drives them (HostRun): copy their
+output while they run, stop at deadlines and caps, kill whole trees.
 
 One loop (`pump`) serves both execute() and background processes; in the sync client the same loop runs in
-the caller's thread or in a daemon thread (see grainchain/_acompat.py).
+the caller's thread or in a daemon thread (see grainchain/_acompat.py). What a command's end becomes is
+decided in grainchain/_async/commands.py, as for every provider.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 
 from grainchain._acompat import arun_blocking, aselect
-from grainchain._async.process import AsyncProcessHandle
 from grainchain._output import OutputCollector, Stream
-from grainchain.models import ExecutionResult
 from grainchain.providers.local._hostproc import HostProcess
 
 CHUNK = 65536
@@ -78,56 +79,36 @@ async def _stop(child: HostProcess, output: OutputCollector) -> None:
         await pump(child, output, None)
 
 
-async def run_to_completion(
-    child: HostProcess,
-    command: str,
-    output: OutputCollector,
-    timeout: float | None,
-    started: float | None = None,
-) -> ExecutionResult:
-    """Wait for `child`; on timeout or overflow kill its tree and raise with the partial output. `started`
-    (time.monotonic(), default now): when the command was started; the child runs from its spawn on, so
-    the execution time and the deadline count from before it."""
-    started = time.monotonic() if started is None else started
-    settled = False  # exited by itself, or killed and reaped by _stop
-    try:
-        if await pump(child, output, None if timeout is None else started + timeout):
-            settled = True
-            output.finish()
-            return output.result(command, _exit_code(child), time.monotonic() - started)
-        await _stop(child, output)
-        settled = True
-        output.finish()
-        if output.overflowed:
-            raise output.overflow_error(command)
-        assert timeout is not None
-        raise output.timeout_error(command, timeout)
-    finally:
-        if not settled:  # interrupted (cancelled, a callback raised …): leave nothing of it running
-            child.kill_tree()
-        child.close()
+class HostRun:
+    """A host process started for a command (grainchain/_async/commands.py's CommandRun). Its id is the
+    value of its exec marker; `sandbox_pid` maps its host pid to the one its sandbox knows it by (isolated
+    sandboxes: nsenter forks the command into the pid namespace)."""
 
+    def __init__(self, child: HostProcess, sandbox_pid: Callable[[int], int] | None = None) -> None:
+        self.child = child
+        self.id = child.marker.partition("=")[2]
+        self._sandbox_pid = sandbox_pid
 
-class AsyncHostProcessHandle(AsyncProcessHandle):
-    """A background host process; a task copies its output until it exits or is killed."""
+    async def pid(self) -> int | None:
+        if self._sandbox_pid is None:
+            return self.child.pid
+        return await arun_blocking(self._sandbox_pid, self.child.pid)  # it reads /proc
 
-    def __init__(self, child: HostProcess, command: str, output: OutputCollector) -> None:
-        self._child = child
-        super().__init__(command, child.pid, output)
+    async def pump(self, output: OutputCollector, deadline: float | None) -> bool:
+        return await pump(self.child, output, deadline)
 
-    async def _follow(self) -> None:
-        """The only code that reads the pipes, reaps the process and closes them; kill() just signals."""
-        settled = False
-        try:
-            if not await pump(self._child, self._output, None):  # overflow
-                await _stop(self._child, self._output)
-            settled = True
-            self._exited(_exit_code(self._child))
-        finally:
-            if not settled:  # a callback raised, or the task was cancelled: leave nothing running
-                self._child.kill_tree()
-                self._code = _exit_code(self._child)
-            self._child.close()
+    async def stop(self, output: OutputCollector) -> None:
+        await _stop(self.child, output)
 
-    async def _signal(self) -> None:
-        await arun_blocking(self._child.signal_tree)  # _follow sees the exit, drains and reaps
+    async def signal(self) -> None:
+        await arun_blocking(self.child.signal_tree)  # the pump sees the exit, drains and reaps
+
+    async def exit_code(self) -> int:
+        return _exit_code(self.child)
+
+    async def abandon(self) -> int | None:
+        self.child.kill_tree()
+        return _exit_code(self.child)
+
+    async def close(self) -> None:
+        self.child.close()
