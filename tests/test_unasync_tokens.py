@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib
 import sys
 import types
 from collections.abc import Mapping
@@ -28,16 +27,16 @@ ASYNC_SOURCES = sorted(
 )
 
 
-def _tables() -> tuple[Mapping[str, str], Mapping[str, Mapping[str, str]]]:
-    """The project's rename tables, wherever codegen keeps them now."""
-    for name in ("codegen.sync", "codegen.unasync_tokens", "codegen"):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        if hasattr(module, "REPLACEMENTS"):
-            return module.REPLACEMENTS, getattr(module, "MODULE_REPLACEMENTS", {})
-    pytest.skip("no REPLACEMENTS table found in codegen")
+def _tables(rel: str, source: str) -> dict[str, str]:
+    """The rename table codegen applies to the source at `rel`."""
+    from codegen import sync
+
+    table = dict(sync.REPLACEMENTS)
+    modules = {**sync.provider_replacements({rel: source}), **sync.MODULE_REPLACEMENTS}
+    for pattern, extra in modules.items():
+        if fnmatchcase(rel, pattern):
+            table.update(extra)
+    return table
 
 
 def _unasync(source: str, replacements: Mapping[str, str]) -> str:
@@ -70,12 +69,8 @@ def test_same_output_as_unasync_on_our_sources(rel: str) -> None:
     path = ROOT / rel
     if not path.is_file():
         pytest.skip(f"{rel} moved away")
-    replacements, module_replacements = _tables()
-    table = {**replacements}
-    for pattern, extra in module_replacements.items():
-        if fnmatchcase(rel, pattern):
-            table.update(extra)
     source = path.read_text()
+    table = _tables(rel, source)
     assert to_sync(source, table) == _drop_aio(_unasync(source, table))
 
 

@@ -35,12 +35,11 @@ from grainchain._acompat import AsyncEvent, AsyncTask, arun_blocking, asleep, as
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.backend import AsyncBackend, parse_options
 from grainchain._async.commands import run_to_completion
-from grainchain._provider_config import ProviderConfig
-from grainchain._provider_info import ProviderInfo
-from grainchain.providers.docker.config import DockerConfig
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
+from grainchain._provider_config import ProviderConfig
+from grainchain._provider_info import ProviderInfo
 from grainchain.errors import (
     CapabilityError,
     ConfigurationError,
@@ -60,6 +59,7 @@ from grainchain.models import (
     SnapshotKind,
 )
 from grainchain.providers.docker import _engine as dk
+from grainchain.providers.docker.config import DockerConfig
 from grainchain.settings import Settings
 
 _BIG_TIMEOUT = 600.0  # commits, checkpoints, restores and uploads of big things
@@ -386,7 +386,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         if options.network is not None:
             host["NetworkMode"] = options.network
         # SandboxConfig.ports on host ports the engine picks; provider_config ports where they say
-        published = {port: None for port in config.ports or []} | dict(options.ports or {})
+        published: dict[int, int | None] = dict.fromkeys(config.ports or []) | dict(options.ports or {})
         ports = [f"{port}/tcp" for port in published]
         if ports:
             host["PortBindings"] = {

@@ -386,7 +386,7 @@ class DockerAdapter(SandboxAdapter):
         if options.network is not None:
             host["NetworkMode"] = options.network
         # SandboxConfig.ports on host ports the engine picks; provider_config ports where they say
-        published = {port: None for port in config.ports or []} | dict(options.ports or {})
+        published: dict[int, int | None] = dict.fromkeys(config.ports or []) | dict(options.ports or {})
         ports = [f"{port}/tcp" for port in published]
         if ports:
             host["PortBindings"] = {
