@@ -69,7 +69,11 @@ def register(info: ProviderInfo, *, replace: bool = False) -> None:
     plugins = _discovered()  # outside the lock: loading plugins imports their code
     with _lock:
         if not replace and (info.name in _registered or info.name in plugins):
-            where = "registered already" if info.name in _registered else f"an installed plugin's ({ENTRY_POINT_GROUP})"
+            where = (
+                "registered already"
+                if info.name in _registered
+                else f"an installed plugin's ({ENTRY_POINT_GROUP})"
+            )
             raise ProviderError(
                 f"cannot register a provider named {info.name!r}: the name is {where}; "
                 "pass replace=True to replace it",

@@ -109,10 +109,12 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "promises(*ids): spec promises a conformance test checks (promises.py)"
     )
-    config.stash[_TALLY_KEY] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    tally: dict[str, dict[str, dict[str, int]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(int)))
+    config.stash[_TALLY_KEY] = tally
     config.stash[_OWNERS_KEY] = {}
     config.stash[_FEATURES_KEY] = {}
-    config.stash[_FAILED_KEY] = defaultdict(set)
+    failed: dict[str, set[str]] = defaultdict(set)
+    config.stash[_FAILED_KEY] = failed
     config.stash[_CLASS_TARGETS_KEY] = {}
 
 
