@@ -21,6 +21,7 @@ REPLACEMENTS = {
     "AsyncTask": "Task",
     "arun_blocking": "run_blocking",
     "arun_in": "run_in",
+    "arun_to_end": "run_to_end",
     "AFLAVOUR": "FLAVOUR",
     "ascope": "scope",
     "asleep": "sleep",

@@ -7,6 +7,8 @@ unasync step renames them for grainchain/_sync/: each async name on the left has
     astart_task    -> start_task      run a function concurrently (task / daemon thread)
     AsyncTask      -> Task
     arun_blocking  -> run_blocking    blocking I/O off the event loop (sync: just call it)
+    arun_to_end    -> run_to_end      the same for work that must be done even when the caller is cancelled
+                                      (kills, releases): a cancellation stops the wait, not the work
     arun_in        -> run_in          run a function on a given thread (a sandbox's spawner) and wait for it
     AFLAVOUR       -> FLAVOUR         "async" / "sync": which adapter class a provider loads
     ascope         -> scope           what a shared backend is bound to (the event loop / nothing)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import select as _select
 import threading
@@ -123,8 +126,18 @@ def astart_task(fn: Callable[[], Coroutine[Any, Any, None]]) -> AsyncTask:
 
 
 async def arun_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run blocking I/O (file copies, directory walks) in a worker thread, off the event loop."""
+    """Run blocking I/O (file copies, directory walks) in a worker thread, off the event loop. A caller
+    cancelled before a worker took the job drops it: see arun_to_end for work that must be done."""
     return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+
+
+async def arun_to_end(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run blocking work that must be done even if the caller is cancelled meanwhile (kill a command,
+    release its pipes, stop a thread) in a worker thread, off the event loop: a cancellation ends the
+    wait at once, never the work, which runs to its end (asyncio.run waits for it before it returns)."""
+    loop = asyncio.get_running_loop()
+    call = functools.partial(contextvars.copy_context().run, functools.partial(fn, *args, **kwargs))
+    return await asyncio.shield(loop.run_in_executor(None, call))
 
 
 def _hand_over(job: Future[T], abandoned: Callable[[T], object] | None) -> None:
@@ -135,14 +148,33 @@ def _hand_over(job: Future[T], abandoned: Callable[[T], object] | None) -> None:
         job.add_done_callback(lambda done: None if done.exception() else abandoned(done.result()))
 
 
+def _off_the_loop(abandoned: Callable[[T], object]) -> Callable[[T], object]:
+    """`abandoned` as a done callback that never runs on the event loop's thread: a job that was already
+    done when its caller stopped waiting calls it at once, on the loop; it goes to a worker thread then
+    (it kills a process tree: a /proc scan and a wait). Called from the runner's thread it runs in place."""
+    loop = asyncio.get_running_loop()
+    loop_thread = threading.get_ident()
+
+    def call(made: T) -> object:
+        if threading.get_ident() != loop_thread:
+            return abandoned(made)
+        try:
+            return loop.run_in_executor(None, abandoned, made)
+        except RuntimeError:  # the loop's executor is shut down already: nothing else would do it
+            return abandoned(made)
+
+    return call
+
+
 async def arun_in(runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], object] | None = None) -> T:
     """Run `fn` on the runner's thread; the event loop goes on meanwhile. A cancellation does not stop
-    `fn` (it may be starting a process): its result goes to `abandoned` instead, whenever it comes."""
+    `fn` (it may be starting a process): its result goes to `abandoned` instead, whenever it comes (in a
+    worker thread or the runner's, never on the event loop)."""
     job = runner.submit(fn)
     try:
         return await asyncio.shield(asyncio.wrap_future(job))
     except BaseException:
-        _hand_over(job, abandoned)
+        _hand_over(job, None if abandoned is None else _off_the_loop(abandoned))
         raise
 
 
@@ -239,6 +271,10 @@ def run_blocking(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return fn(*args, **kwargs)
 
 
+def run_to_end(fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    return fn(*args, **kwargs)
+
+
 def run_in(runner: Runner, fn: Callable[[], T], abandoned: Callable[[T], object] | None = None) -> T:
     job = runner.submit(fn)
     try:
@@ -289,12 +325,14 @@ __all__ = [
     "afail_after",
     "arun_blocking",
     "arun_in",
+    "arun_to_end",
     "aselect",
     "asleep",
     "astart_task",
     "fail_after",
     "run_blocking",
     "run_in",
+    "run_to_end",
     "select",
     "sleep",
     "start_task",

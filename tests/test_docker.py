@@ -422,8 +422,8 @@ async def test_ttl_stops_a_forgotten_sandbox(make_sandbox: Any) -> None:
     await _sleep(3.5)
     with pytest.raises(SandboxNotRunningError, match="ttl"):
         await sandbox.execute("echo too late")
-    with pytest.raises(InvalidArgumentError, match="positive number of seconds"):
-        await AsyncSandbox("docker", config(provider_config={"ttl": -1})).start()
+    with pytest.raises(ConfigurationError, match="'ttl': Input should be greater than 0"):
+        AsyncSandbox("docker", config(provider_config={"ttl": -1}))  # refused when the Sandbox is made
 
 
 async def test_ports_are_published_on_loopback(make_sandbox: Any) -> None:

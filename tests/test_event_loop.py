@@ -3,6 +3,22 @@
 Many sandboxes run a whole workflow concurrently (create, execute, upload, download, list, snapshot, restore,
 close) while a heartbeat task sleeps 5 ms in a loop; the test fails if a wake-up comes more than 50 ms late.
 
+What counts. A wake-up can come late for two reasons: the loop thread was busy or blocked (a blocking call
+on the loop: what this test is about), or it was runnable but waited for a CPU. The second is the machine,
+not the loop: on a 2-core VM the docker engine (dockerd, containerd, runc) alone keeps both cores busy
+during the docker test (10-19 runnable processes), and a wake-up then waits its turn however little the loop
+does. The kernel counts that wait per thread (/proc/thread-self/schedstat, "run delay"), so each beat's
+stall is also taken less the loop thread's run delay meanwhile: what a blocking call causes. The test
+asserts on that CPU-corrected stall for docker, and on the raw stall for the local provider, whose worst raw
+stall stays under the limit on that VM; both numbers are printed for every run. (The correction cannot
+see one more effect of a busy machine: a thread of this process that holds the GIL and waits for a CPU
+holds up the loop too, which then sleeps on the GIL and counts no run delay of its own.)
+
+Garbage collection is kept out: garbage earlier tests left is collected before the heartbeat starts, and the
+objects that exist then (modules, classes) are frozen (gc.freeze(), as a latency-sensitive application does
+after its start-up) so that a full collection during the run does not walk them; collections that still run
+during the heartbeat are listed in the report with their length.
+
 When it fails, the message names where the loop was while it stalled: a watchdog thread samples the loop
 thread's stack (sys._current_frames()) whenever a beat is overdue, so each stall is attributed to the line
 that blocked (the innermost grainchain frame, and the innermost frame overall). More diagnostics:
@@ -18,18 +34,24 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import os
 import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
 import pytest
 
 from grainchain import ProviderUnavailableError, Sandbox, SandboxConfig
+from grainchain._acompat import arun_in, arun_to_end
+from grainchain.providers.local._spawner import SpawnerSlot
 from grainchain.registry import get_provider
 
 SLEEP = 0.005  # the heartbeat's sleep
@@ -131,8 +153,11 @@ class Heartbeat:
 
     def __init__(self) -> None:
         self.stalls: list[Stall] = []
-        self.worst = 0.0
+        self.worst = 0.0  # the longest stall
+        self.worst_own = 0.0  # the longest stall less the loop thread's waits for a CPU meanwhile
         self.beats = 0
+        self.collections: list[tuple[float, float, int]] = []  # GC runs: (at, seconds, generation)
+        self._gc_started: dict[int, float] = {}
         self._start = self._last = time.perf_counter()
         self._samples: list[tuple[float, Sample]] = []
         self._loop_thread = threading.get_ident()
@@ -147,14 +172,23 @@ class Heartbeat:
         self._start = self._last = time.perf_counter()
         self._task = loop.create_task(self._beat())
         self._watchdog.start()
+        gc.callbacks.append(self._on_gc)
         await asyncio.sleep(0)
         return self
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        now, thread = time.perf_counter(), threading.get_ident()
+        if phase == "start":
+            self._gc_started[thread] = now
+        elif (began := self._gc_started.pop(thread, None)) is not None:
+            self.collections.append((began - self._start, now - began, info["generation"]))
 
     async def __aexit__(self, *exc: object) -> None:
         assert self._task is not None
         self._task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
+        gc.callbacks.remove(self._on_gc)
         self._stop.set()
         self._watchdog.join()
         by_beat: dict[float, list[Sample]] = collections.defaultdict(list)
@@ -173,6 +207,7 @@ class Heartbeat:
             cpu_now, queued_now = time.thread_time(), _queued()
             self.beats += 1
             self.worst = max(self.worst, gap)
+            self.worst_own = max(self.worst_own, gap - (queued_now - queued))
             if gap > LISTED:
                 at = last + SLEEP - self._start
                 self.stalls.append(Stall(at, gap, last, cpu_now - cpu, queued_now - queued))
@@ -223,8 +258,9 @@ class Heartbeat:
     def report(self, title: str) -> str:
         worst_first = sorted(self.stalls, key=lambda s: -s.gap)
         lines = [
-            f"{title}: worst stall {self.worst * 1000:.1f} ms over {self.beats} beats "
-            f"(limit {LIMIT * 1000:.0f} ms); stalls over {LISTED * 1000:.0f} ms: {len(self.stalls)}",
+            f"{title}: worst stall {self.worst * 1000:.1f} ms raw, {self.worst_own * 1000:.1f} ms less the "
+            f"loop thread's waits for a CPU, over {self.beats} beats (limit {LIMIT * 1000:.0f} ms); "
+            f"stalls over {LISTED * 1000:.0f} ms: {len(self.stalls)}",
             "worst stalls (at ms: stall ms (loop thread on a CPU ms / waiting for a CPU ms)):  "
             + ", ".join(
                 f"{s.at * 1000:.0f}: {s.gap * 1000:.1f} ({s.cpu * 1000:.0f}/{s.runnable * 1000:.0f})"
@@ -236,6 +272,13 @@ class Heartbeat:
         ]
         for site, count, worst, total in self.sites():
             lines.append(f"  {worst * 1000:7.1f} {total * 1000:8.1f} {count:4d}x  {site}")
+        if self.collections:
+            longest = sorted(self.collections, key=lambda c: -c[1])[:5]
+            lines.append(
+                f"garbage collections during the run: {len(self.collections)}; longest (at ms: ms, "
+                "generation): "
+                + ", ".join(f"{at * 1000:.0f}: {d * 1000:.1f} (gen {g})" for at, d, g in longest)
+            )
         busy = collections.Counter(o for s in self.stalls for sample in s.samples for o in sample.others)
         if busy:
             lines.append("other threads running while the loop waited in the selector (samples):")
@@ -263,19 +306,25 @@ class Heartbeat:
 
 
 async def run_under_heartbeat(
-    title: str, provider: str, config: SandboxConfig | None, count: int
+    title: str, provider: str, config: SandboxConfig | None, count: int, *, raw: bool
 ) -> Heartbeat:
-    """Run `count` workflows concurrently under a heartbeat; fail if the loop stalled more than LIMIT.
+    """Run `count` workflows concurrently under a heartbeat; fail if the loop stalled more than LIMIT:
+    the raw stall when `raw`, else the stall less the loop thread's waits for a CPU (see the docstring).
 
     The provider's adapter module is imported first, outside the measurement: an import happens once per
     process, so whether it fell inside would depend on which test ran first (GRAINCHAIN_LOOP_COLD=1 leaves
     it in). One-time probes (namespaces, cgroups, overlayfs ...) do fall inside when this test runs first."""
     if os.environ.get("GRAINCHAIN_LOOP_COLD") != "1":
         get_provider(provider).load_adapter("async")
-    async with Heartbeat() as heartbeat:
-        results = await asyncio.gather(
-            *(workflow(provider, config, i) for i in range(count)), return_exceptions=True
-        )
+    gc.collect()  # what earlier tests left: not this run's to collect
+    gc.freeze()
+    try:
+        async with Heartbeat() as heartbeat:
+            results = await asyncio.gather(
+                *(workflow(provider, config, i) for i in range(count)), return_exceptions=True
+            )
+    finally:
+        gc.unfreeze()
     report = heartbeat.report(title)
     print(report)
     if path := os.environ.get("GRAINCHAIN_LOOP_REPORT"):
@@ -283,7 +332,10 @@ async def run_under_heartbeat(
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
-    assert heartbeat.worst <= LIMIT, "the event loop stalled:\n" + report
+    if raw:
+        assert heartbeat.worst <= LIMIT, "the event loop stalled:\n" + report
+    else:
+        assert heartbeat.worst_own <= LIMIT, "the event loop stalled (less its waits for a CPU):\n" + report
     return heartbeat
 
 
@@ -307,6 +359,70 @@ async def workflow(provider: str, config: SandboxConfig | None, i: int) -> None:
             await sandbox.delete_snapshot(snapshot)
 
 
+# -- what keeps kills and thread starts off the loop -------------------------------------------------------
+
+T = TypeVar("T")
+
+
+async def test_arun_to_end_finishes_the_work_of_a_cancelled_caller() -> None:
+    """A kill or a release must be done even when the task that asked for it is cancelled meanwhile."""
+    started, done = threading.Event(), threading.Event()
+
+    def work() -> None:
+        started.set()
+        time.sleep(0.1)
+        done.set()
+
+    task = asyncio.get_running_loop().create_task(arun_to_end(work))
+    assert await asyncio.to_thread(started.wait, 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not done.is_set()  # the wait ended at once ...
+    assert await asyncio.to_thread(done.wait, 5)  # ... the work went on to its end
+
+
+class _Inline:
+    """A runner whose jobs are done before the caller waits (a command started as its task was cancelled)."""
+
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        job: Future[T] = Future()
+        job.set_result(fn())
+        return job
+
+
+async def test_what_a_cancelled_start_made_is_abandoned_off_the_loop() -> None:
+    """arun_in hands what a cancelled caller's job made to `abandoned` (it kills a process tree: a /proc
+    scan and a wait); with the job done already that happens at once, and must not be on the loop."""
+    ran_on: list[int] = []
+    ran = threading.Event()
+
+    def abandoned(made: int) -> None:
+        ran_on.append(threading.get_ident())
+        ran.set()
+
+    task = asyncio.get_running_loop().create_task(arun_in(_Inline(), lambda: 7, abandoned=abandoned))
+    await asyncio.sleep(0)  # the task now waits for the (done) job
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(ran.wait, 5)
+    assert ran_on != [threading.get_ident()]
+
+
+def test_two_first_commands_start_one_spawner() -> None:
+    """The spawner starts off the loop, in a worker thread per command: two first commands at once must
+    still start one."""
+    slot = SpawnerSlot()
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(lambda _: slot.start(lambda: [], filtered=False), range(2))
+    try:
+        assert first is second is slot.current
+    finally:
+        slot.stop()
+    assert slot.current is None
+
+
 # -- local -----------------------------------------------------------------------------------------------
 
 LOCAL_CONFIGS = {
@@ -321,7 +437,7 @@ LOCAL_CONFIGS = {
 async def test_local_sandboxes_never_block_the_loop(isolation: str) -> None:
     config = LOCAL_CONFIGS[isolation]
     try:
-        await run_under_heartbeat(f"local ({isolation})", "local", config, LOCAL_SANDBOXES)
+        await run_under_heartbeat(f"local ({isolation})", "local", config, LOCAL_SANDBOXES, raw=True)
     except ProviderUnavailableError as exc:
         if isolation != "namespaces" or os.environ.get("GRAINCHAIN_REQUIRE_NAMESPACES") == "1":
             raise
@@ -363,4 +479,4 @@ def require_docker() -> None:
 async def test_docker_sandboxes_never_block_the_loop() -> None:
     require_docker()
     config = SandboxConfig(image=DOCKER_IMAGE)
-    await run_under_heartbeat("docker", "docker", config, DOCKER_SANDBOXES)
+    await run_under_heartbeat("docker", "docker", config, DOCKER_SANDBOXES, raw=False)

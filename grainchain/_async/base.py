@@ -104,7 +104,7 @@ class AsyncSandboxBase:
             raise SandboxNotRunningError(
                 "the sandbox is closed; create a new one", provider=self.provider_name
             )
-        backend = self._open_backend()
+        backend = await self._open_backend()
         try:
             await self._narrow(backend)
             for field, feature in CONFIG_REQUIREMENTS.items():
@@ -167,7 +167,7 @@ class AsyncSandboxBase:
         (`auto_cleanup`, `keep_alive`), e.g. `auto_cleanup=True` to delete a kept sandbox on close, and
         its provider_config's credentials are used to reach the provider."""
         sandbox = cls(provider, config, settings=settings, backend=backend)
-        opened = sandbox._open_backend()
+        opened = await sandbox._open_backend()
         try:
             await sandbox._narrow(opened)
             sandbox._check(Feature.LIFECYCLE_RECONNECT, "connect")
@@ -197,7 +197,7 @@ class AsyncSandboxBase:
         """The provider's sandboxes that are still there (`config`: its provider_config's credentials)."""
         probe = cls(provider, config, settings=settings, backend=backend)
         probe._check(Feature.LIFECYCLE_RECONNECT, "list_sandboxes")
-        opened = probe._open_backend()
+        opened = await probe._open_backend()
         try:
             with probe._errors("list_sandboxes"):
                 return await opened.list_sandboxes()
@@ -206,11 +206,12 @@ class AsyncSandboxBase:
 
     # -- plumbing for the generated methods -----------------------------------------------------------
 
-    def _open_backend(self) -> AsyncBackend:
+    async def _open_backend(self) -> AsyncBackend:
         """The backend given, else one of the pool's (released when this sandbox ends)."""
         if self._backend is not None:
             return self._backend
         with self._errors("create"):
+            await backends.import_adapter(self._provider)  # the first time: off the event loop
             self._pooled = backends.acquire(self._provider, self._settings, self._options)
         return self._pooled
 

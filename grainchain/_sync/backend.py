@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
-from grainchain._acompat import FLAVOUR, scope
+from grainchain._acompat import FLAVOUR, run_blocking, scope
 from grainchain._generated.features import Feature
 from grainchain._provider_config import ProviderConfig, parse_provider_config
 from grainchain.models import SandboxConfig, SandboxInfo
@@ -57,7 +57,9 @@ class Backend:
         """A backend of `provider` for explicit sharing: `Sandbox(..., backend=backend)`."""
         settings = settings or load_settings()
         info = get_provider(provider or settings.default_provider)
-        return open_backend(info, settings, parse_options(info, settings, provider_config or {}))
+        options = parse_options(info, settings, provider_config or {})
+        import_adapter(info)
+        return open_backend(info, settings, options)
 
     @property
     def provider_name(self) -> str:
@@ -102,6 +104,20 @@ def parse_options(info: ProviderInfo, settings: Settings, raw: Mapping[str, Any]
     return parse_provider_config(
         info.load_config_model(), info.name, raw, file_defaults=settings.providers.get(info.name)
     )
+
+
+# the adapters imported so far (provider name, adapter path): whose load_adapter() costs nothing any more
+_imported: set[tuple[str, str | None]] = set()
+
+
+def import_adapter(info: ProviderInfo) -> None:
+    """The first time, import the provider's adapter module off the event loop (an import reads and runs
+    many files and may import an SDK: a long stall of every other task); afterwards nothing. Sandbox(...)
+    itself stays synchronous (it checks provider_config): the import waits for start()."""
+    key = (info.name, info.sync_adapter if FLAVOUR == "sync" else info.async_adapter)
+    if key not in _imported:
+        run_blocking(info.load_adapter, FLAVOUR)
+        _imported.add(key)
 
 
 def open_backend(info: ProviderInfo, settings: Settings, options: ProviderConfig) -> Backend:

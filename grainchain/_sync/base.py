@@ -213,6 +213,7 @@ class SandboxBase:
         if self._backend is not None:
             return self._backend
         with self._errors("create"):
+            backends.import_adapter(self._provider)  # the first time: off the event loop
             self._pooled = backends.acquire(self._provider, self._settings, self._options)
         return self._pooled
 

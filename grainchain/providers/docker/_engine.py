@@ -352,14 +352,6 @@ def parse_volumes(value: Any) -> Volumes:
     return volumes
 
 
-def parse_ttl(value: Any) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise _config_error("ttl", f"must be a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 def parse_disk_limit(value: Any) -> int | None:
     """provider_config["disk_limit"] in bytes (None: no quota, the engine's default)."""
     if value is None:

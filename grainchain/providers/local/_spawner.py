@@ -76,3 +76,32 @@ class Spawner:
             self._jobs.put(None)
         if self._thread is not threading.current_thread():
             self._thread.join(within)
+
+
+class SpawnerSlot:
+    """Where a sandbox keeps its Spawner, started by the first command that needs one. Starting and
+    stopping block while the thread sets up or ends (call them off the event loop); a lock makes two first
+    commands at once (two tasks' worker threads, or two threads of the sync client) start one spawner."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spawner: Spawner | None = None
+
+    @property
+    def current(self) -> Spawner | None:
+        """The running spawner, None before the first command and after stop() (never blocks)."""
+        return self._spawner
+
+    def start(self, cgroup_tasks: Callable[[], Sequence[str]], filtered: bool) -> Spawner:
+        """The spawner, started now if there is none (`cgroup_tasks` is asked only then)."""
+        with self._lock:
+            if self._spawner is None:
+                self._spawner = Spawner(cgroup_tasks=cgroup_tasks(), filtered=filtered)
+            return self._spawner
+
+    def stop(self, within: float = 10.0) -> None:
+        """Stop the spawner, if any (see Spawner.stop); the next start() starts a new one."""
+        with self._lock:
+            spawner, self._spawner = self._spawner, None
+        if spawner is not None:
+            spawner.stop(within)

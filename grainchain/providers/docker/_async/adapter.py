@@ -25,9 +25,10 @@ import posixpath
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ParamSpec, Self, TypeVar
 
 import httpx
 
@@ -66,6 +67,19 @@ _BIG_TIMEOUT = 600.0  # commits, checkpoints, restores and uploads of big things
 _BUILD_TIMEOUT = 3600.0  # image pulls and builds (the read timeout: between two progress lines)
 _STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
 _KILL_TIMEOUT = 30.0
+# Work in proportion to a size (tar archives, listings) is done on the event loop up to this many bytes
+# (microseconds), in a worker thread beyond (a big upload's tar would stall every other sandbox).
+_INLINE_BYTES = 64 * 1024
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+
+async def _sized(size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """fn(*args, **kwargs), off the event loop when `size` (bytes it works through) is big."""
+    if size <= _INLINE_BYTES:
+        return fn(*args, **kwargs)
+    return await arun_blocking(fn, *args, **kwargs)
 
 
 class _Engine:
@@ -247,6 +261,22 @@ def _find_criu() -> str | None:
     return shutil.which("criu", path=path)
 
 
+def _memory_snapshot_problem(endpoint: dk.Endpoint, info: dict[str, Any]) -> str | None:
+    """dk.memory_snapshot_problem with CRIU looked for; blocking (a PATH search, an access check)."""
+    return dk.memory_snapshot_problem(endpoint, info, _find_criu())
+
+
+def _listing(directory: str, output: bytes) -> list[FileInfo]:
+    return [FileInfo(**entry) for entry in dk.parse_listing(directory, output)]
+
+
+def _drop_checkpoint(store: str, labelled: str | None) -> None:
+    """Remove a memory snapshot's saved checkpoint, when it is in grainchain's store (blocking)."""
+    saved = dk.owned_checkpoint(store, labelled)
+    if saved is not None:
+        shutil.rmtree(saved, True)
+
+
 async def _resume(engine: _Engine, container_id: str, name: str, saved: str | None) -> None:
     """Start a container from its checkpoint `name` (first copied in from `saved`, when given), then drop
     the container's copy of the checkpoint."""
@@ -321,6 +351,19 @@ class AsyncDockerBackend(AsyncBackend):
         if self._engine is None:
             self._engine = _Engine()
         return self._engine
+
+    async def open_engine(self) -> _Engine:
+        """`engine`, made off the event loop on first use (the first httpx client of a process imports
+        and sets up for tens of milliseconds)."""
+        engine = self._engine
+        if engine is None:
+            made = await arun_blocking(_Engine)
+            if self._engine is None:
+                self._engine = made
+            else:  # another task made one meanwhile
+                await made.aclose()
+            engine = self._engine
+        return engine
 
     async def aclose(self) -> None:
         engine, self._engine = self._engine, None
@@ -471,13 +514,12 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         checkpoint: tuple[str, str] | None = None,
     ) -> str:
         """Create and start a container; from a saved checkpoint (name, directory) when one is given."""
+        # off the event loop: provider_config volumes' host directories are checked
+        body = await arun_blocking(
+            cls._container_body, image, sandbox_id, config, options, engine.endpoint.publish_ip
+        )
         try:
-            created = await engine.json(
-                "POST",
-                "/containers/create",
-                "create container",
-                json=cls._container_body(image, sandbox_id, config, options, engine.endpoint.publish_ip),
-            )
+            created = await engine.json("POST", "/containers/create", "create container", json=body)
         except (ProviderError, InvalidArgumentError) as exc:
             await cls._explain_disk_limit(engine, options, exc)
             raise
@@ -517,18 +559,18 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         if shared.memory_problems is not None:  # asked before every create: probed once per backend
             return shared.memory_problems
         try:
-            engine = shared.engine
+            engine = await shared.open_engine()
             info = await engine.info()
         except GrainchainError:
             return {}  # creating the sandbox will say the engine is unreachable
-        problem = dk.memory_snapshot_problem(engine.endpoint, info, _find_criu())
+        problem = await arun_blocking(_memory_snapshot_problem, engine.endpoint, info)
         shared.memory_problems = {} if problem is None else {Feature.SNAPSHOT_MEMORY: problem}
         return shared.memory_problems
 
     @classmethod
     async def create(cls, backend: AsyncBackend, config: SandboxConfig, options: ProviderConfig) -> Self:
         docker = _docker_options(options)
-        engine = _shared(backend).engine
+        engine = await _shared(backend).open_engine()
         sandbox_id = "gc-" + uuid.uuid4().hex[:16]
         try:
             if docker.dockerfile is not None or docker.build_context is not None:
@@ -557,7 +599,8 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
     @classmethod
     async def _create_named_volumes(cls, engine: _Engine, sandbox_id: str, options: DockerConfig) -> None:
         """Create the named volumes that do not exist yet, labelled as this sandbox's (close removes them)."""
-        for name in dk.parse_volumes(options.volumes).named:
+        volumes = await arun_blocking(dk.parse_volumes, options.volumes)  # host directories are checked
+        for name in volumes.named:
             try:
                 await engine.request("GET", f"/volumes/{name}", "inspect volume")
             except dk.EngineNotFoundError:
@@ -587,7 +630,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
     async def connect(
         cls, backend: AsyncBackend, sandbox_id: str, config: SandboxConfig, options: ProviderConfig
     ) -> Self:
-        engine = _shared(backend).engine
+        engine = await _shared(backend).open_engine()
         found = await cls._find(engine, sandbox_id)
         if not found:
             raise SandboxNotFoundError(f"no docker sandbox with id {sandbox_id!r}", provider=dk.PROVIDER)
@@ -607,7 +650,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
 
     @classmethod
     async def list_sandboxes(cls, backend: AsyncBackend) -> list[SandboxInfo]:
-        found = await cls._find(_shared(backend).engine, None)
+        found = await cls._find(await _shared(backend).open_engine(), None)
         return [
             SandboxInfo(
                 sandbox_id=c["Labels"][dk.LABEL_SANDBOX],
@@ -818,13 +861,14 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         )
 
     async def _put(self, directory: str, name: str, data: bytes) -> None:
+        archive = await _sized(len(data), dk.tar_one_file, name, data)
         try:
             await self._engine.request(
                 "PUT",
                 f"/containers/{self._container}/archive",
                 "upload file",
                 params={"path": directory},
-                content=dk.tar_one_file(name, data),
+                content=archive,
                 headers={"Content-Type": "application/x-tar"},
                 timeout=600,
             )
@@ -870,7 +914,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             if exc.kind != "path":
                 raise
             raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER) from exc
-        data = dk.untar_first_file(response.content)
+        data = await _sized(len(response.content), dk.untar_first_file, response.content)
         if data is None:
             raise InvalidArgumentError(
                 f"{target} is not a regular file", argument="path", provider=dk.PROVIDER
@@ -887,7 +931,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             raise InvalidArgumentError(f"{target} is not a directory", argument="path", provider=dk.PROVIDER)
         if code != 0:
             raise ProviderError(f"listing {target} failed (exit {code})", provider=dk.PROVIDER)
-        return [FileInfo(**entry) for entry in dk.parse_listing(target, out)]
+        return await _sized(len(out), _listing, target, out)
 
     async def get_file_info(self, path: str) -> FileInfo:
         target = self._path(path)
@@ -1047,7 +1091,7 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             raise CapabilityError(
                 Feature.SNAPSHOT_MEMORY.value, self.provider_name, operation="restore_snapshot", hint=reason
             )
-        checkpoint = self._saved_checkpoint(snapshot_id, labels)
+        checkpoint = await arun_blocking(self._saved_checkpoint, snapshot_id, labels)  # realpath, isdir
         await self._handles.kill_all()
         new = await self._start_container(
             self._engine, snapshot_id, self.sandbox_id, self.config, _docker_options(self.options), checkpoint
@@ -1089,9 +1133,8 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         except dk.EngineNotFoundError:
             raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER) from None
         if labels.get(dk.LABEL_KIND) == SnapshotKind.memory.value:
-            saved = dk.owned_checkpoint(str(self._checkpoint_store()), labels.get(dk.LABEL_CHECKPOINT))
-            if saved is not None:
-                await arun_blocking(shutil.rmtree, saved, True)
+            store = str(self._checkpoint_store())
+            await arun_blocking(_drop_checkpoint, store, labels.get(dk.LABEL_CHECKPOINT))
         await self._prune_deleted_snapshots()
 
     # -- terminate / wake up --------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-from grainchain._acompat import arun_blocking, arun_in
+from grainchain._acompat import arun_blocking, arun_in, arun_to_end
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.backend import AsyncBackend
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
@@ -61,7 +61,7 @@ from grainchain.providers.local._hostproc import (
     spawn,
     state_tag,
 )
-from grainchain.providers.local._spawner import Spawner
+from grainchain.providers.local._spawner import Spawner, SpawnerSlot
 from grainchain.settings import Settings
 
 SNAPSHOT_MODES = ("layers", "copy")
@@ -73,9 +73,31 @@ DEFAULT_PIDS_LIMIT = 4096
 
 
 def _options(config: SandboxConfig) -> iso.Options:
-    """The options of provider_config (whose keys and types LocalConfig checked when the Sandbox was made)."""
+    """The options of provider_config (whose keys and types LocalConfig checked when the Sandbox was made).
+    Blocking the first time (cgroup and namespace probes: a bwrap run, the seccomp filter's compilation)."""
     default = DEFAULT_PIDS_LIMIT if cg.unavailable(cg.Limits(pids=DEFAULT_PIDS_LIMIT)) is None else None
     return iso.parse_options(config.provider_config, default)
+
+
+def _missing_features(config: SandboxConfig) -> dict[Feature, str]:
+    """What AsyncLocalAdapter.missing_features says; blocking (probes, cached after the first time)."""
+    try:
+        options = _options(config)
+    except ConfigurationError:
+        return {}  # create() reports it
+    missing: dict[Feature, str] = {}
+    if options.isolation == "none":
+        why = iso.namespaces_unavailable() or "provider_config isolation is 'none'"
+        missing[Feature.NETWORK_POLICY] = f"no network namespace without isolation ({why})"
+    if cpu := cg.unavailable(cg.Limits(cpu=1.0)):
+        missing[Feature.LIMITS_CPU] = f"{cpu}; no rlimit can cap CPU rate"
+    if shutil.which("prlimit") is None and (memory := cg.unavailable(cg.Limits(memory=1 << 30))):
+        missing[Feature.LIMITS_MEMORY] = f"{memory}, and no prlimit for the rlimit fallback"
+    if options.isolation == "none":
+        missing[Feature.SNAPSHOT_MEMORY] = "memory snapshots need isolation 'namespaces' (a pid namespace)"
+    elif reason := criu.unavailable():
+        missing[Feature.SNAPSHOT_MEMORY] = reason
+    return missing
 
 
 def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
@@ -122,6 +144,13 @@ def _disk_limit(config: SandboxConfig, settings: Settings) -> int | None:
     return size
 
 
+def _mount_first_stack(state_dir: Path, box: fs.SandboxDir, stack: layers.Stack) -> None:
+    """A new sandbox's workspace: the base layer (made once per state dir) under an empty upper layer."""
+    state = state_dir.resolve()
+    layers.base_layer(state)
+    layers.mount_stack(state, box.data, box.workspace, stack)
+
+
 def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
     memory = None if config.memory_limit is None else int(config.memory_limit)
     return cg.Limits(memory=memory, cpu=config.cpu_limit, pids=options.pids_limit, cpu_group=True)
@@ -161,7 +190,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         self._launcher: list[str] = list(runtime.get("launcher", []))  # cgroup placement or rlimits
         self._stack = layers.Stack.from_stored(runtime["stack"]) if runtime.get("stack") else None
         self._holder = iso.Holder(**runtime["holder"]) if runtime.get("holder") else None
-        self._spawner: Spawner | None = None  # started with the first command
+        self._spawner = SpawnerSlot()  # the thread commands start from: started with the first command
         # the workspace as commands see it; file operations take and show paths in this view
         self._view_root = iso.WORKSPACE if self._isolated else str(box.workspace)
         self._cwd = self._view_of(self._working_directory(config.working_directory))
@@ -181,35 +210,14 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     async def missing_features(
         cls, backend: AsyncBackend, config: SandboxConfig, provider_options: ProviderConfig
     ) -> Mapping[Feature, str]:
-        try:
-            options = _options(config)
-        except ConfigurationError:
-            return {}  # create() reports it
-        missing: dict[Feature, str] = {}
-        if options.isolation == "none":
-            why = iso.namespaces_unavailable() or "provider_config isolation is 'none'"
-            missing[Feature.NETWORK_POLICY] = f"no network namespace without isolation ({why})"
-        cpu = await arun_blocking(cg.unavailable, cg.Limits(cpu=1.0))
-        if cpu:
-            missing[Feature.LIMITS_CPU] = f"{cpu}; no rlimit can cap CPU rate"
-        if shutil.which("prlimit") is None:
-            memory = await arun_blocking(cg.unavailable, cg.Limits(memory=1 << 30))
-            if memory:
-                missing[Feature.LIMITS_MEMORY] = f"{memory}, and no prlimit for the rlimit fallback"
-        if options.isolation == "none":
-            missing[Feature.SNAPSHOT_MEMORY] = (
-                "memory snapshots need isolation 'namespaces' (a pid namespace)"
-            )
-        elif reason := await arun_blocking(criu.unavailable):
-            missing[Feature.SNAPSHOT_MEMORY] = reason
-        return missing
+        return await arun_blocking(_missing_features, config)
 
     @classmethod
     async def create(
         cls, backend: AsyncBackend, config: SandboxConfig, provider_options: ProviderConfig
     ) -> Self:
         settings = backend.settings
-        options = _options(config)
+        options = await arun_blocking(_options, config)
         if options.network == "none" and options.isolation == "none":
             raise CapabilityError(
                 Feature.NETWORK_POLICY.value,
@@ -234,11 +242,9 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             if options.snapshots == "layers":
                 stack = layers.Stack([layers.BASE])
                 runtime["stack"] = stack.stored()
-                state = settings.state_dir.resolve()
-                await arun_blocking(layers.base_layer, state)
-                await arun_blocking(layers.mount_stack, state, box.data, box.workspace, stack)
+                await arun_blocking(_mount_first_stack, settings.state_dir, box, stack)
             await arun_blocking(box.save, SandboxStatus.running, config, None, runtime)
-            adapter = cls(box, config, settings, runtime)
+            adapter = await arun_blocking(cls, box, config, settings, runtime)  # it resolves paths
             await arun_blocking(adapter._make_cwd)
             if adapter._isolated:
                 await arun_blocking(adapter._start_holder)
@@ -290,14 +296,12 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             limits = _limits(stored, iso.Options(**runtime["options"]))
             cgroup, launcher = await arun_blocking(cls._make_limits, box.sandbox_id, limits)
             runtime |= {"cgroup": None if cgroup is None else cgroup.stored(), "launcher": launcher}
-        adapter = cls(box, stored, settings, runtime)
+        adapter = await arun_blocking(cls, box, stored, settings, runtime)  # it resolves paths
         await arun_blocking(box.mount_disk)  # mounts do not survive a reboot
         if adapter._stack is None:
             await arun_blocking(box.recover)  # a restore its last owner did not finish (crash)
         else:  # mounts do not survive a reboot
-            await arun_blocking(
-                layers.mount_stack, adapter._state_dir, box.data, box.workspace, adapter._stack
-            )
+            await arun_blocking(adapter._mount_stack)
         await arun_blocking(adapter._save)
         return adapter
 
@@ -308,7 +312,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     async def aclose(self) -> None:
         await self._kill_all()
-        self._stop_spawner()  # its thread must leave the cgroup before the cgroup can go
+        await arun_to_end(self._stop_spawner)  # its thread must leave the cgroup before the cgroup can go
         if self._cgroup is not None:
             await arun_blocking(self._cgroup.remove)
         if self.config.auto_cleanup:
@@ -323,7 +327,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         self.status = SandboxStatus.closed
 
     async def detach(self) -> None:
-        self._stop_spawner()
+        await arun_to_end(self._stop_spawner)
         await super().detach()
 
     def _materialize(self) -> None:
@@ -361,6 +365,10 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     def _collect_garbage(self) -> None:
         with layers.locked(self._state_dir):
             layers.collect_garbage(self._state_dir)
+
+    def _mount_stack(self) -> None:
+        assert self._stack is not None
+        layers.mount_stack(self._state_dir, self._box.data, self._box.workspace, self._stack)
 
     # -- namespaces -----------------------------------------------------------------------------------
 
@@ -462,19 +470,21 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         command's from the start); the holder is started first, on an ordinary thread (bwrap mounts)."""
         if self._isolated:
             await arun_blocking(self._ensure_holder)
+        spawner = self._spawner.current
+        if spawner is None:  # the first command: the thread starts off the event loop
+            spawner = await arun_blocking(self._spawner_thread)
         start = functools.partial(self._spawn, command, working_dir, environment)
-        return await arun_in(self._spawner_thread(), start, abandoned=_kill_abandoned)
+        return await arun_in(spawner, start, abandoned=_kill_abandoned)
 
     def _spawner_thread(self) -> Spawner:
-        if self._spawner is None:
-            tasks = [] if self._cgroup is None else self._cgroup.thread_tasks()
-            self._spawner = Spawner(cgroup_tasks=tasks, filtered=self._isolated)
-        return self._spawner
+        """The sandbox's spawner, started on first use (blocking: the thread starts, joins the cgroup and
+        installs its seccomp filter before it is ready)."""
+        cgroup = self._cgroup
+        return self._spawner.start(lambda: [] if cgroup is None else cgroup.thread_tasks(), self._isolated)
 
     def _stop_spawner(self) -> None:
-        if self._spawner is not None:
-            self._spawner.stop()
-            self._spawner = None
+        """Blocking: waits until the spawner's thread has ended (and left the sandbox's cgroup)."""
+        self._spawner.stop()
 
     async def _launch(
         self,
@@ -501,31 +511,33 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     # -- files ----------------------------------------------------------------------------------------
 
+    # self._view() stats the sandbox's directory: it is evaluated in the worker thread, never on the loop
+
     async def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
         data = self.content_bytes(content)
         append = mode.startswith("a")
-        await arun_blocking(confined.write_file, self._view(), self._cwd, path, data, append=append)
+        await arun_blocking(lambda: confined.write_file(self._view(), self._cwd, path, data, append=append))
 
     async def download_file(self, path: str) -> bytes:
-        return await arun_blocking(confined.read_file, self._view(), self._cwd, path)
+        return await arun_blocking(lambda: confined.read_file(self._view(), self._cwd, path))
 
     async def list_files(self, path: str = ".") -> list[FileInfo]:
-        return await arun_blocking(confined.list_directory, self._view(), self._cwd, path)
+        return await arun_blocking(lambda: confined.list_directory(self._view(), self._cwd, path))
 
     # These act on a symlink itself, not on what it points to, so a link leading out of the workspace can
     # still be inspected and removed (its target is never touched).
 
     async def get_file_info(self, path: str) -> FileInfo:
-        return await arun_blocking(confined.file_info, self._view(), self._cwd, path)
+        return await arun_blocking(lambda: confined.file_info(self._view(), self._cwd, path))
 
     async def file_exists(self, path: str) -> bool:
-        return await arun_blocking(confined.exists, self._view(), self._cwd, path)
+        return await arun_blocking(lambda: confined.exists(self._view(), self._cwd, path))
 
     async def delete_file(self, path: str) -> None:
-        await arun_blocking(confined.delete, self._view(), self._cwd, path)
+        await arun_blocking(lambda: confined.delete(self._view(), self._cwd, path))
 
     async def make_directory(self, path: str) -> None:
-        await arun_blocking(confined.make_directory, self._view(), self._cwd, path)
+        await arun_blocking(lambda: confined.make_directory(self._view(), self._cwd, path))
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -594,7 +606,7 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         lowers = await arun_blocking(fs.snapshot_layers, self._state_dir, snapshot_id)
         info = await arun_blocking(fs.snapshot_info, self._state_dir, snapshot_id)
         memory = info.kind is SnapshotKind.memory
-        if memory and (reason := self._no_memory_snapshots()):
+        if memory and (reason := await arun_blocking(self._no_memory_snapshots)):  # a CRIU probe
             raise CapabilityError(
                 Feature.SNAPSHOT_MEMORY.value, self.provider_name, operation="restore_snapshot", hint=reason
             )

@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 
-from grainchain._acompat import arun_blocking, aselect
+from grainchain._acompat import arun_blocking, arun_to_end, aselect
 from grainchain._output import OutputCollector, Stream
 from grainchain.providers.local._hostproc import HostProcess
 
@@ -107,8 +107,9 @@ class HostRun:
         return _exit_code(self.child)
 
     async def abandon(self) -> int | None:
-        self.child.kill_tree()
+        # a /proc scan and a wait, off the event loop; done even when the caller is cancelled (again)
+        await arun_to_end(self.child.kill_tree)
         return _exit_code(self.child)
 
     async def close(self) -> None:
-        self.child.close()
+        await arun_to_end(self.child.close)  # three close() calls: off the loop too, and always done

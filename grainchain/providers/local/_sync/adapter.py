@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Self
 
-from grainchain._acompat import run_blocking, run_in
+from grainchain._acompat import run_blocking, run_in, run_to_end
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._provider_config import ProviderConfig
@@ -62,7 +62,7 @@ from grainchain.providers.local._hostproc import (
     spawn,
     state_tag,
 )
-from grainchain.providers.local._spawner import Spawner
+from grainchain.providers.local._spawner import Spawner, SpawnerSlot
 from grainchain.providers.local._sync.hostexec import HostRun
 from grainchain.settings import Settings
 
@@ -75,9 +75,31 @@ DEFAULT_PIDS_LIMIT = 4096
 
 
 def _options(config: SandboxConfig) -> iso.Options:
-    """The options of provider_config (whose keys and types LocalConfig checked when the Sandbox was made)."""
+    """The options of provider_config (whose keys and types LocalConfig checked when the Sandbox was made).
+    Blocking the first time (cgroup and namespace probes: a bwrap run, the seccomp filter's compilation)."""
     default = DEFAULT_PIDS_LIMIT if cg.unavailable(cg.Limits(pids=DEFAULT_PIDS_LIMIT)) is None else None
     return iso.parse_options(config.provider_config, default)
+
+
+def _missing_features(config: SandboxConfig) -> dict[Feature, str]:
+    """What AsyncLocalAdapter.missing_features says; blocking (probes, cached after the first time)."""
+    try:
+        options = _options(config)
+    except ConfigurationError:
+        return {}  # create() reports it
+    missing: dict[Feature, str] = {}
+    if options.isolation == "none":
+        why = iso.namespaces_unavailable() or "provider_config isolation is 'none'"
+        missing[Feature.NETWORK_POLICY] = f"no network namespace without isolation ({why})"
+    if cpu := cg.unavailable(cg.Limits(cpu=1.0)):
+        missing[Feature.LIMITS_CPU] = f"{cpu}; no rlimit can cap CPU rate"
+    if shutil.which("prlimit") is None and (memory := cg.unavailable(cg.Limits(memory=1 << 30))):
+        missing[Feature.LIMITS_MEMORY] = f"{memory}, and no prlimit for the rlimit fallback"
+    if options.isolation == "none":
+        missing[Feature.SNAPSHOT_MEMORY] = "memory snapshots need isolation 'namespaces' (a pid namespace)"
+    elif reason := criu.unavailable():
+        missing[Feature.SNAPSHOT_MEMORY] = reason
+    return missing
 
 
 def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
@@ -124,6 +146,13 @@ def _disk_limit(config: SandboxConfig, settings: Settings) -> int | None:
     return size
 
 
+def _mount_first_stack(state_dir: Path, box: fs.SandboxDir, stack: layers.Stack) -> None:
+    """A new sandbox's workspace: the base layer (made once per state dir) under an empty upper layer."""
+    state = state_dir.resolve()
+    layers.base_layer(state)
+    layers.mount_stack(state, box.data, box.workspace, stack)
+
+
 def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
     memory = None if config.memory_limit is None else int(config.memory_limit)
     return cg.Limits(memory=memory, cpu=config.cpu_limit, pids=options.pids_limit, cpu_group=True)
@@ -163,7 +192,7 @@ class LocalAdapter(SandboxAdapter):
         self._launcher: list[str] = list(runtime.get("launcher", []))  # cgroup placement or rlimits
         self._stack = layers.Stack.from_stored(runtime["stack"]) if runtime.get("stack") else None
         self._holder = iso.Holder(**runtime["holder"]) if runtime.get("holder") else None
-        self._spawner: Spawner | None = None  # started with the first command
+        self._spawner = SpawnerSlot()  # the thread commands start from: started with the first command
         # the workspace as commands see it; file operations take and show paths in this view
         self._view_root = iso.WORKSPACE if self._isolated else str(box.workspace)
         self._cwd = self._view_of(self._working_directory(config.working_directory))
@@ -183,33 +212,12 @@ class LocalAdapter(SandboxAdapter):
     def missing_features(
         cls, backend: Backend, config: SandboxConfig, provider_options: ProviderConfig
     ) -> Mapping[Feature, str]:
-        try:
-            options = _options(config)
-        except ConfigurationError:
-            return {}  # create() reports it
-        missing: dict[Feature, str] = {}
-        if options.isolation == "none":
-            why = iso.namespaces_unavailable() or "provider_config isolation is 'none'"
-            missing[Feature.NETWORK_POLICY] = f"no network namespace without isolation ({why})"
-        cpu = run_blocking(cg.unavailable, cg.Limits(cpu=1.0))
-        if cpu:
-            missing[Feature.LIMITS_CPU] = f"{cpu}; no rlimit can cap CPU rate"
-        if shutil.which("prlimit") is None:
-            memory = run_blocking(cg.unavailable, cg.Limits(memory=1 << 30))
-            if memory:
-                missing[Feature.LIMITS_MEMORY] = f"{memory}, and no prlimit for the rlimit fallback"
-        if options.isolation == "none":
-            missing[Feature.SNAPSHOT_MEMORY] = (
-                "memory snapshots need isolation 'namespaces' (a pid namespace)"
-            )
-        elif reason := run_blocking(criu.unavailable):
-            missing[Feature.SNAPSHOT_MEMORY] = reason
-        return missing
+        return run_blocking(_missing_features, config)
 
     @classmethod
     def create(cls, backend: Backend, config: SandboxConfig, provider_options: ProviderConfig) -> Self:
         settings = backend.settings
-        options = _options(config)
+        options = run_blocking(_options, config)
         if options.network == "none" and options.isolation == "none":
             raise CapabilityError(
                 Feature.NETWORK_POLICY.value,
@@ -234,11 +242,9 @@ class LocalAdapter(SandboxAdapter):
             if options.snapshots == "layers":
                 stack = layers.Stack([layers.BASE])
                 runtime["stack"] = stack.stored()
-                state = settings.state_dir.resolve()
-                run_blocking(layers.base_layer, state)
-                run_blocking(layers.mount_stack, state, box.data, box.workspace, stack)
+                run_blocking(_mount_first_stack, settings.state_dir, box, stack)
             run_blocking(box.save, SandboxStatus.running, config, None, runtime)
-            adapter = cls(box, config, settings, runtime)
+            adapter = run_blocking(cls, box, config, settings, runtime)  # it resolves paths
             run_blocking(adapter._make_cwd)
             if adapter._isolated:
                 run_blocking(adapter._start_holder)
@@ -290,12 +296,12 @@ class LocalAdapter(SandboxAdapter):
             limits = _limits(stored, iso.Options(**runtime["options"]))
             cgroup, launcher = run_blocking(cls._make_limits, box.sandbox_id, limits)
             runtime |= {"cgroup": None if cgroup is None else cgroup.stored(), "launcher": launcher}
-        adapter = cls(box, stored, settings, runtime)
+        adapter = run_blocking(cls, box, stored, settings, runtime)  # it resolves paths
         run_blocking(box.mount_disk)  # mounts do not survive a reboot
         if adapter._stack is None:
             run_blocking(box.recover)  # a restore its last owner did not finish (crash)
         else:  # mounts do not survive a reboot
-            run_blocking(layers.mount_stack, adapter._state_dir, box.data, box.workspace, adapter._stack)
+            run_blocking(adapter._mount_stack)
         run_blocking(adapter._save)
         return adapter
 
@@ -306,7 +312,7 @@ class LocalAdapter(SandboxAdapter):
 
     def close(self) -> None:
         self._kill_all()
-        self._stop_spawner()  # its thread must leave the cgroup before the cgroup can go
+        run_to_end(self._stop_spawner)  # its thread must leave the cgroup before the cgroup can go
         if self._cgroup is not None:
             run_blocking(self._cgroup.remove)
         if self.config.auto_cleanup:
@@ -321,7 +327,7 @@ class LocalAdapter(SandboxAdapter):
         self.status = SandboxStatus.closed
 
     def detach(self) -> None:
-        self._stop_spawner()
+        run_to_end(self._stop_spawner)
         super().detach()
 
     def _materialize(self) -> None:
@@ -359,6 +365,10 @@ class LocalAdapter(SandboxAdapter):
     def _collect_garbage(self) -> None:
         with layers.locked(self._state_dir):
             layers.collect_garbage(self._state_dir)
+
+    def _mount_stack(self) -> None:
+        assert self._stack is not None
+        layers.mount_stack(self._state_dir, self._box.data, self._box.workspace, self._stack)
 
     # -- namespaces -----------------------------------------------------------------------------------
 
@@ -460,19 +470,21 @@ class LocalAdapter(SandboxAdapter):
         command's from the start); the holder is started first, on an ordinary thread (bwrap mounts)."""
         if self._isolated:
             run_blocking(self._ensure_holder)
+        spawner = self._spawner.current
+        if spawner is None:  # the first command: the thread starts off the event loop
+            spawner = run_blocking(self._spawner_thread)
         start = functools.partial(self._spawn, command, working_dir, environment)
-        return run_in(self._spawner_thread(), start, abandoned=_kill_abandoned)
+        return run_in(spawner, start, abandoned=_kill_abandoned)
 
     def _spawner_thread(self) -> Spawner:
-        if self._spawner is None:
-            tasks = [] if self._cgroup is None else self._cgroup.thread_tasks()
-            self._spawner = Spawner(cgroup_tasks=tasks, filtered=self._isolated)
-        return self._spawner
+        """The sandbox's spawner, started on first use (blocking: the thread starts, joins the cgroup and
+        installs its seccomp filter before it is ready)."""
+        cgroup = self._cgroup
+        return self._spawner.start(lambda: [] if cgroup is None else cgroup.thread_tasks(), self._isolated)
 
     def _stop_spawner(self) -> None:
-        if self._spawner is not None:
-            self._spawner.stop()
-            self._spawner = None
+        """Blocking: waits until the spawner's thread has ended (and left the sandbox's cgroup)."""
+        self._spawner.stop()
 
     def _launch(
         self,
@@ -499,31 +511,33 @@ class LocalAdapter(SandboxAdapter):
 
     # -- files ----------------------------------------------------------------------------------------
 
+    # self._view() stats the sandbox's directory: it is evaluated in the worker thread, never on the loop
+
     def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
         data = self.content_bytes(content)
         append = mode.startswith("a")
-        run_blocking(confined.write_file, self._view(), self._cwd, path, data, append=append)
+        run_blocking(lambda: confined.write_file(self._view(), self._cwd, path, data, append=append))
 
     def download_file(self, path: str) -> bytes:
-        return run_blocking(confined.read_file, self._view(), self._cwd, path)
+        return run_blocking(lambda: confined.read_file(self._view(), self._cwd, path))
 
     def list_files(self, path: str = ".") -> list[FileInfo]:
-        return run_blocking(confined.list_directory, self._view(), self._cwd, path)
+        return run_blocking(lambda: confined.list_directory(self._view(), self._cwd, path))
 
     # These act on a symlink itself, not on what it points to, so a link leading out of the workspace can
     # still be inspected and removed (its target is never touched).
 
     def get_file_info(self, path: str) -> FileInfo:
-        return run_blocking(confined.file_info, self._view(), self._cwd, path)
+        return run_blocking(lambda: confined.file_info(self._view(), self._cwd, path))
 
     def file_exists(self, path: str) -> bool:
-        return run_blocking(confined.exists, self._view(), self._cwd, path)
+        return run_blocking(lambda: confined.exists(self._view(), self._cwd, path))
 
     def delete_file(self, path: str) -> None:
-        run_blocking(confined.delete, self._view(), self._cwd, path)
+        run_blocking(lambda: confined.delete(self._view(), self._cwd, path))
 
     def make_directory(self, path: str) -> None:
-        run_blocking(confined.make_directory, self._view(), self._cwd, path)
+        run_blocking(lambda: confined.make_directory(self._view(), self._cwd, path))
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -592,7 +606,7 @@ class LocalAdapter(SandboxAdapter):
         lowers = run_blocking(fs.snapshot_layers, self._state_dir, snapshot_id)
         info = run_blocking(fs.snapshot_info, self._state_dir, snapshot_id)
         memory = info.kind is SnapshotKind.memory
-        if memory and (reason := self._no_memory_snapshots()):
+        if memory and (reason := run_blocking(self._no_memory_snapshots)):  # a CRIU probe
             raise CapabilityError(
                 Feature.SNAPSHOT_MEMORY.value, self.provider_name, operation="restore_snapshot", hint=reason
             )

@@ -14,7 +14,7 @@ import os
 import time
 from collections.abc import Callable
 
-from grainchain._acompat import run_blocking, select
+from grainchain._acompat import run_blocking, run_to_end, select
 from grainchain._output import OutputCollector, Stream
 from grainchain.providers.local._hostproc import HostProcess
 
@@ -109,8 +109,9 @@ class HostRun:
         return _exit_code(self.child)
 
     def abandon(self) -> int | None:
-        self.child.kill_tree()
+        # a /proc scan and a wait, off the event loop; done even when the caller is cancelled (again)
+        run_to_end(self.child.kill_tree)
         return _exit_code(self.child)
 
     def close(self) -> None:
-        self.child.close()
+        run_to_end(self.child.close)  # three close() calls: off the loop too, and always done
