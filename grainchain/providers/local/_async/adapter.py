@@ -72,17 +72,23 @@ SNAPSHOT_MODES = ("layers", "copy")
 DEFAULT_PIDS_LIMIT = 4096
 
 
-def _options(config: SandboxConfig) -> iso.Options:
-    """The options of provider_config (whose keys and types LocalConfig checked when the Sandbox was made).
-    Blocking the first time (cgroup and namespace probes: a bwrap run, the seccomp filter's compilation)."""
+def _given(options: ProviderConfig) -> dict[str, Any]:
+    """The provider_config keys given (in the SandboxConfig or the config file's [providers.local]), as
+    LocalConfig checked them when the Sandbox was made; an unset key and a None differ for some."""
+    return options.model_dump(include=set(options.model_fields_set))
+
+
+def _options(given: Mapping[str, Any]) -> iso.Options:
+    """The options of provider_config. Blocking the first time (cgroup and namespace probes: a bwrap run,
+    the seccomp filter's compilation)."""
     default = DEFAULT_PIDS_LIMIT if cg.unavailable(cg.Limits(pids=DEFAULT_PIDS_LIMIT)) is None else None
-    return iso.parse_options(config.provider_config, default)
+    return iso.parse_options(given, default)
 
 
-def _missing_features(config: SandboxConfig) -> dict[Feature, str]:
+def _missing_features(given: Mapping[str, Any]) -> dict[Feature, str]:
     """What AsyncLocalAdapter.missing_features says; blocking (probes, cached after the first time)."""
     try:
-        options = _options(config)
+        options = _options(given)
     except ConfigurationError:
         return {}  # create() reports it
     missing: dict[Feature, str] = {}
@@ -100,9 +106,9 @@ def _missing_features(config: SandboxConfig) -> dict[Feature, str]:
     return missing
 
 
-def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
+def _snapshot_mode(given: Mapping[str, Any], settings: Settings) -> str:
     """provider_config snapshots: "layers" (overlayfs, default where it works) or "copy"."""
-    mode = config.provider_config.get("snapshots")
+    mode = given.get("snapshots")
     if mode is not None and mode not in SNAPSHOT_MODES:
         raise ConfigurationError(
             f"provider_config 'snapshots' of local must be one of {', '.join(map(repr, SNAPSHOT_MODES))}, "
@@ -115,14 +121,14 @@ def _snapshot_mode(config: SandboxConfig, settings: Settings) -> str:
     return str(mode or ("copy" if reason else "layers"))
 
 
-def _disk_limit(config: SandboxConfig, settings: Settings) -> int | None:
+def _disk_limit(given: Mapping[str, Any], settings: Settings) -> int | None:
     """provider_config disk_limit: a size (default disk.DEFAULT_LIMIT where a disk can be made, i.e. as
     root with loop devices), or None for no quota (snapshots of an idle sandbox are then faster: its
     upper layer is renamed into a layer instead of copied)."""
     state = settings.state_dir.resolve()
-    if "disk_limit" not in config.provider_config:
+    if "disk_limit" not in given:
         return disk.DEFAULT_LIMIT if disk.unavailable(state) is None else None
-    value = config.provider_config["disk_limit"]
+    value = given["disk_limit"]
     if value is None:
         return None
     try:
@@ -210,14 +216,15 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
     async def missing_features(
         cls, backend: AsyncBackend, config: SandboxConfig, provider_options: ProviderConfig
     ) -> Mapping[Feature, str]:
-        return await arun_blocking(_missing_features, config)
+        return await arun_blocking(_missing_features, _given(provider_options))
 
     @classmethod
     async def create(
         cls, backend: AsyncBackend, config: SandboxConfig, provider_options: ProviderConfig
     ) -> Self:
         settings = backend.settings
-        options = await arun_blocking(_options, config)
+        given = _given(provider_options)
+        options = await arun_blocking(_options, given)
         if options.network == "none" and options.isolation == "none":
             raise CapabilityError(
                 Feature.NETWORK_POLICY.value,
@@ -227,8 +234,8 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             )
         options = dataclasses.replace(
             options,
-            snapshots=await arun_blocking(_snapshot_mode, config, settings),
-            disk_limit=await arun_blocking(_disk_limit, config, settings),
+            snapshots=await arun_blocking(_snapshot_mode, given, settings),
+            disk_limit=await arun_blocking(_disk_limit, given, settings),
         )
         box = await arun_blocking(fs.SandboxDir.create, settings.state_dir, config, options.disk_limit)
         cgroup: cg.SandboxCgroup | None = None
