@@ -135,6 +135,7 @@ class AsyncSandboxAdapter:
             raise self._unsupported(Feature.PROCESS_BACKGROUND, "start_process")
         output = self._collector(on_stdout, on_stderr)
         oom = await self._oom_watch()
+        started = time.monotonic()
         run = await self._launch(command, working_dir, environment, None)
         try:
             pid = await run.pid()
@@ -144,7 +145,7 @@ class AsyncSandboxAdapter:
             finally:
                 await run.close()
             raise
-        handle = AsyncProcessHandle(command, run, output, pid=pid, oom=oom)
+        handle = AsyncProcessHandle(command, run, output, pid=pid, oom=oom, started=started)
         self._handles.add(handle)
         return handle
 

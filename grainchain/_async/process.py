@@ -27,6 +27,7 @@ class AsyncProcessHandle:
         *,
         pid: int | None = None,
         oom: OomWatch | None = None,
+        started: float | None = None,
     ) -> None:
         self.command = command
         self.id: str = run.id
@@ -34,7 +35,8 @@ class AsyncProcessHandle:
         self._run = run
         self._output = output
         self._oom = oom
-        self._started = time.monotonic()
+        # when the start began (time.monotonic()): execution_time counts from there, as execute()'s does
+        self._started = time.monotonic() if started is None else started
         self._elapsed = 0.0
         self._code: int | None = None
         self._task: AsyncTask = astart_task(self._follow)

@@ -137,6 +137,7 @@ class SandboxAdapter:
             raise self._unsupported(Feature.PROCESS_BACKGROUND, "start_process")
         output = self._collector(on_stdout, on_stderr)
         oom = self._oom_watch()
+        started = time.monotonic()
         run = self._launch(command, working_dir, environment, None)
         try:
             pid = run.pid()
@@ -146,7 +147,7 @@ class SandboxAdapter:
             finally:
                 run.close()
             raise
-        handle = ProcessHandle(command, run, output, pid=pid, oom=oom)
+        handle = ProcessHandle(command, run, output, pid=pid, oom=oom, started=started)
         self._handles.add(handle)
         return handle
 

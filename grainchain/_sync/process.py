@@ -29,6 +29,7 @@ class ProcessHandle:
         *,
         pid: int | None = None,
         oom: OomWatch | None = None,
+        started: float | None = None,
     ) -> None:
         self.command = command
         self.id: str = run.id
@@ -36,7 +37,8 @@ class ProcessHandle:
         self._run = run
         self._output = output
         self._oom = oom
-        self._started = time.monotonic()
+        # when the start began (time.monotonic()): execution_time counts from there, as execute()'s does
+        self._started = time.monotonic() if started is None else started
         self._elapsed = 0.0
         self._code: int | None = None
         self._task: Task = start_task(self._follow)
