@@ -113,7 +113,10 @@ def test_run_cleans_up_when_interrupted(signum: int, code: int) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"started\n"
         proc.send_signal(signum)
-        assert proc.wait(timeout=10) == code
+        # a hang guard, not a speed target: closing after an interrupt waits for the holder's pid namespace,
+        # which waits for the interrupted command's zombie to be reaped by this VM's init (up to 5 s at times;
+        # issue 14 owns that wait)
+        assert proc.wait(timeout=30) == code
         _, stderr = proc.communicate()
     assert b"Traceback" not in stderr  # no_leftover_processes checks that `sleep 30` is gone
 
