@@ -181,12 +181,21 @@ def create(state_dir: Path, image: Path, mount_point: Path, size: int) -> None:
 
 
 def unmount(mount_point: Path) -> None:
-    """Unmount the disk; lazily (MNT_DETACH) when something still holds it, e.g. a process being killed."""
+    """Unmount the disk; lazily (MNT_DETACH) when something still holds it, e.g. a process being killed,
+    after flushing it: a later mount of the same image (connect) attaches a new loop device, which reads the
+    image file, not the detached filesystem's unwritten cache (files written just before a close could
+    read back empty, under load)."""
     if _libc.umount2(str(mount_point).encode(), 0) == 0:
         return
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOENT):  # not mounted
         return
+    with contextlib.suppress(OSError):
+        fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _libc.syncfs(fd)
+        finally:
+            os.close(fd)
     if _libc.umount2(str(mount_point).encode(), 2) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"umount {mount_point}: {os.strerror(code)}")
