@@ -124,6 +124,16 @@ def _sparse_copy(source: Path, target: Path) -> None:
             offset = end
 
 
+def _attached(image: Path) -> str | None:
+    """The loop device still backed by `image`, if any."""
+    target = str(image.resolve())
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        with contextlib.suppress(OSError):
+            if backing.read_text().strip() == target:
+                return f"/dev/{backing.parent.parent.name}"
+    return None
+
+
 def _attach(image: Path) -> tuple[int, str]:
     """A free loop device backed by `image`, detaching itself once unused: (open fd of it, its path)."""
     with open(image, "r+b") as backing:
@@ -161,7 +171,14 @@ def mount(image: Path, mount_point: Path) -> None:
     if os.path.ismount(mount_point):
         return
     mount_point.mkdir(mode=0o700, exist_ok=True)
-    loop, device = _attach(image)
+    # A disk detached lazily (something still held it at close) lives on on its loop device: mount that
+    # device again, which gives back the same filesystem. A second loop device on the image would read
+    # the image file's stale page cache: files written before the close would be missing.
+    device = _attached(image)
+    if device is not None:
+        loop = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    else:
+        loop, device = _attach(image)
     try:
         flags = _MS_NOSUID | _MS_NODEV
         if _libc.mount(device.encode(), str(mount_point).encode(), b"ext4", flags, _MOUNT_OPTIONS.encode()):
@@ -181,21 +198,12 @@ def create(state_dir: Path, image: Path, mount_point: Path, size: int) -> None:
 
 
 def unmount(mount_point: Path) -> None:
-    """Unmount the disk; lazily (MNT_DETACH) when something still holds it, e.g. a process being killed,
-    after flushing it: a later mount of the same image (connect) attaches a new loop device, which reads the
-    image file, not the detached filesystem's unwritten cache (files written just before a close could
-    read back empty, under load)."""
+    """Unmount the disk; lazily (MNT_DETACH) when something still holds it, e.g. a process being killed."""
     if _libc.umount2(str(mount_point).encode(), 0) == 0:
         return
     code = ctypes.get_errno()
     if code in (errno.EINVAL, errno.ENOENT):  # not mounted
         return
-    with contextlib.suppress(OSError):
-        fd = os.open(mount_point, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            _libc.syncfs(fd)
-        finally:
-            os.close(fd)
     if _libc.umount2(str(mount_point).encode(), 2) != 0:
         code = ctypes.get_errno()
         raise OSError(code, f"umount {mount_point}: {os.strerror(code)}")
