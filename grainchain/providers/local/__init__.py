@@ -1,1 +1,0 @@
-"""The local provider: host processes in a private workspace, isolated by namespaces (bubblewrap)."""

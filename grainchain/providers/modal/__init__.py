@@ -1,1 +1,0 @@
-"""The modal provider (planned: its adapter comes with its issue; its provider_config is checked already)."""

@@ -1,1 +1,0 @@
-"""The capability spec: grainchain.yaml (the source of truth), its JSON Schema and the validator."""

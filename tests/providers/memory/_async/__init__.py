@@ -1,1 +1,0 @@
-"""The memory provider's adapter, async source of the generated `_sync/` twin."""
