@@ -10,7 +10,7 @@ nox.options.reuse_existing_virtualenvs = True
 
 
 def _install(session: nox.Session) -> None:
-    session.install("-e", ".[dev]")
+    session.install("-e", ".[dev]", "-e", "./conformance")
 
 
 @nox.session

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from grainchain import SandboxConfig, SnapshotKind
-from grainchain import _isolation as iso
-from grainchain._hostproc import SHELL, scrubbed_environment
+from grainchain.providers.local import _isolation as iso
+from grainchain.providers.local._hostproc import SHELL, scrubbed_environment
 from grainchain.sync import Sandbox
 
 

@@ -1,8 +1,9 @@
 """`python -m codegen` regenerates every generated file; `--check` fails on any drift instead.
 
-Generated: grainchain/_generated/ (models, features, providers), grainchain/_async/sandbox.py,
-grainchain/_sync/ (everything under _async/, through unasync), docs/feature-matrix.md.
-A stray file in a generated directory is drift too.
+Generated: everything under grainchain/_generated/ (models, features, providers, spec.json, both facades) and
+every `_sync/` folder (the twin of its `_async/` sibling, through unasync), plus docs/feature-matrix.md.
+A stray file in a generated directory is drift too. Reads spec/ and never imports grainchain, so it repairs
+a broken generated file.
 """
 
 from __future__ import annotations
@@ -16,12 +17,30 @@ from pathlib import Path
 
 from codegen.common import ROOT, header
 from codegen.models import render_models
-from codegen.render import SPEC, render_facade, render_features, render_matrix, render_providers
+from codegen.render import (
+    SPEC,
+    render_facade,
+    render_features,
+    render_matrix,
+    render_providers,
+    render_spec_json,
+    render_spec_module,
+)
 from codegen.sync import unasync_tree
-from grainchain.spec import load_spec, validate_spec
+from spec.validate import load_spec, validate_spec
 
-GENERATED_DIRS = ("grainchain/_generated", "grainchain/_sync")
-FACADE = "grainchain/_async/sandbox.py"
+FACADE = "grainchain/_generated/_async/sandbox.py"
+# hand-written async sources: the facade's base, every provider's folder, the test suite's providers
+ASYNC_SOURCE_GLOBS = (
+    "grainchain/_async/**/*.py",
+    "grainchain/providers/*/_async/**/*.py",
+    "tests/providers/*/_async/**/*.py",
+)
+
+
+def generated_dirs() -> list[Path]:
+    twins = (p for pattern in ("grainchain/**/_sync", "tests/**/_sync") for p in ROOT.glob(pattern))
+    return [ROOT / "grainchain/_generated", *(p for p in twins if p.is_dir())]
 
 
 def generate() -> dict[str, str]:
@@ -35,15 +54,17 @@ def generate() -> dict[str, str]:
         "grainchain/_generated/models.py": render_models(spec),
         "grainchain/_generated/features.py": render_features(spec),
         "grainchain/_generated/providers.py": render_providers(spec),
+        "grainchain/_generated/spec.py": render_spec_module(),
+        "grainchain/_generated/spec.json": render_spec_json(spec),
         FACADE: render_facade(spec),
         "docs/feature-matrix.md": render_matrix(spec),
     }
     async_sources = {
-        str(p.relative_to(ROOT)): p.read_text()
-        for p in sorted((ROOT / "grainchain/_async").rglob("*.py"))
-        if str(p.relative_to(ROOT)) != FACADE
+        str(p.relative_to(ROOT)): p.read_text() for pattern in ASYNC_SOURCE_GLOBS for p in ROOT.glob(pattern)
     }
+    files["grainchain/_generated/_async/__init__.py"] = header(SPEC)
     async_sources[FACADE] = files[FACADE]
+    async_sources["grainchain/_generated/_async/__init__.py"] = ""
     files.update(unasync_tree(async_sources))
     return _format(files)
 
@@ -66,8 +87,8 @@ def _format(files: dict[str, str]) -> dict[str, str]:
 
 def _on_disk() -> set[str]:
     found = set()
-    for directory in GENERATED_DIRS:
-        for path in (ROOT / directory).rglob("*"):
+    for directory in generated_dirs():
+        for path in directory.rglob("*"):
             if path.is_file() and "__pycache__" not in path.parts:
                 found.add(str(path.relative_to(ROOT)))
     return found

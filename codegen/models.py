@@ -32,4 +32,4 @@ def render_models(spec: dict[str, Any]) -> str:
     # The schema's root is only a holder for $defs; drop the empty model generated for it.
     body = re.sub(r"\n\nclass GrainchainModels\(RootModel\[Any\]\):\n(    .*\n)+", "\n", body)
     body = body.replace("RootModel, ", "").replace(", RootModel", "")
-    return header("grainchain/spec/grainchain.yaml (models)", tool="datamodel-code-generator") + body
+    return header("spec/grainchain.yaml (models)", tool="datamodel-code-generator") + body

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from codegen.common import header
+from spec.validate import requirement_features
 
-SPEC = "grainchain/spec/grainchain.yaml"
+SPEC = "spec/grainchain.yaml"
 
 
 def feature_member(name: str) -> str:
@@ -37,10 +39,24 @@ def render_features(spec: dict[str, Any]) -> str:
     lines += [
         f"    {field!r}: Feature.{feature_member(f)}," for field, f in spec["config_requirements"].items()
     ]
-    lines += ["}", "", "# Every feature an operation may need (some only for certain arguments).", ""]
+    lines += ["}", "", "# Features no operation or SandboxConfig field gates, each with the reason.", ""]
+    lines += ["INFORMATIONAL_FEATURES: Final[dict[Feature, str]] = {"]
+    lines += [
+        f"    Feature.{feature_member(n)}: {' '.join(f['informational'].split())!r},"
+        for n, f in spec["features"].items()
+        if "informational" in f
+    ]
+    lines += [
+        "}",
+        "",
+        "# Every feature an operation may need (some for certain arguments, one of an any_of).",
+        "",
+    ]
     lines += ["OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {"]
     for name, op in {**spec["operations"], **spec["lifecycle"]}.items():
-        needed = [r["feature"] if isinstance(r, dict) else r for r in op["requires"]]
+        needed = [
+            f for r in op["requires"] for f in (requirement_features(r) if isinstance(r, dict) else [r])
+        ]
         unique = list(dict.fromkeys(needed))
         members = "".join(f"Feature.{feature_member(f)}, " for f in unique)
         lines.append(f"    {name!r}: ({members}),")
@@ -66,8 +82,9 @@ def render_providers(spec: dict[str, Any]) -> str:
     for name, provider in spec["providers"].items():
         available = provider["status"] == "available"
         cls = f"{name.capitalize()}Adapter"
-        async_path = f"grainchain._async.providers.{name}:Async{cls}" if available else None
-        sync_path = f"grainchain._sync.providers.{name}:{cls}" if available else None
+        async_path = f"grainchain.providers.{name}._async.adapter:Async{cls}" if available else None
+        sync_path = f"grainchain.providers.{name}._sync.adapter:{cls}" if available else None
+        config_path = f"grainchain.providers.{name}.config:{name.capitalize()}Config"
         lines += [
             f"    {name!r}: ProviderInfo(",
             f"        name={name!r},",
@@ -75,6 +92,7 @@ def render_providers(spec: dict[str, Any]) -> str:
             f"        status={provider['status']!r},",
             f"        async_adapter={async_path!r},",
             f"        sync_adapter={sync_path!r},",
+            f"        config_model={config_path!r},",
             f"        extra={provider['extra']!r},",
             f"        sdk_module={provider['sdk_module']!r},",
             f"        credentials_env={tuple(provider['credentials_env'])!r},",
@@ -110,11 +128,25 @@ def _param_default(param: dict[str, Any]) -> str:
     return f" = {_default(value)}"
 
 
+def _requirement_expr(req: dict[str, Any]) -> str:
+    """`Feature.X`, or for `any_of` a tuple of them: the gate passes when the provider supports one."""
+    members = [f"Feature.{feature_member(f)}" for f in requirement_features(req)]
+    return f"({', '.join(members)})" if "any_of" in req else members[0]
+
+
+def _requirement_text(req: dict[str, Any], quote: str = "") -> str:
+    return " or ".join(f"{quote}{f}{quote}" for f in requirement_features(req))
+
+
 def _requirement_lines(op_name: str, op: dict[str, Any]) -> list[str]:
-    always = [r["feature"] for r in op["requires"] if "when_set" not in r and "when_equals" not in r]
-    lines = [f"        features = [{', '.join(f'Feature.{feature_member(f)}' for f in always)}]"]
+    always = [r for r in op["requires"] if "when_set" not in r and "when_equals" not in r]
+    listed = f"[{', '.join(_requirement_expr(r) for r in always)}]"
+    if any("any_of" in r for r in op["requires"]):
+        lines = [f"        features: list[Feature | tuple[Feature, ...]] = {listed}"]
+    else:
+        lines = [f"        features = {listed}"]
     for req in op["requires"]:
-        member = f"Feature.{feature_member(req['feature'])}"
+        member = _requirement_expr(req)
         if "when_set" in req:
             lines += [f"        if {req['when_set']} is not None:", f"            features.append({member})"]
         elif "when_equals" in req:
@@ -141,8 +173,10 @@ def _docstring(op: dict[str, Any]) -> list[str]:
         elif "when_equals" in req:
             ((param, value),) = req["when_equals"].items()
             cond = f" when {param}={value}"
-        needs.append(f"{req['feature']}{cond}")
-    lines.append(f"        Needs: {'; '.join(needs)} (else CapabilityError).")
+        needs.append(f"{_requirement_text(req)}{cond}")
+    first = [requirement_features(r)[0] for r in op["requires"] if "any_of" in r]
+    naming = f" naming {', '.join(first)}" if first else ""
+    lines.append(f"        Needs: {'; '.join(needs)} (else CapabilityError{naming}).")
     if op.get("raises"):
         lines.append(f"        Raises: {', '.join(op['raises'])}.")
     lines.append('        """')
@@ -206,16 +240,21 @@ def render_matrix(spec: dict[str, Any]) -> str:
         "",
         "What each provider declares in the capability spec. An unsupported feature raises `CapabilityError`",
         "before the provider is called; a provider may narrow a level at run time (e.g. Docker without CRIU),",
-        "never widen it. `planned` providers have no adapter yet.",
+        "never widen it. `planned` providers have no adapter yet. An *informational* feature (ⓘ below) is",
+        "gated by no operation or SandboxConfig field: it is set through the provider's `provider_config`.",
         "",
         "| Feature | " + " | ".join(f"{n} ({providers[n]['status']})" for n in names) + " |",
         "|---|" + "---|" * len(names),
     ]
-    for feature in spec["features"]:
+    for feature, entry in spec["features"].items():
         marks = " | ".join(_LEVEL_MARK[providers[n]["features"][feature]] for n in names)
-        lines.append(f"| `{feature}` | {marks} |")
+        lines.append(f"| `{feature}`{' ⓘ' if 'informational' in entry else ''} | {marks} |")
     lines += ["", "## Features", ""]
-    lines += [f"- `{name}`: {f['summary']}." for name, f in spec["features"].items()]
+    lines += [
+        f"- `{name}`: {f['summary']}."
+        + (f" ⓘ Informational: {' '.join(f['informational'].split())}." if "informational" in f else "")
+        for name, f in spec["features"].items()
+    ]
     lines += ["", "## Conventions every provider follows", ""]
     lines += [f"- **{name}**: {text}" for name, text in spec.get("conventions", {}).items()]
     lines += ["", "## Operations and the features they need", "", "| Operation | Needs |", "|---|---|"]
@@ -228,13 +267,19 @@ def render_matrix(spec: dict[str, Any]) -> str:
             elif "when_equals" in req:
                 ((param, value),) = req["when_equals"].items()
                 cond = f" (when `{param}={value}`)"
-            needs.append(f"`{req['feature']}`{cond}")
+            needs.append(f"{_requirement_text(req, '`')}{cond}")
         lines.append(f"| `{name}` | {', '.join(needs)} |")
     for name, entry in spec["lifecycle"].items():
         lines.append(
             f"| {name}: {entry['summary']} | {', '.join(f'`{f}`' for f in entry['requires']) or '—'} |"
         )
     lines.append("")
+    if any("any_of" in r for op in spec["operations"].values() for r in op["requires"]):
+        lines += [
+            "`A` or `B`: the operation needs any one of them; `CapabilityError` is raised only when the provider",
+            "supports none, and names the first (its hint lists them all).",
+            "",
+        ]
     lines += [
         "SandboxConfig fields that need a feature when set: "
         + ", ".join(f"`{field}` → `{f}`" for field, f in spec["config_requirements"].items())
@@ -242,3 +287,33 @@ def render_matrix(spec: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def render_spec_json(spec: dict[str, Any]) -> str:
+    """The whole spec as data, for what reads it at run time (the conformance suite, `grainchain spec show`)."""
+    return json.dumps(spec, indent=1, sort_keys=False) + "\n"
+
+
+def render_spec_module() -> str:
+    return "\n".join(
+        [
+            header(SPEC),
+            '"""The capability spec as data (spec.json beside this file), read only by those who need all of it."""',
+            "",
+            "from __future__ import annotations",
+            "",
+            "import json",
+            "from importlib import resources",
+            "from typing import Any",
+            "",
+            "",
+            "def spec_json() -> str:",
+            '    return resources.files(__package__).joinpath("spec.json").read_text(encoding="utf-8")',
+            "",
+            "",
+            "def load_spec() -> dict[str, Any]:",
+            "    spec: dict[str, Any] = json.loads(spec_json())",
+            "    return spec",
+            "",
+        ]
+    )

@@ -1,18 +1,17 @@
-"""grainchain/_async/** → grainchain/_sync/** with unasync (pinned 0.6.0), plus our renames.
+"""Every `_async/` folder → its `_sync/` twin (codegen/unasync_tokens.py), with our rename tables.
 
-unasync's default rule turns `AsyncFoo` into `SyncFoo`; we want `Foo`, so every `Async*` name must have an
-explicit entry here, and every entry must be used (codegen fails otherwise, keeping this list honest).
+Every `Async*` name must have an explicit entry here (global, or for the module it appears in), and every entry
+must be used (codegen fails otherwise, keeping these lists honest). `X.aio` → `X` needs no entry.
 """
 
 from __future__ import annotations
 
+import ast
 import re
-import tempfile
 from pathlib import Path
 
-import unasync
-
-from codegen.common import header
+from codegen import unasync_tokens as tokens
+from codegen.common import ROOT, header
 
 REPLACEMENTS = {
     "_async": "_sync",
@@ -22,56 +21,67 @@ REPLACEMENTS = {
     "AsyncTask": "Task",
     "arun_blocking": "run_blocking",
     "arun_in": "run_in",
+    "arun_to_end": "run_to_end",
     "AFLAVOUR": "FLAVOUR",
+    "ascope": "scope",
+    "asleep": "sleep",
+    "AsyncEvent": "Event",
+    "afail_after": "fail_after",
     # facade and adapters
     "AsyncSandbox": "Sandbox",
     "AsyncSandboxBase": "SandboxBase",
     "AsyncSandboxAdapter": "SandboxAdapter",
+    "AsyncBackend": "Backend",
     "AsyncProcessHandle": "ProcessHandle",
-    "AsyncHostProcessHandle": "HostProcessHandle",
-    "AsyncLocalAdapter": "LocalAdapter",
-    "AsyncLocalProcessHandle": "LocalProcessHandle",
-    "AsyncDockerAdapter": "DockerAdapter",
-    "AsyncDockerProcessHandle": "DockerProcessHandle",
-    # httpx (the docker provider)
-    "AsyncClient": "Client",
-    "AsyncHTTPTransport": "HTTPTransport",
-    "aiter_raw": "iter_raw",
-    "aiter_lines": "iter_lines",
-    "aread": "read",
     "aclose": "close",
 }
-_ASYNC_NAME = re.compile(r"\bAsync[A-Z]\w*")
+
+
+# Renames that apply to some files only (fnmatch on the source path). A provider's folder brings its own,
+# so that adding a provider touches nothing here: every `class AsyncFoo` defined in its `_async/` maps to
+# `Foo` there, and its `__init__.py` may set `SYNC_RENAMES = {...}` (a literal, read without importing it)
+# for its SDK's names, e.g. {"aexec": "exec"} for morph, {"AsyncClient": "Client"} for httpx. Each entry
+# must be used there.
+MODULE_REPLACEMENTS: dict[str, dict[str, str]] = {}
+_PROVIDER_FOLDER = re.compile(r"^((?:grainchain|tests)/providers/[^/]+)/_async/")
+
+
+def provider_replacements(sources: dict[str, str]) -> dict[str, dict[str, str]]:
+    """{"<provider>/_async/*": renames} for every provider folder among the sources."""
+    found: dict[str, dict[str, str]] = {}
+    for rel, text in sorted(sources.items()):
+        folder = _PROVIDER_FOLDER.match(rel)
+        if folder is None:
+            continue
+        pattern = f"{folder.group(1)}/_async/*"
+        if pattern not in found:
+            package = ROOT / folder.group(1) / "__init__.py"
+            found[pattern] = _declared_renames(package) if package.is_file() else {}
+        found[pattern].update(dict(re.findall(r"^class (Async([A-Z]\w*))\b", text, re.MULTILINE)))
+    return found
+
+
+def _declared_renames(package: Path) -> dict[str, str]:
+    rel = package.relative_to(ROOT)
+    for node in ast.parse(package.read_text(), str(rel)).body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(target, ast.Name) and target.id == "SYNC_RENAMES" for target in node.targets
+        ):
+            value = ast.literal_eval(node.value)
+            if not (isinstance(value, dict) and all(isinstance(x, str) for x in [*value, *value.values()])):
+                raise SystemExit(f"codegen: {rel}: SYNC_RENAMES must be a dict of str to str")
+            return dict(value)
+    return {}
 
 
 def unasync_tree(sources: dict[str, str]) -> dict[str, str]:
-    """Map {"grainchain/_async/x.py": source} to {"grainchain/_sync/x.py": generated source}."""
-    unknown = sorted({m for src in sources.values() for m in _ASYNC_NAME.findall(src)} - set(REPLACEMENTS))
-    if unknown:
-        raise SystemExit(f"codegen: add sync names for {', '.join(unknown)} to codegen/sync.py REPLACEMENTS")
-    unused = [
-        name for name in REPLACEMENTS if not any(re.search(rf"\b{name}\b", src) for src in sources.values())
-    ]
-    if unused:
-        raise SystemExit(f"codegen: unused unasync replacements (remove them): {', '.join(unused)}")
-    with tempfile.TemporaryDirectory() as tmp:
-        src_root = Path(tmp, "src", "_async")
-        dst_root = Path(tmp, "dst", "_sync")
-        for rel, text in sources.items():
-            path = src_root / Path(rel).relative_to("grainchain/_async")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        # absolute paths: unasync 0.6.0 overwrites the source in place when given relative ones
-        rule = unasync.Rule(
-            fromdir=str(src_root) + "/", todir=str(dst_root) + "/", additional_replacements=REPLACEMENTS
-        )
-        unasync.unasync_files([str(p) for p in sorted(src_root.rglob("*.py"))], rules=[rule])
-        out = {}
-        for path in sorted(dst_root.rglob("*.py")):
-            rel = path.relative_to(dst_root)
-            source = f"grainchain/_async/{rel}"
-            text = path.read_text()
-            if sources[source].startswith("# GENERATED"):  # keep one header, naming the original source
-                text = text.split("\n", 2)[2]
-            out[f"grainchain/_sync/{rel}"] = header(source, tool="unasync") + text
+    """Map {".../_async/x.py": source} to {".../_sync/x.py": generated source, with its header}."""
+    module_replacements = {**provider_replacements(sources), **MODULE_REPLACEMENTS}
+    twins = tokens.unasync_tree(sources, REPLACEMENTS, module_replacements)
+    out = {}
+    for rel, source_text in sources.items():
+        text = twins[tokens.sync_path(rel)]
+        if source_text.startswith("# GENERATED"):  # keep one header, naming the original source
+            text = text.split("\n", 2)[2]
+        out[tokens.sync_path(rel)] = header(rel, tool="codegen/unasync_tokens.py") + text
     return out

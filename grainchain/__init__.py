@@ -5,44 +5,99 @@
 
 `grainchain.Sandbox` is `grainchain.AsyncSandbox`, as the API document promises; the blocking client has the
 same methods in `grainchain.sync`.
+
+`import grainchain` loads only the error classes: the facade and the models (pydantic, the settings, the
+registry) are imported on first use of their name (`from grainchain import Sandbox` loads them), so a
+program that merely imports grainchain, or only catches its errors, does not pay for them. The benchmark
+(`grainchain benchmark run`) measures the import against a bare interpreter.
 """
 
-from grainchain._async.process import AsyncProcessHandle
-from grainchain._async.sandbox import AsyncSandbox
-from grainchain._generated.features import Feature
-from grainchain._provider_info import ProviderInfo
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from grainchain.errors import (
     AuthenticationError,
+    BackendConnectionError,
+    BackendTimeoutError,
     CapabilityError,
+    CommandError,
     CommandTimeoutError,
     ConfigurationError,
     FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
     MemoryLimitExceededError,
+    NotFoundError,
     OutputLimitExceededError,
     PathOutsideSandboxError,
     ProviderError,
     ProviderNotFoundError,
     ProviderUnavailableError,
     RateLimitError,
+    RemoteError,
     SandboxNotFoundError,
     SandboxNotRunningError,
     SnapshotNotFoundError,
 )
-from grainchain.models import (
-    ExecutionResult,
-    FileInfo,
-    SandboxConfig,
-    SandboxInfo,
-    SandboxStatus,
-    SnapshotInfo,
-    SnapshotKind,
-    SupportLevel,
-)
 
-Sandbox = AsyncSandbox
-"""The async sandbox, under the name the API document uses. Blocking code: `from grainchain.sync import Sandbox`."""
+if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below imports these on first use
+    from grainchain._async.process import AsyncProcessHandle
+    from grainchain._generated._async.sandbox import AsyncSandbox
+    from grainchain._generated.features import Feature
+    from grainchain._provider_info import ProviderInfo
+    from grainchain.models import (
+        ExecutionResult,
+        FileInfo,
+        SandboxConfig,
+        SandboxInfo,
+        SandboxStatus,
+        SnapshotInfo,
+        SnapshotKind,
+        SupportLevel,
+    )
+
+    Sandbox = AsyncSandbox
+    """The async sandbox, under the name the API document uses. Blocking code: `from grainchain.sync import Sandbox`."""
+
+# name -> (module, attribute): the public names that are imported when first asked for
+_LAZY: dict[str, tuple[str, str]] = {
+    "AsyncProcessHandle": ("grainchain._async.process", "AsyncProcessHandle"),
+    "AsyncSandbox": ("grainchain._generated._async.sandbox", "AsyncSandbox"),
+    "Sandbox": ("grainchain._generated._async.sandbox", "AsyncSandbox"),
+    "Feature": ("grainchain._generated.features", "Feature"),
+    "ProviderInfo": ("grainchain._provider_info", "ProviderInfo"),
+    **{
+        name: ("grainchain.models", name)
+        for name in (
+            "ExecutionResult",
+            "FileInfo",
+            "SandboxConfig",
+            "SandboxInfo",
+            "SandboxStatus",
+            "SnapshotInfo",
+            "SnapshotKind",
+            "SupportLevel",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazily-loaded public name (PEP 562); it is then a plain module attribute."""
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __version__ = "0.1.0"
 
@@ -50,7 +105,10 @@ __all__ = [
     "AsyncProcessHandle",
     "AsyncSandbox",
     "AuthenticationError",
+    "BackendConnectionError",
+    "BackendTimeoutError",
     "CapabilityError",
+    "CommandError",
     "CommandTimeoutError",
     "ConfigurationError",
     "ExecutionResult",
@@ -60,6 +118,7 @@ __all__ = [
     "GrainchainError",
     "InvalidArgumentError",
     "MemoryLimitExceededError",
+    "NotFoundError",
     "OutputLimitExceededError",
     "PathOutsideSandboxError",
     "ProviderError",
@@ -67,6 +126,7 @@ __all__ = [
     "ProviderNotFoundError",
     "ProviderUnavailableError",
     "RateLimitError",
+    "RemoteError",
     "Sandbox",
     "SandboxConfig",
     "SandboxInfo",

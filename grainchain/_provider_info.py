@@ -11,6 +11,7 @@ from typing import Any
 
 from grainchain._generated.features import Feature
 from grainchain._generated.models import SupportLevel
+from grainchain._provider_config import OpenProviderConfig, ProviderConfig
 from grainchain.errors import ProviderUnavailableError
 
 
@@ -25,6 +26,8 @@ class ProviderInfo:
     features: Mapping[Feature, SupportLevel]
     async_adapter: str | None = None
     sync_adapter: str | None = None
+    # "module:Class" of its provider_config model (a grainchain.ProviderConfig); None: any keys are passed on
+    config_model: str | None = None
     summary: str = ""
     status: str = "available"  # "planned": declared in the spec, no adapter yet
     extra: str | None = None  # pip extra that installs the provider's SDK
@@ -59,6 +62,27 @@ class ProviderInfo:
     def missing_credentials(self) -> list[str]:
         return [name for name in self.credentials_env if not os.environ.get(name)]
 
+    def load_config_model(self) -> type[ProviderConfig]:
+        """The provider's provider_config model (imports only its config module, never its SDK)."""
+        if self.config_model is None:
+            return OpenProviderConfig
+        model = self._import(self.config_model, "provider_config model")
+        if not (isinstance(model, type) and issubclass(model, ProviderConfig)):
+            raise ProviderUnavailableError(
+                f"provider {self.name!r}: {self.config_model!r} is not a grainchain ProviderConfig",
+                provider=self.name,
+            )
+        return model
+
+    def _import(self, path: str, what: str) -> Any:
+        module_name, _, attr = path.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ProviderUnavailableError(
+                f"provider {self.name!r}: cannot import its {what} {path!r}: {exc}", provider=self.name
+            ) from exc
+
     def load_adapter(self, flavour: str) -> Any:
         """Import the "async" or "sync" adapter class; a missing SDK or adapter is ProviderUnavailableError."""
         path = self.sync_adapter if flavour == "sync" else self.async_adapter
@@ -74,10 +98,4 @@ class ProviderInfo:
                 f"provider {self.name!r} needs the {self.sdk_module!r} package: {self.install_hint}",
                 provider=self.name,
             )
-        module_name, _, attr = path.partition(":")
-        try:
-            return getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ProviderUnavailableError(
-                f"provider {self.name!r}: cannot import its adapter {path!r}: {exc}", provider=self.name
-            ) from exc
+        return self._import(path, "adapter")

@@ -3,8 +3,7 @@
     grainchain run [--provider P] [--timeout S] [--workdir DIR] [--env KEY=VALUE ...] -- CMD [ARGS]...
     grainchain providers [--json]
     grainchain conformance PROVIDER [--thorough] [--config JSON] [-- PYTEST ARGS...]
-    grainchain spec check [FILE]
-    grainchain spec show [--path]
+    grainchain spec show
     grainchain benchmark run [--provider P ...] [--iterations N] [--warmup W] [--output DIR] [--quick]
                              [--config PROVIDER=JSON ...]
     grainchain benchmark compare OLD.json NEW.json [--threshold F] [--min-delta-ms MS]
@@ -40,7 +39,6 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol, TextIO, cast
 
 import typer
-import yaml
 from rich import box
 from rich.console import Console
 from rich.table import Table
@@ -53,7 +51,6 @@ from grainchain.errors import CommandTimeoutError, ConfigurationError, Grainchai
 from grainchain.models import SandboxConfig, SupportLevel
 from grainchain.registry import all_providers, get_provider
 from grainchain.settings import ENV_PREFIX, Settings, config_file_path, load_settings, validate_config
-from grainchain.spec import default_spec_path, load_spec, validate_spec
 from grainchain.sync import Sandbox
 
 if TYPE_CHECKING:
@@ -73,9 +70,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-spec_app = typer.Typer(
-    help="The capability spec (grainchain.yaml) that the SDK is generated from.", no_args_is_help=True
-)
+spec_app = typer.Typer(help="The capability spec that the SDK is generated from.", no_args_is_help=True)
 app.add_typer(spec_app, name="spec")
 
 
@@ -449,7 +444,7 @@ _PYTEST_NO_TESTS = 5
 
 def _missing_conformance_dependency() -> str | None:
     """The first of the suite's dependencies that cannot be imported, if any."""
-    for module in ("pytest", "hypothesis"):
+    for module in ("grainchain_conformance", "pytest", "hypothesis"):
         try:
             importlib.import_module(module)
         except ImportError:
@@ -458,11 +453,11 @@ def _missing_conformance_dependency() -> str | None:
 
 
 def _conformance_command(provider: str, config: str | None, thorough: bool, report: Path) -> list[str]:
-    command = [sys.executable, "-m", "pytest", "--pyargs", "grainchain.conformance"]
+    command = [sys.executable, "-m", "pytest", "--pyargs", "grainchain_conformance"]
     command += ["--grainchain-provider", provider, "--grainchain-report", str(report)]
     command += ["--grainchain-no-table", "-p", "no:cacheprovider", "-q"]
     if os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        command += ["-p", "grainchain.conformance.plugin"]  # not loaded through its entry point then
+        command += ["-p", "grainchain_conformance.plugin"]  # not loaded through its entry point then
     if config is not None:
         command += ["--grainchain-config", config]
     if thorough:
@@ -589,7 +584,7 @@ def conformance(
 ) -> None:
     """Run the conformance suite against a provider and summarise the results per feature.
 
-    Runs pytest --pyargs grainchain.conformance --grainchain-provider PROVIDER,
+    Runs pytest --pyargs grainchain_conformance --grainchain-provider PROVIDER,
     showing its progress and failures (with Hypothesis's shrunk steps) as they
     happen, then a table: per feature, the declared level and the tests passed,
     failed and skipped. Exits 0 when the suite passes, 1 when it fails.
@@ -641,55 +636,14 @@ def conformance(
 # -- spec -------------------------------------------------------------------------------------------------
 
 
-def _read_spec(path: Path) -> dict[str, Any]:
-    try:
-        return load_spec(path)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        _fail(f"{where}: invalid YAML: {exc.problem or exc.context}")
-    except (yaml.YAMLError, ValueError, OSError) as exc:
-        message = str(exc)
-        _fail(message if str(path) in message else f"{path}: {message}")
-
-
-@spec_app.command("check")
-def spec_check(
-    file: Annotated[
-        Path | None,
-        typer.Argument(
-            metavar="FILE",
-            exists=True,
-            dir_okay=False,
-            help="Spec file to check. Default: the spec packaged with grainchain.",
-            show_default=False,
-        ),
-    ] = None,
-) -> None:
-    """Validate a spec against its JSON Schema and cross-check its references."""
-    path = file or default_spec_path()
-    spec = _read_spec(path)
-    problems = validate_spec(spec)
-    if problems:
-        for problem in problems:
-            sys.stdout.write(f"{path}: {problem}\n")
-        _fail(f"{path}: {len(problems)} problem{'s' if len(problems) != 1 else ''} found")
-    counts = (len(spec[key]) for key in ("features", "operations", "providers"))
-    sys.stdout.write("spec OK: {} features, {} operations, {} providers\n".format(*counts))
-
-
 @spec_app.command("show")
-def spec_show(
-    path_only: Annotated[
-        bool, typer.Option("--path", help="Print where the packaged spec is instead of its content.")
-    ] = False,
-) -> None:
-    """Print the packaged spec (YAML)."""
-    path = default_spec_path()
-    if path_only:
-        sys.stdout.write(f"{path}\n")
-    else:
-        sys.stdout.write(path.read_text(encoding="utf-8"))
+def spec_show() -> None:
+    """Print the capability spec this grainchain was generated from (JSON).
+
+    The YAML source, its schema and `python -m spec` (the validator) live in the repository's spec/."""
+    from grainchain._generated.spec import spec_json
+
+    sys.stdout.write(spec_json())
 
 
 # -- benchmark --------------------------------------------------------------------------------------------

@@ -1,26 +1,33 @@
 """Every error grainchain raises.
 
     GrainchainError
-    ├── ConfigurationError            bad SandboxConfig / settings / config file
+    ├── ConfigurationError            bad SandboxConfig / settings / config file; an image it cannot get
     ├── InvalidArgumentError          bad argument to an operation (also a ValueError)
     ├── ProviderNotFoundError         unknown provider name (lists the known ones)
     ├── ProviderUnavailableError      provider's SDK or backend is missing (says what to install)
     ├── AuthenticationError
     ├── CapabilityError               the provider does not support the feature (names who does)
-    ├── SandboxNotFoundError
+    ├── NotFoundError                 something named by id or path does not exist
+    │   ├── SandboxNotFoundError
+    │   ├── SnapshotNotFoundError
+    │   └── FileNotFoundInSandboxError    (also a FileNotFoundError)
     ├── SandboxNotRunningError        closed or terminated sandbox
-    ├── CommandTimeoutError           carries the partial stdout/stderr
-    ├── OutputLimitExceededError      output over SandboxConfig.output_limit
-    ├── MemoryLimitExceededError      a command was killed for going over SandboxConfig.memory_limit
-    ├── FileNotFoundInSandboxError    (also a FileNotFoundError)
-    ├── PathOutsideSandboxError       path escapes the sandbox by `..` or a symlink
-    ├── SnapshotNotFoundError
-    ├── RateLimitError
+    ├── PathOutsideSandboxError       escapes the sandbox by `..` or a symlink (also a PermissionError)
+    ├── CommandError                  a command did not end normally; carries its stdout/stderr so far
+    │   ├── CommandTimeoutError           ran past its timeout (also a TimeoutError)
+    │   ├── OutputLimitExceededError      output over SandboxConfig.output_limit
+    │   └── MemoryLimitExceededError      killed for going over SandboxConfig.memory_limit
+    ├── RemoteError                   the backend was not reachable or asked to wait: retryable
+    │   ├── BackendConnectionError        no connection, or it broke (also a ConnectionError)
+    │   ├── BackendTimeoutError           the backend did not answer in time (also a TimeoutError)
+    │   └── RateLimitError                carries retry_after (seconds) when the backend said
     └── ProviderError                 anything else the provider reported; the original is `__cause__`
 
 Each carries `provider` and `operation` (filled in by the facade when the adapter did not) and
 `retryable`: True (trying again may work), False (it will not) or None (unknown).
 A non-zero exit code is not an error: it is an ExecutionResult with `success == False`.
+A provider's internal "not found" (an engine's image, volume, exec...) is never a SandboxNotFoundError:
+that one means the sandbox itself is gone.
 """
 
 from __future__ import annotations
@@ -132,8 +139,17 @@ class CapabilityError(GrainchainError):
         super().__init__(message, provider=provider, operation=operation)
 
 
-class SandboxNotFoundError(GrainchainError):
-    """No sandbox with this id exists (any more)."""
+class NotFoundError(GrainchainError):
+    """Something named by id or path does not exist: a sandbox, a snapshot, a file in the sandbox.
+
+    `except NotFoundError` catches all three; a provider's own internal "not found" (an image, volume or
+    exec of its backend) is mapped to the error that describes it for the user, never to these blindly."""
+
+    retryable = False
+
+
+class SandboxNotFoundError(NotFoundError):
+    """No sandbox with this id exists (any more): the sandbox itself, not something a provider uses for it."""
 
     retryable = False
 
@@ -144,7 +160,15 @@ class SandboxNotRunningError(GrainchainError):
     retryable = False
 
 
-class CommandTimeoutError(GrainchainError, TimeoutError):
+class CommandError(GrainchainError):
+    """A command did not end normally: it ran past its timeout, wrote too much or went over the memory
+    limit. Carries what it wrote so far as `stdout` and `stderr`."""
+
+    stdout: str = ""
+    stderr: str = ""
+
+
+class CommandTimeoutError(CommandError, TimeoutError):
     """A command ran longer than its timeout; it was killed with all its processes."""
 
     retryable = True
@@ -166,7 +190,7 @@ class CommandTimeoutError(GrainchainError, TimeoutError):
         self.stderr = stderr
 
 
-class OutputLimitExceededError(GrainchainError):
+class OutputLimitExceededError(CommandError):
     """A command wrote more output than SandboxConfig.output_limit; it was killed."""
 
     retryable = False
@@ -186,7 +210,7 @@ class OutputLimitExceededError(GrainchainError):
         self.stderr = stderr
 
 
-class MemoryLimitExceededError(GrainchainError):
+class MemoryLimitExceededError(CommandError):
     """A command failed because the kernel killed a process of the sandbox for going over
     SandboxConfig.memory_limit while it ran; carries the output so far and the exit code."""
 
@@ -211,7 +235,7 @@ class MemoryLimitExceededError(GrainchainError):
         self.stderr = stderr
 
 
-class FileNotFoundInSandboxError(GrainchainError, FileNotFoundError):
+class FileNotFoundInSandboxError(NotFoundError, FileNotFoundError):
     """The path does not exist in the sandbox."""
 
     retryable = False
@@ -231,7 +255,7 @@ class PathOutsideSandboxError(GrainchainError, PermissionError):
         self.path = path
 
 
-class SnapshotNotFoundError(GrainchainError):
+class SnapshotNotFoundError(NotFoundError):
     """No snapshot with this id exists for the provider."""
 
     retryable = False
@@ -241,10 +265,32 @@ class SnapshotNotFoundError(GrainchainError):
         self.snapshot_id = snapshot_id
 
 
-class RateLimitError(GrainchainError):
-    """The provider asked us to slow down."""
+class RemoteError(GrainchainError):
+    """The backend of a provider could not be reached, did not answer in time, or asked us to wait:
+    nothing was wrong with the request, so trying it again later may work."""
 
     retryable = True
+
+
+class BackendConnectionError(RemoteError, ConnectionError):
+    """No connection to the provider's backend could be made, or it broke during a call; the message says
+    where it tried and what to check (is the service running, the address or socket path)."""
+
+
+class BackendTimeoutError(RemoteError, TimeoutError):
+    """The provider's backend did not answer in time (the call itself, not a command in the sandbox: that
+    is CommandTimeoutError)."""
+
+
+class RateLimitError(RemoteError):
+    """The provider asked us to slow down; `retry_after` is how many seconds it asked us to wait, when it
+    said (a Retry-After header), else None."""
+
+    def __init__(
+        self, message: str, *, retry_after: float | None = None, **context: Unpack[ErrorContext]
+    ) -> None:
+        super().__init__(message, **context)
+        self.retry_after = retry_after
 
 
 class ProviderError(GrainchainError):
@@ -253,19 +299,24 @@ class ProviderError(GrainchainError):
 
 __all__ = [
     "AuthenticationError",
+    "BackendConnectionError",
+    "BackendTimeoutError",
     "CapabilityError",
+    "CommandError",
     "CommandTimeoutError",
     "ConfigurationError",
     "FileNotFoundInSandboxError",
     "GrainchainError",
     "InvalidArgumentError",
     "MemoryLimitExceededError",
+    "NotFoundError",
     "OutputLimitExceededError",
     "PathOutsideSandboxError",
     "ProviderError",
     "ProviderNotFoundError",
     "ProviderUnavailableError",
     "RateLimitError",
+    "RemoteError",
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "SnapshotNotFoundError",

@@ -8,6 +8,9 @@ The config file is TOML at $GRAINCHAIN_CONFIG, else the user config dir (~/.conf
     [sandbox]            # defaults for every SandboxConfig field the caller leaves unset
     timeout = 120
     memory_limit = "2GB"
+
+    [providers.docker]   # defaults for a provider's provider_config keys (credentials too: the lowest
+    image = "python:3.12-slim"   # priority, after provider_config and the environment)
 """
 
 from __future__ import annotations
@@ -45,6 +48,9 @@ class Settings(BaseSettings):
         description="Where providers keep workspaces and snapshots.",
     )
     sandbox: dict[str, Any] = Field(default_factory=dict, description="Defaults for SandboxConfig fields.")
+    providers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per provider: defaults for its provider_config keys."
+    )
 
     @field_validator("default_provider")
     @classmethod

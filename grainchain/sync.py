@@ -6,7 +6,7 @@ with Sandbox() as sandbox:
     print(sandbox.execute("echo hi").stdout)
 """
 
+from grainchain._generated._sync.sandbox import Sandbox
 from grainchain._sync.process import ProcessHandle
-from grainchain._sync.sandbox import Sandbox
 
 __all__ = ["ProcessHandle", "Sandbox"]

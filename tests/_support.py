@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from grainchain import AsyncSandbox, ExecutionResult, SandboxConfig, SandboxInfo
-from grainchain._localfs import SandboxDir
+from grainchain.providers.local._localfs import SandboxDir
 from grainchain.sync import ProcessHandle
 from grainchain.sync import Sandbox as SyncSandbox
 

@@ -1,5 +1,5 @@
 """Lying providers written blind: without reading the conformance suite, from the spec
-(grainchain/spec/grainchain.yaml) and docs/writing-a-provider.md only.
+(spec/grainchain.yaml) and docs/writing-a-provider.md only.
 
 Each BlindLiar is the local provider with one realistic bug. `methods` is the body of the async liar class
 (indented for the class body, as the template places it); the sync class gets the same text with every
@@ -284,7 +284,7 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             command=command, working_dir=working_dir, environment=environment, on_stdout=on_stdout,
             on_stderr=on_stderr,
         )
-        pid = handle._child.pid
+        pid = handle.pid  # (isolation none: the host pid)
 
         async def _signal():
             with contextlib.suppress(ProcessLookupError):
@@ -967,11 +967,11 @@ with Sandbox(name, SandboxConfig(output_limit="4MiB", provider_config={"isolatio
         ),
         methods=r"""
     @classmethod
-    async def create(cls, config, settings):
-        backend = config
+    async def create(cls, backend, config, options):
+        lied = config
         if config.memory_limit is not None:
-            backend = config.model_copy(update={"memory_limit": int(config.memory_limit) * 1024})
-        adapter = await super().create(backend, settings)
+            lied = config.model_copy(update={"memory_limit": int(config.memory_limit) * 1024})
+        adapter = await super().create(backend, lied, options)
         adapter.config = config
         return adapter
 """,
@@ -995,11 +995,11 @@ with Sandbox(name, SandboxConfig(memory_limit="128MB", provider_config={"isolati
         ),
         methods=r"""
     @classmethod
-    async def create(cls, config, settings):
-        backend = config
+    async def create(cls, backend, config, options):
+        lied = config
         if config.cpu_limit is not None:
-            backend = config.model_copy(update={"cpu_limit": float(math.ceil(config.cpu_limit))})
-        adapter = await super().create(backend, settings)
+            lied = config.model_copy(update={"cpu_limit": float(math.ceil(config.cpu_limit))})
+        adapter = await super().create(backend, lied, options)
         adapter.config = config
         return adapter
 """,

@@ -3,8 +3,9 @@ a sandbox process running."""
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ import pytest
 from _procs import process_environments
 from _support import AwaitableSync, close
 
-from grainchain import AsyncSandbox, SandboxConfig
-from grainchain._hostproc import SANDBOX_MARKER, STATE_MARKER, state_tag
+from grainchain import AsyncSandbox, ProviderError, ProviderInfo, SandboxConfig, registry
+from grainchain._commands import SANDBOX_MARKER
+from grainchain.providers.local._hostproc import STATE_MARKER, state_tag
 from grainchain.sync import Sandbox as SyncSandbox
 
 
@@ -78,3 +80,25 @@ async def make_sandbox(request: pytest.FixtureRequest) -> AsyncIterator[SandboxF
 @pytest.fixture
 async def sandbox(make_sandbox: SandboxFactory) -> Any:
     return await make_sandbox()
+
+
+MemoryProvider = Callable[..., ProviderInfo]
+
+
+@pytest.fixture
+def memory_provider() -> Iterator[MemoryProvider]:
+    """memory_provider(features=None, **ProviderInfo fields) registers the in-memory fake provider "memory"
+    (tests/providers/memory) with that declaration (default: native for what its adapter implements,
+    unsupported for the rest) and returns it. Gone after the test, with every sandbox it made."""
+    from tests.providers.memory import NAME, declaration, sdk
+
+    def register(features: Mapping[str, str] | None = None, **fields: Any) -> ProviderInfo:
+        info = declaration(features, **fields)
+        registry.register(info, replace=True)
+        return info
+
+    sdk.reset()
+    yield register
+    with contextlib.suppress(ProviderError):  # (the test may have unregistered it itself)
+        registry.unregister(NAME)
+    sdk.reset()

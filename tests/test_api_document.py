@@ -30,7 +30,7 @@ from grainchain import (
     SandboxConfig,
     SandboxStatus,
 )
-from grainchain._hostproc import MINIMAL_PATH
+from grainchain.providers.local._hostproc import MINIMAL_PATH
 
 SCRIPT = """\
 import os, sys
@@ -52,7 +52,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.chdir(cwd)
     # unisolated: the `python` link below lives on the host; tests/test_local_isolation.py runs the
     # document's /workspace examples verbatim in isolated sandboxes
-    sandbox_defaults = 'provider_config = { isolation = "none" }\n'
+    sandbox_defaults = ""
     if shutil.which("python", path=MINIMAL_PATH) is None:
         python3 = shutil.which("python3", path=MINIMAL_PATH)
         assert python3, "the examples need a Python on the host"
@@ -61,7 +61,7 @@ def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         (shim / "python").symlink_to(python3)
         sandbox_defaults += f'environment_vars = {{ PATH = "{shim}:{MINIMAL_PATH}" }}\n'
     settings = tmp_path / "config.toml"
-    settings.write_text(f"[sandbox]\n{sandbox_defaults}")
+    settings.write_text(f'[sandbox]\n{sandbox_defaults}[providers.local]\nisolation = "none"\n')
     monkeypatch.setenv("GRAINCHAIN_CONFIG", str(settings))
     return cwd
 

@@ -17,7 +17,6 @@ import pytest
 from _support import grainchain_script
 from conftest import sandbox_processes
 
-from grainchain import _docker as dk
 from grainchain.benchmark import compare_runs, load_run
 from grainchain.benchmark.compare import Verdict
 from grainchain.benchmark.raw import RAW_LABEL
@@ -31,6 +30,7 @@ from grainchain.benchmark.results import (
 )
 from grainchain.benchmark.runner import Options, plan
 from grainchain.benchmark.stats import Summary, percentile
+from grainchain.providers.docker import _engine as dk
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -17,11 +17,11 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 from _support import grainchain_script
 
 import grainchain
-from grainchain.spec import default_spec_path, load_spec
+from spec.validate import load_spec
+from tests.providers import memory
 
 ALL_PROVIDERS = {"local", "docker", "e2b", "morph", "daytona", "modal"}
 
@@ -113,7 +113,10 @@ def test_run_cleans_up_when_interrupted(signum: int, code: int) -> None:
         assert proc.stdout is not None
         assert proc.stdout.readline() == b"started\n"
         proc.send_signal(signum)
-        assert proc.wait(timeout=10) == code
+        # a hang guard, not a speed target: closing after an interrupt waits for the holder's pid namespace,
+        # which waits for the interrupted command's zombie to be reaped by this VM's init (up to 5 s at times;
+        # issue 14 owns that wait)
+        assert proc.wait(timeout=30) == code
         _, stderr = proc.communicate()
     assert b"Traceback" not in stderr  # no_leftover_processes checks that `sleep 30` is gone
 
@@ -214,41 +217,26 @@ def test_providers_json(tmp_path: Path) -> None:
     assert records["modal"]["missing_credentials"] == ["MODAL_TOKEN_SECRET"]
 
 
+def test_providers_lists_a_provider_registered_at_run_time() -> None:
+    # the memory test provider, registered with registry.register() as the command's process starts
+    env = memory.subprocess_env({"exec": "native", "files": "emulated"}, summary="registered at run time")
+    records = {r["name"]: r for r in json.loads(grainchain_cli("providers", "--json", env=env).stdout)}
+    assert set(records) == ALL_PROVIDERS | {"memory"}
+    assert (records["memory"]["status"], records["memory"]["installed"]) == ("available", True)
+    assert records["memory"]["features"]["files"] == "emulated"
+    assert records["memory"]["features"]["snapshot.filesystem"] == "unsupported"
+    table = grainchain_cli("providers", env=env)
+    assert table.returncode == 0, table.stderr
+    assert re.search(r"\bmemory\b", table.stdout), table.stdout
+
+
 # -- spec -------------------------------------------------------------------------------------------------
 
 
-def test_spec_check_passes_on_the_packaged_spec() -> None:
-    spec = load_spec()
-    result = grainchain_cli("spec", "check")
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert result.stdout == (
-        f"spec OK: {len(spec['features'])} features, {len(spec['operations'])} operations, "
-        f"{len(spec['providers'])} providers\n"
-    )
-
-
-def test_spec_check_lists_the_problems_of_a_broken_spec(tmp_path: Path) -> None:
-    spec = load_spec()
-    del spec["providers"]["local"]["features"]["ports"]
-    spec["operations"]["execute"]["requires"].append({"feature": "teleport"})
-    broken = tmp_path / "broken.yaml"
-    broken.write_text(yaml.safe_dump(spec))
-    result = grainchain_cli("spec", "check", str(broken))
-    assert result.returncode == 1
-    assert f"{broken}: providers/local/features: no level declared for 'ports'" in result.stdout
-    assert f"{broken}: operations/execute/requires: unknown feature 'teleport'" in result.stdout
-    assert "2 problems" in assert_one_line_error(result, 1)
-
-
-def test_spec_check_reports_invalid_yaml_in_one_line(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("features: [exec,\n")
-    assert "invalid YAML" in assert_one_line_error(grainchain_cli("spec", "check", str(broken)), 1)
-
-
-def test_spec_show() -> None:
-    assert grainchain_cli("spec", "show", "--path").stdout == f"{default_spec_path()}\n"
-    assert grainchain_cli("spec", "show").stdout == default_spec_path().read_text(encoding="utf-8")
+def test_spec_show_prints_the_spec_it_was_generated_from() -> None:
+    result = grainchain_cli("spec", "show")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == load_spec()
 
 
 # -- entry points -----------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -17,10 +16,13 @@ from _support import grainchain_script
 from grainchain._generated.features import Feature
 from grainchain.models import SupportLevel
 from grainchain.registry import get_provider
+from tests.providers import memory
 
 
-def conformance_cli(*args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ)
+def conformance_cli(
+    *args: str, pythonpath: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env or {})}
     if pythonpath is not None:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(pythonpath), env.get("PYTHONPATH")]))
     return subprocess.run(
@@ -109,35 +111,11 @@ def test_missing_suite_dependencies_name_the_extra(tmp_path: Path) -> None:
     assert "needs hypothesis: pip install 'grainchain[conformance]'" in line
 
 
-HALF_DECLARED = """
-    from grainchain import ProviderInfo
-    from grainchain._async.providers.local import AsyncLocalAdapter
-    from grainchain._sync.providers.local import LocalAdapter
-
-    class AsyncHalfAdapter(AsyncLocalAdapter):
-        provider_name = "half"
-
-    class HalfAdapter(LocalAdapter):
-        provider_name = "half"
-
-    PROVIDER = ProviderInfo(
-        name="half",
-        features={"exec": "native", "files": "native"},  # no level for the other features
-        async_adapter="half_plugin:AsyncHalfAdapter",
-        sync_adapter="half_plugin:HalfAdapter",
-    )
-"""
-
-
-def test_failing_suite_exits_one_and_lists_the_failed_tests(tmp_path: Path) -> None:
-    # a plugin distribution on PYTHONPATH, as in tests/test_registry.py
-    (tmp_path / "half_plugin.py").write_text(textwrap.dedent(HALF_DECLARED))
-    dist = tmp_path / "half_plugin-1.0.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: half-plugin\nVersion: 1.0\n")
-    (dist / "entry_points.txt").write_text("[grainchain.providers]\nhalf = half_plugin:PROVIDER\n")
-
-    result = conformance_cli("half", "--", "-k", "test_declaration", pythonpath=tmp_path)
+def test_failing_suite_exits_one_and_lists_the_failed_tests() -> None:
+    # the memory test provider (registered in the command's process and in its pytest's), declaring a level
+    # for two features only
+    env = memory.subprocess_env({"exec": "native", "files": "native"})
+    result = conformance_cli("memory", "--", "-k", "test_declaration", env=env)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     rows = _table_rows(result.stdout)
@@ -148,4 +126,4 @@ def test_failing_suite_exits_one_and_lists_the_failed_tests(tmp_path: Path) -> N
     failed = result.stdout.split("failed tests (2):", 1)[1].split()
     assert failed[0].endswith("test_declaration.py::test_declares_a_level_for_every_feature[async]")
     assert failed[1].endswith("test_declaration.py::test_declares_a_level_for_every_feature[sync]")
-    assert result.stdout.rstrip().endswith("conformance of 'half': FAILED (pytest exit status 1)")
+    assert result.stdout.rstrip().endswith("conformance of 'memory': FAILED (pytest exit status 1)")

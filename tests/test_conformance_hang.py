@@ -40,7 +40,7 @@ def test_a_hung_operation_is_named(tmp_path: Path, client: str) -> None:
     proc = subprocess.run(
         [
             *(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--pyargs"),
-            *("grainchain.conformance.test_exec", "-k", "test_result_fields_say_what_ran"),
+            *("grainchain_conformance.test_exec", "-k", "test_result_fields_say_what_ran"),
             *("--grainchain-provider", liar.name, "--grainchain-client", client),
             *("--grainchain-config", UNISOLATED, "--grainchain-hang-timeout", "3"),
         ],

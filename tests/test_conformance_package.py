@@ -43,8 +43,8 @@ MODULE = '''
     """A grainchain provider from another package: the local provider's adapters under another name."""
 
     from grainchain import ProviderInfo
-    from grainchain._async.providers.local import AsyncLocalAdapter
-    from grainchain._sync.providers.local import LocalAdapter
+    from grainchain.providers.local._async.adapter import AsyncLocalAdapter
+    from grainchain.providers.local._sync.adapter import LocalAdapter
 
 
     class AsyncThirdPartyAdapter(AsyncLocalAdapter):
@@ -101,7 +101,7 @@ def _run(command: list[str], site: Path, cwd: Path) -> subprocess.CompletedProce
 @pytest.mark.slow
 @pytest.mark.timeout(600)  # a whole suite run
 def test_installed_package_passes_the_suite_through_pytest(site: Path, tmp_path: Path) -> None:
-    command = [sys.executable, "-m", "pytest", "--pyargs", "grainchain.conformance"]
+    command = [sys.executable, "-m", "pytest", "--pyargs", "grainchain_conformance"]
     # the sync client and a few modules: what is checked here is the plugin's installation, not the suite
     command += ["-k", "test_declaration or test_exec or test_files"]
     command += [

@@ -1,4 +1,4 @@
-"""The promise list and the coverage check of the conformance suite (grainchain/conformance/promises.py):
+"""The promise list and the coverage check of the conformance suite (conformance/grainchain_conformance/promises.py):
 the spec's promises are found, and a suite that leaves one unclaimed, or claims one the spec does not make,
 is reported."""
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from grainchain.conformance import promises
+from grainchain_conformance import promises
 
 
 @pytest.fixture

@@ -256,11 +256,11 @@ LIARS = [
         "declares lifecycle.reconnect, but connect and list_sandboxes raise CapabilityError",
         """
         @classmethod
-        async def connect(cls, sandbox_id, config, settings):
+        async def connect(cls, backend, sandbox_id, config, options):
             raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "connect")
 
         @classmethod
-        async def list_sandboxes(cls, settings):
+        async def list_sandboxes(cls, backend):
             raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "list_sandboxes")
         """,
         imports="from grainchain._generated.features import Feature",
@@ -514,10 +514,10 @@ MODULE = '''\
 import contextlib
 
 from grainchain import ProviderInfo
-from grainchain import _localfs as fs
-from grainchain._async.providers.local import AsyncLocalAdapter
+from grainchain.providers.local import _localfs as fs
+from grainchain.providers.local._async.adapter import AsyncLocalAdapter
 from grainchain._generated.providers import BUILTIN_PROVIDERS
-from grainchain._sync.providers.local import LocalAdapter
+from grainchain.providers.local._sync.adapter import LocalAdapter
 from grainchain.errors import CommandTimeoutError, SnapshotNotFoundError
 from grainchain.models import ExecutionResult, SnapshotKind
 {imports}
@@ -599,7 +599,7 @@ def _kill_leftovers(state: Path) -> list[int]:
 
 
 def run_suite(root: Path, liar: Liar) -> Run:
-    """`pytest --pyargs grainchain.conformance` against the liar, with its own state dir and no config,
+    """`pytest --pyargs grainchain_conformance` against the liar, with its own state dir and no config,
     stopping at the first failure; once per client until a run fails."""
     work = root / liar.name
     site = work / "site"
@@ -617,7 +617,7 @@ def run_suite(root: Path, liar: Liar) -> Run:
         report = work / f"report-{client}.json"
         command = [
             *(sys.executable, "-m", "pytest", "-x", "-p", "no:cacheprovider", "-q", "--pyargs"),
-            *(f"grainchain.conformance.{module}" for module in liar.modules()),
+            *(f"grainchain_conformance.{module}" for module in liar.modules()),
             *("--grainchain-provider", liar.name, "--grainchain-client", client),
             *("--grainchain-config", liar.config, "--grainchain-report", str(report)),
         ]

@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import re
+import socket
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,23 +19,25 @@ import httpx
 import pytest
 
 from grainchain import AsyncSandbox, SandboxConfig
-from grainchain import _docker as dk
-from grainchain._async.providers.docker import _find_criu
 from grainchain.errors import (
+    BackendConnectionError,
+    BackendTimeoutError,
     CapabilityError,
     CommandTimeoutError,
     ConfigurationError,
     FileNotFoundInSandboxError,
     InvalidArgumentError,
     MemoryLimitExceededError,
+    NotFoundError,
     OutputLimitExceededError,
     ProviderError,
-    ProviderUnavailableError,
     SandboxNotFoundError,
     SandboxNotRunningError,
     SnapshotNotFoundError,
 )
 from grainchain.models import SandboxStatus, SnapshotKind
+from grainchain.providers.docker import _engine as dk
+from grainchain.providers.docker._async.adapter import _find_criu
 from grainchain.sync import Sandbox as SyncSandbox
 
 IMAGE = "grainchain-test/busybox:latest"
@@ -313,6 +317,30 @@ async def test_the_engine_decides_memory_snapshot_support(make_sandbox: Any) -> 
             await sandbox.create_snapshot(kind="memory")
 
 
+async def test_a_memory_snapshot_is_refused_where_the_engine_cannot_restore_it(
+    make_sandbox: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """restore_snapshot passes the gate with either snapshot kind; the id of a memory snapshot, where the
+    engine cannot restore processes (as missing_features found), is refused (CapabilityError naming
+    snapshot.memory, with the reason) before the running container is touched."""
+    sandbox = await make_sandbox(config(), provider="docker")
+    facade = getattr(sandbox, "_target", sandbox)  # the sync client behind the test's await wrapper
+    if not facade.supports("snapshot.memory"):
+        pytest.skip("this engine takes no memory snapshots: nothing to restore")
+    await sandbox.upload_file("mine", "kept")
+    snapshot = await sandbox.create_snapshot(kind=SnapshotKind.memory)
+    try:
+        monkeypatch.setattr(facade._adapter.backend, "memory_problems", {"snapshot.memory": "no CRIU (test)"})
+        await sandbox.upload_file("mine", "changed")
+        with pytest.raises(CapabilityError, match=r"no CRIU \(test\)") as info:
+            await sandbox.restore_snapshot(snapshot)
+        assert (info.value.feature, info.value.operation) == ("snapshot.memory", "restore_snapshot")
+        assert await sandbox.download_file("mine") == b"changed"  # untouched
+    finally:
+        monkeypatch.undo()
+        await sandbox.delete_snapshot(snapshot)
+
+
 def _remove_image(image: str) -> None:
     with _engine_client() as client:
         client.delete(f"/images/{image}", params={"force": "1"})
@@ -340,7 +368,7 @@ async def test_dockerfile_builds_the_image_once_and_is_used(
         assert (await again.execute("cat /opt/built")).stdout == "built\n"
         assert not [r for r in caplog.records if r.getMessage().startswith("build")], "built twice"
     finally:
-        _remove_image("grainchain-build:" + dk.build_context(build)[2])
+        _remove_image("grainchain-build:" + dk.build_context(build["dockerfile"], build["build_context"])[2])
 
 
 async def test_failing_dockerfile_says_which_step_failed(tmp_path: Path) -> None:
@@ -394,8 +422,8 @@ async def test_ttl_stops_a_forgotten_sandbox(make_sandbox: Any) -> None:
     await _sleep(3.5)
     with pytest.raises(SandboxNotRunningError, match="ttl"):
         await sandbox.execute("echo too late")
-    with pytest.raises(InvalidArgumentError, match="positive number of seconds"):
-        await AsyncSandbox("docker", config(provider_config={"ttl": -1})).start()
+    with pytest.raises(ConfigurationError, match="'ttl': Input should be greater than 0"):
+        AsyncSandbox("docker", config(provider_config={"ttl": -1}))  # refused when the Sandbox is made
 
 
 async def test_ports_are_published_on_loopback(make_sandbox: Any) -> None:
@@ -454,15 +482,114 @@ def test_detach_list_connect_and_close() -> None:
         SyncSandbox.connect(sandbox_id, "docker")
 
 
-async def test_missing_image_is_a_clear_error() -> None:
-    with pytest.raises(ProviderUnavailableError, match="no-such-image-grainchain"):
+async def test_missing_image_is_a_configuration_error_naming_it() -> None:
+    """The engine's 404 for the image is not the sandbox missing: a ConfigurationError naming the image."""
+    with pytest.raises(ConfigurationError, match="no-such-image-grainchain:1") as caught:
         await AsyncSandbox("docker", config(image="no-such-image-grainchain:1")).start()
+    assert not isinstance(caught.value, NotFoundError)
+    assert (caught.value.retryable, caught.value.operation) == (False, "create")
 
 
-async def test_unreachable_engine_says_how_to_start_it(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_missing_snapshot_image_is_snapshot_not_found() -> None:
+    with pytest.raises(SnapshotNotFoundError, match="grainchain-snapshot:0123456789abcdef0123"):
+        await AsyncSandbox("docker", config(image="grainchain-snapshot:0123456789abcdef0123")).start()
+
+
+async def test_missing_network_is_a_configuration_error() -> None:
+    cfg = config(provider_config={"network": "gc-no-such-network-7f3a"})
+    with pytest.raises(ConfigurationError, match="gc-no-such-network-7f3a"):
+        await AsyncSandbox("docker", cfg).start()
+
+
+def test_connect_to_an_unknown_id_is_sandbox_not_found() -> None:
+    with pytest.raises(SandboxNotFoundError, match="gc-no-such-sandbox-0000"):
+        SyncSandbox.connect("gc-no-such-sandbox-0000", "docker")
+
+
+async def test_a_container_removed_outside_grainchain_is_sandbox_not_found(make_sandbox: Any) -> None:
+    """Only the sandbox's own container missing is SandboxNotFoundError, for commands and for files (whose
+    HEAD request's 404 has no body to tell a missing path from a missing container)."""
+    sandbox = await make_sandbox(config(), provider="docker")
+    await sandbox.upload_file("here", "x")
+    with pytest.raises(FileNotFoundInSandboxError):
+        await sandbox.download_file("not-here")
+    filters = json.dumps({"label": [f"{dk.LABEL_SANDBOX}={sandbox.sandbox_id}"]})
+    with _engine_client() as client:
+        [container] = client.get("/containers/json", params={"all": "1", "filters": filters}).json()
+        assert client.delete(f"/containers/{container['Id']}", params={"force": "1"}).status_code == 204
+    with pytest.raises(SandboxNotFoundError, match="container is gone"):
+        await sandbox.execute("true")
+    with pytest.raises(SandboxNotFoundError):
+        await sandbox.download_file("here")
+    with pytest.raises(SandboxNotFoundError):
+        await sandbox.file_exists("not-here")
+
+
+async def test_unreachable_engine_is_a_retryable_connection_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-    with pytest.raises(ProviderUnavailableError, match="start the Docker engine"):
+    with pytest.raises(BackendConnectionError, match="start the Docker engine") as caught:
         await AsyncSandbox("docker", config()).start()
+    assert caught.value.retryable is True
+    assert "/nonexistent/docker.sock" in str(caught.value)
+    assert isinstance(caught.value, ConnectionError)
+
+
+async def test_engine_socket_with_nobody_listening_is_a_connection_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A socket file that is left while dockerd is down: the connect itself fails (through httpx)."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+        path = os.path.join(directory, "docker.sock")
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stale:
+            stale.bind(path)  # never listens: connecting is refused
+            monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+            with pytest.raises(BackendConnectionError, match="is dockerd running") as caught:
+                await AsyncSandbox("docker", config()).start()
+    assert caught.value.retryable is True
+    assert path in str(caught.value)
+    assert isinstance(caught.value.__cause__, httpx.ConnectError | ConnectionError)
+
+
+def test_engine_404s_are_mapped_by_what_is_missing() -> None:
+    def error(url: str, said: str) -> Exception:
+        return dk.engine_error(404, json.dumps({"message": said}).encode() if said else b"", "call", url)
+
+    assert isinstance(error("/containers/abc/exec", "No such container: abc"), SandboxNotFoundError)
+    for url, said, kind in [
+        ("/containers/create", "No such image: nope:1", "image"),
+        ("/images/nope:1/json", "No such image: nope:1", "image"),
+        ("/images/create", "pull access denied for nope, repository does not exist", "image"),
+        ("/volumes/v", "get v: no such volume", "volume"),
+        ("/exec/123/json", "No such exec instance: 123", "exec"),
+        ("/containers/abc/archive", "", "path"),  # a HEAD: no body
+        ("/containers/abc/archive", "Could not find the file /x in container abc", "path"),
+        ("/containers/create", "network gc-nope not found", "network"),
+    ]:
+        mapped = error(url, said)
+        assert isinstance(mapped, dk.EngineNotFoundError), (url, said)
+        assert not isinstance(mapped, NotFoundError), (url, said)
+        assert (mapped.kind, mapped.retryable) == (kind, False), (url, said)
+
+
+def test_engine_transport_failures_are_retryable() -> None:
+    endpoint = dk.Endpoint("http://docker", "/run/x.sock")
+    request = httpx.Request("GET", "http://docker/info")
+    timeout = dk.transport_error(endpoint, "engine info", httpx.ReadTimeout("", request=request))
+    assert isinstance(timeout, BackendTimeoutError)
+    assert timeout.retryable is True
+    assert "did not answer in time (ReadTimeout)" in timeout.message
+    for broken in (
+        httpx.ReadError("reset", request=request),
+        httpx.RemoteProtocolError("Server disconnected", request=request),
+        httpx.ConnectError("refused", request=request),
+    ):
+        mapped = dk.transport_error(endpoint, "engine info", broken)
+        assert isinstance(mapped, BackendConnectionError), broken
+        assert mapped.retryable is True
+        assert mapped.__cause__ is broken
+        assert "unix:///run/x.sock" in mapped.message
+    other = dk.transport_error(endpoint, "engine info", httpx.DecodingError("bad", request=request))
+    assert type(other) is ProviderError
 
 
 def test_exec_start_connections_are_not_kept_for_reuse() -> None:
@@ -521,6 +648,6 @@ def test_listing_parser_handles_empty_and_awkward_names() -> None:
 async def test_volumes_of_a_sandbox_that_fails_to_start_are_removed() -> None:
     name = f"gc-test-{uuid.uuid4().hex[:8]}"
     cfg = config(image="no-such-image-grainchain:1", provider_config={"volumes": [f"{name}:/data"]})
-    with pytest.raises(ProviderUnavailableError):
+    with pytest.raises(ConfigurationError):
         await AsyncSandbox("docker", cfg).start()
     assert name not in _volume_names()

@@ -36,10 +36,10 @@ from test_docker import (  # the engine check runs on import: skipped (or failed
 )
 
 from grainchain import AsyncSandbox
-from grainchain import _docker as dk
-from grainchain._async.providers.docker import _find_criu
 from grainchain.errors import ConfigurationError, SnapshotNotFoundError
 from grainchain.models import SnapshotKind
+from grainchain.providers.docker import _engine as dk
+from grainchain.providers.docker._async.adapter import _find_criu
 
 PYTHON_IMAGE = "grainchain-test/python:3.11"
 REQUIRE_DOCKER = os.environ.get("GRAINCHAIN_REQUIRE_DOCKER") == "1"

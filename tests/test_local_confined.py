@@ -1,5 +1,5 @@
 """File operations and tree copies of the local provider walk the sandbox's files by directory descriptors
-(grainchain/_confined.py), so that a command swapping a directory for a symlink at any moment can never make
+(grainchain/providers/local/_confined.py), so that a command swapping a directory for a symlink at any moment can never make
 them act on a host path.
 
 * semantics: the walk follows links as the sandbox sees them (relative targets spliced in, absolute ones as
@@ -35,8 +35,8 @@ from grainchain import (
     PathOutsideSandboxError,
     SandboxConfig,
 )
-from grainchain import _confined as confined
-from grainchain._isolation import namespaces_unavailable
+from grainchain.providers.local import _confined as confined
+from grainchain.providers.local._isolation import namespaces_unavailable
 from grainchain.sync import Sandbox
 
 ISOLATED_ROOT = "/workspace"

@@ -555,3 +555,36 @@ def test_read_only_directories_do_not_block_cleanup() -> None:
         assert os.listdir(scratch / "state" / "local" / "snapshots") == []
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def test_files_written_just_before_a_close_survive_a_busy_disk(tmp_path: Path) -> None:
+    """A closed sandbox kept by auto_cleanup=False unmounts its disk lazily while something still holds it;
+    a connect then mounts the image again through a new loop device. Without a flush of the detached
+    filesystem first, a file written just before the close read back empty there."""
+    from grainchain import SandboxConfig
+    from grainchain.providers.local import _disk
+    from grainchain.settings import load_settings
+    from grainchain.sync import Sandbox
+
+    settings = load_settings(state_dir=tmp_path / "state")
+    if _disk.unavailable(settings.state_dir.resolve()):
+        pytest.skip(f"no per-sandbox disk here: {_disk.unavailable(settings.state_dir.resolve())}")
+    config = SandboxConfig(auto_cleanup=False, provider_config={"isolation": "none"})
+    sandbox = Sandbox("local", config, settings=settings).start()
+    workspace = sandbox.execute("pwd").stdout.strip()
+    holder = subprocess.Popen(["sleep", "60"], cwd=workspace)  # a host process, not the sandbox's: it holds
+    try:
+        sandbox.upload_file("kept.txt", "written just before the close\n")
+        sandbox.close()
+        again = Sandbox.connect(
+            sandbox.sandbox_id, "local", SandboxConfig(auto_cleanup=True), settings=settings
+        )
+        try:
+            assert again.download_file("kept.txt") == b"written just before the close\n"
+        finally:
+            holder.kill()
+            holder.wait()
+            again.close()
+    finally:
+        holder.kill()
+        holder.wait()

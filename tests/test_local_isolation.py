@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 from grainchain import AsyncSandbox, SandboxConfig
-from grainchain._isolation import namespaces_unavailable
 from grainchain.errors import (
     CapabilityError,
     CommandTimeoutError,
     ConfigurationError,
     PathOutsideSandboxError,
 )
+from grainchain.providers.local._isolation import namespaces_unavailable
 from grainchain.sync import Sandbox
 
 UNAVAILABLE = namespaces_unavailable()
@@ -248,7 +248,7 @@ def test_without_util_linux_sandboxes_fall_back_with_one_warning(tmp_path: Path)
 
 
 BUNDLED_CHILD = """
-from grainchain import _isolation as iso
+from grainchain.providers.local import _isolation as iso
 from grainchain.sync import Sandbox
 
 with Sandbox("local") as sandbox:

@@ -17,9 +17,9 @@ import pytest
 from _support import tree_state
 
 from grainchain import SandboxConfig
-from grainchain._isolation import namespaces_unavailable
-from grainchain._layers import MAX_DEPTH, overlay_unavailable
-from grainchain._localfs import SandboxDir
+from grainchain.providers.local._isolation import namespaces_unavailable
+from grainchain.providers.local._layers import MAX_DEPTH, overlay_unavailable
+from grainchain.providers.local._localfs import SandboxDir
 from grainchain.sync import Sandbox
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="overlayfs snapshots need root")

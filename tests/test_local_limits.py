@@ -18,8 +18,8 @@ import pytest
 from _local import run_as_nobody
 
 from grainchain import MemoryLimitExceededError, SandboxConfig
-from grainchain._cgroups import Limits, unavailable
-from grainchain._isolation import namespaces_unavailable
+from grainchain.providers.local._cgroups import Limits, unavailable
+from grainchain.providers.local._isolation import namespaces_unavailable
 from grainchain.sync import Sandbox
 
 CGROUPS = unavailable(Limits(memory=1 << 30, cpu=1.0, pids=100))

@@ -16,8 +16,8 @@ import pytest
 from _local import run_as_nobody
 
 from grainchain import CapabilityError, SandboxConfig, SandboxNotRunningError, SandboxStatus, SnapshotKind
-from grainchain._criu import unavailable
-from grainchain._isolation import namespaces_unavailable
+from grainchain.providers.local._criu import unavailable
+from grainchain.providers.local._isolation import namespaces_unavailable
 from grainchain.sync import Sandbox
 
 COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > .c; mv .c counter; sleep 0.05; done) >/dev/null 2>&1 &"
@@ -92,6 +92,25 @@ def test_restore_in_place_and_into_another_sandbox(counting: tuple[Sandbox, str,
     # closing the other sandbox stopped its counter only
     counter_reaches(sandbox, before + 5)
     sandbox.delete_snapshot(snapshot_id)
+
+
+@needs_criu
+def test_a_memory_snapshot_is_refused_where_processes_cannot_come_back(
+    counting: tuple[Sandbox, str, int],
+) -> None:
+    """restore_snapshot needs either snapshot kind at the gate; the id of a memory snapshot, restored where
+    memory snapshots cannot work, is refused by the adapter (CapabilityError naming snapshot.memory, with
+    the reason) before anything is touched."""
+    _, snapshot_id, _ = counting
+    with Sandbox("local", SandboxConfig(provider_config={"isolation": "none"})) as plain:
+        assert plain.supports("snapshot.filesystem")
+        assert not plain.supports("snapshot.memory")
+        plain.execute("echo mine > mine")
+        assert snapshot_id in [s.snapshot_id for s in plain.list_snapshots()]
+        with pytest.raises(CapabilityError, match="isolation 'namespaces'") as caught:
+            plain.restore_snapshot(snapshot_id)
+        assert (caught.value.feature, caught.value.operation) == ("snapshot.memory", "restore_snapshot")
+        assert plain.execute("cat mine").stdout == "mine\n"
 
 
 def test_terminate_and_wake_up_without_a_snapshot_keep_the_files() -> None:

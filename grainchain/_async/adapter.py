@@ -1,5 +1,8 @@
 """The base class every provider adapter extends: one instance drives one sandbox.
 
+Its backend (grainchain/_async/backend.py: one per provider and settings, shared by sandboxes) is passed to
+the lifecycle classmethods and kept as `self.backend`; the sandbox's typed provider_config is `self.options`.
+
 The facade (AsyncSandbox) checks arguments and capabilities before it calls an adapter, so an adapter method
 only runs for features its provider declares. Methods of features an adapter does not implement keep the
 defaults below, which raise CapabilityError: never a fake success.
@@ -7,10 +10,16 @@ defaults below, which raise CapabilityError: never a fake success.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Self
 
+from grainchain._async.backend import AsyncBackend
+from grainchain._async.commands import CommandRun, HandleRegistry, OomWatch, run_to_completion
+from grainchain._async.process import AsyncProcessHandle
 from grainchain._generated.features import Feature
+from grainchain._output import OutputCollector
+from grainchain._provider_config import OpenProviderConfig, ProviderConfig
 from grainchain._types import OutputCallback
 from grainchain.errors import CapabilityError
 from grainchain.models import (
@@ -24,37 +33,61 @@ from grainchain.models import (
 )
 
 if TYPE_CHECKING:
-    from grainchain._async.process import AsyncProcessHandle
     from grainchain.settings import Settings
+
+
+# What restore_snapshot, list_snapshots and delete_snapshot need (the spec's `any_of`): either snapshot kind.
+ANY_SNAPSHOT = (Feature.SNAPSHOT_FILESYSTEM, Feature.SNAPSHOT_MEMORY)
+
+
+def any_of_hint(features: Sequence[Feature]) -> str:
+    """The hint of a CapabilityError for an `any_of` requirement (the error names the first feature)."""
+    return f"needs any one of {', '.join(f.value for f in features)}"
 
 
 class AsyncSandboxAdapter:
     """One sandbox of one provider. Subclasses set `provider_name` and implement what they declare."""
 
     provider_name: ClassVar[str]
+    # what the provider's sandboxes share (subclass AsyncBackend to own an SDK client)
+    backend_class: ClassVar[type[AsyncBackend]] = AsyncBackend
 
-    def __init__(self, sandbox_id: str, config: SandboxConfig, settings: Settings) -> None:
+    def __init__(
+        self,
+        sandbox_id: str,
+        config: SandboxConfig,
+        settings: Settings,
+        options: ProviderConfig | None = None,
+        backend: AsyncBackend | None = None,
+    ) -> None:
         self.sandbox_id = sandbox_id
         self.config = config
         self.settings = settings
+        self.options = options if options is not None else OpenProviderConfig()
+        self.backend = backend
         self.status = SandboxStatus.running
+        self._handles = HandleRegistry()  # background processes that may still run
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @classmethod
-    async def create(cls, config: SandboxConfig, settings: Settings) -> Self:
+    async def create(cls, backend: AsyncBackend, config: SandboxConfig, options: ProviderConfig) -> Self:
         raise NotImplementedError(f"{cls.__name__} must implement create()")
 
     @classmethod
-    async def connect(cls, sandbox_id: str, config: SandboxConfig, settings: Settings) -> Self:
+    async def connect(
+        cls, backend: AsyncBackend, sandbox_id: str, config: SandboxConfig, options: ProviderConfig
+    ) -> Self:
         raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "connect")
 
     @classmethod
-    async def list_sandboxes(cls, settings: Settings) -> list[SandboxInfo]:
+    async def list_sandboxes(cls, backend: AsyncBackend) -> list[SandboxInfo]:
         raise cls._unsupported(Feature.LIFECYCLE_RECONNECT, "list_sandboxes")
 
     @classmethod
-    async def missing_features(cls, config: SandboxConfig, settings: Settings) -> Mapping[Feature, str]:
+    async def missing_features(
+        cls, backend: AsyncBackend, config: SandboxConfig, options: ProviderConfig
+    ) -> Mapping[Feature, str]:
         """Declared features the backend found at run time lacks (e.g. no CRIU), each with the reason that
         CapabilityError will give. Asked before a sandbox is created or connected to; cache expensive probes."""
         return {}
@@ -78,7 +111,16 @@ class AsyncSandboxAdapter:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> ExecutionResult:
-        raise self._unsupported(Feature.EXEC, "execute")
+        """Start the command with `_launch` and see it through (grainchain/_async/commands.py)."""
+        if not self._launches():
+            raise self._unsupported(Feature.EXEC, "execute")
+        output = self._collector(on_stdout, on_stderr)
+        timeout = self.command_timeout(timeout)
+        oom = await self._oom_watch()
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        run = await self._launch(command, working_dir, environment, deadline)
+        return await run_to_completion(run, command, output, timeout, started, oom)
 
     async def start_process(
         self,
@@ -88,7 +130,24 @@ class AsyncSandboxAdapter:
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
     ) -> AsyncProcessHandle:
-        raise self._unsupported(Feature.PROCESS_BACKGROUND, "start_process")
+        """Start the command with `_launch`; a handle follows it, tracked until it ends or close()."""
+        if not self._launches():
+            raise self._unsupported(Feature.PROCESS_BACKGROUND, "start_process")
+        output = self._collector(on_stdout, on_stderr)
+        oom = await self._oom_watch()
+        started = time.monotonic()
+        run = await self._launch(command, working_dir, environment, None)
+        try:
+            pid = await run.pid()
+        except BaseException:  # nobody would ever stop it
+            try:
+                await run.abandon()
+            finally:
+                await run.close()
+            raise
+        handle = AsyncProcessHandle(command, run, output, pid=pid, oom=oom, started=started)
+        self._handles.add(handle)
+        return handle
 
     async def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
         raise self._unsupported(Feature.FILES, "upload_file")
@@ -116,13 +175,13 @@ class AsyncSandboxAdapter:
         raise self._unsupported(feature, "create_snapshot")
 
     async def restore_snapshot(self, snapshot_id: str) -> None:
-        raise self._unsupported(Feature.SNAPSHOT_FILESYSTEM, "restore_snapshot")
+        raise self._unsupported_any(ANY_SNAPSHOT, "restore_snapshot")
 
     async def list_snapshots(self) -> list[SnapshotInfo]:
-        raise self._unsupported(Feature.SNAPSHOT_FILESYSTEM, "list_snapshots")
+        raise self._unsupported_any(ANY_SNAPSHOT, "list_snapshots")
 
     async def delete_snapshot(self, snapshot_id: str) -> None:
-        raise self._unsupported(Feature.SNAPSHOT_FILESYSTEM, "delete_snapshot")
+        raise self._unsupported_any(ANY_SNAPSHOT, "delete_snapshot")
 
     async def terminate(self) -> None:
         raise self._unsupported(Feature.LIFECYCLE_TERMINATE_WAKE, "terminate")
@@ -139,9 +198,53 @@ class AsyncSandboxAdapter:
     def _unsupported(cls, feature: Feature, operation: str) -> CapabilityError:
         return CapabilityError(feature.value, cls.provider_name, operation=operation)
 
+    @classmethod
+    def _unsupported_any(cls, features: Sequence[Feature], operation: str) -> CapabilityError:
+        """As the facade's gate says it: the first feature, the hint naming them all."""
+        return CapabilityError(
+            features[0].value, cls.provider_name, operation=operation, hint=any_of_hint(features)
+        )
+
     def command_timeout(self, timeout: float | None) -> float | None:
         """The timeout of one command: the call's, else the sandbox's default."""
         return self.config.timeout if timeout is None else timeout
+
+    # -- commands: what a provider implements for execute() and start_process() ----------------------
+
+    async def _launch(
+        self,
+        command: str,
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        deadline: float | None,
+    ) -> CommandRun:
+        """Start `command` (a shell command line) and return how to reach it. `deadline`
+        (time.monotonic()) is execute()'s, for a provider that enforces it on its side too; None for a
+        background process. Raise FileNotFoundInSandboxError for a working_dir that does not exist."""
+        raise NotImplementedError(f"{type(self).__name__} does not run commands")
+
+    def _launches(self) -> bool:
+        return type(self)._launch is not AsyncSandboxAdapter._launch
+
+    def _collector(
+        self, on_stdout: OutputCallback | None, on_stderr: OutputCallback | None
+    ) -> OutputCollector:
+        """Where one command's output goes: the callbacks, under the sandbox's output cap."""
+        return OutputCollector(limit=self.config.output_limit, on_stdout=on_stdout, on_stderr=on_stderr)
+
+    async def _oom_baseline(self) -> int | None:
+        """Asked before a command starts: a count of the sandbox's OOM kills so far, for
+        `_oom_killed_since`; None when OOM kills are not reported (no memory limit)."""
+        return None
+
+    async def _oom_killed_since(self, baseline: int) -> bool:
+        """Asked after a command failed: whether the kernel OOM-killed a process of the sandbox since
+        `_oom_baseline` said `baseline` (MemoryLimitExceededError then)."""
+        return False
+
+    async def _oom_watch(self) -> OomWatch | None:
+        baseline = await self._oom_baseline()
+        return None if baseline is None else OomWatch(self, baseline)
 
     @staticmethod
     def content_bytes(content: str | bytes) -> bytes:

@@ -1,6 +1,6 @@
 """The hand-written half of the facade: lifecycle, provider resolution and the capability gate.
 
-The generated half (grainchain/_async/sandbox.py) adds one method per operation of the spec; each checks its
+The generated half (grainchain/_generated/_async/sandbox.py) adds one method per operation of the spec; each checks its
 arguments, passes the gate and calls the adapter inside `_errors()`.
 """
 
@@ -11,11 +11,12 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
 
-from grainchain._acompat import AFLAVOUR
-from grainchain._async.adapter import AsyncSandboxAdapter
+from grainchain._async import backend as backends
+from grainchain._async.adapter import AsyncSandboxAdapter, any_of_hint
+from grainchain._async.backend import AsyncBackend
 from grainchain._generated.features import CONFIG_REQUIREMENTS, Feature
 from grainchain._provider_info import ProviderInfo
-from grainchain.errors import CapabilityError, GrainchainError, SandboxNotRunningError
+from grainchain.errors import CapabilityError, ConfigurationError, GrainchainError, SandboxNotRunningError
 from grainchain.models import SandboxConfig, SandboxInfo, SandboxStatus, SupportLevel
 from grainchain.registry import get_provider, providers_supporting
 from grainchain.settings import Settings, load_settings, resolve_config
@@ -33,10 +34,23 @@ class AsyncSandboxBase:
         config: SandboxConfig | None = None,
         *,
         settings: Settings | None = None,
+        backend: AsyncBackend | None = None,
     ) -> None:
+        if backend is not None:
+            settings = settings or backend.settings
+            provider = provider or backend.provider_name
         self._settings = settings or load_settings()
         self._provider = get_provider(provider or self._settings.default_provider)
+        if backend is not None and backend.provider_name != self._provider.name:
+            raise ConfigurationError(
+                f"the backend given is {backend.provider_name!r}'s, not {self._provider.name!r}'s",
+                provider=self._provider.name,
+            )
         self._config = resolve_config(config, self._settings)
+        # provider_config checked against the provider's model now: a wrong key fails at Sandbox(...)
+        self._options = backends.parse_options(self._provider, self._settings, self._config.provider_config)
+        self._backend = backend  # given: shared and closed by its owner; else one from the pool per start
+        self._pooled: AsyncBackend | None = None
         self._adapter: AsyncSandboxAdapter | None = None
         self._sandbox_id: str | None = None  # kept after close/detach: connect(sandbox_id) needs it then
         self._status = SandboxStatus.creating
@@ -90,13 +104,17 @@ class AsyncSandboxBase:
             raise SandboxNotRunningError(
                 "the sandbox is closed; create a new one", provider=self.provider_name
             )
-        adapter_cls = self._adapter_class()
-        await self._narrow(adapter_cls)
-        for field, feature in CONFIG_REQUIREMENTS.items():
-            if getattr(self._config, field) is not None:
-                self._check(feature, "create", hint=f"SandboxConfig.{field} is set")
-        with self._errors("create"):
-            self._adapter = await adapter_cls.create(self._config, self._settings)
+        backend = await self._open_backend()
+        try:
+            await self._narrow(backend)
+            for field, feature in CONFIG_REQUIREMENTS.items():
+                if getattr(self._config, field) is not None:
+                    self._check(feature, "create", hint=f"SandboxConfig.{field} is set")
+            with self._errors("create"):
+                self._adapter = await backend.create(self._config, self._options)
+        except BaseException:
+            await self._release_backend()
+            raise
         self._sandbox_id = self._adapter.sandbox_id
         self._status = SandboxStatus.running
         return self
@@ -116,17 +134,23 @@ class AsyncSandboxBase:
         """Stop every process and clean up (per SandboxConfig.auto_cleanup). Safe to call twice."""
         adapter, self._adapter = self._adapter, None
         self._status = SandboxStatus.closed
-        if adapter is not None:
-            with self._errors("close"):
-                await adapter.aclose()
+        try:
+            if adapter is not None:
+                with self._errors("close"):
+                    await adapter.aclose()
+        finally:
+            await self._release_backend()
 
     async def detach(self) -> None:
         """Let go of a running sandbox without stopping it; `connect(sandbox_id)` picks it up again."""
         adapter, self._adapter = self._adapter, None
         self._status = SandboxStatus.closed
-        if adapter is not None:
-            with self._errors("detach"):
-                await adapter.detach()
+        try:
+            if adapter is not None:
+                with self._errors("detach"):
+                    await adapter.detach()
+        finally:
+            await self._release_backend()
 
     @classmethod
     async def connect(
@@ -136,47 +160,71 @@ class AsyncSandboxBase:
         config: SandboxConfig | None = None,
         *,
         settings: Settings | None = None,
+        backend: AsyncBackend | None = None,
     ) -> Self:
         """Attach to a sandbox that is still there (kept alive, or kept by auto_cleanup=False). It keeps the
         config it was created with; a `config` given decides only what ending this connection does
-        (`auto_cleanup`, `keep_alive`), e.g. `auto_cleanup=True` to delete a kept sandbox on close."""
-        sandbox = cls(provider, config, settings=settings)
-        adapter_cls = sandbox._adapter_class()
-        await sandbox._narrow(adapter_cls)
-        sandbox._check(Feature.LIFECYCLE_RECONNECT, "connect")
-        with sandbox._errors("connect"):
-            adapter = await adapter_cls.connect(sandbox_id, sandbox._config, sandbox._settings)
-            if config is not None:
-                ending = {"auto_cleanup": config.auto_cleanup, "keep_alive": config.keep_alive}
-                adapter.config = adapter.config.model_copy(update=ending)
-            sandbox._adapter = adapter
-            sandbox._config = adapter.config
-        sandbox._sandbox_id = sandbox._adapter.sandbox_id
+        (`auto_cleanup`, `keep_alive`), e.g. `auto_cleanup=True` to delete a kept sandbox on close, and
+        its provider_config's credentials are used to reach the provider."""
+        sandbox = cls(provider, config, settings=settings, backend=backend)
+        opened = await sandbox._open_backend()
+        try:
+            await sandbox._narrow(opened)
+            sandbox._check(Feature.LIFECYCLE_RECONNECT, "connect")
+            with sandbox._errors("connect"):
+                adapter = await opened.connect(sandbox_id, sandbox._config, sandbox._options)
+                if config is not None:
+                    ending = {"auto_cleanup": config.auto_cleanup, "keep_alive": config.keep_alive}
+                    adapter.config = adapter.config.model_copy(update=ending)
+                sandbox._adapter = adapter
+                sandbox._config = adapter.config
+        except BaseException:
+            await sandbox._release_backend()
+            raise
+        sandbox._sandbox_id = adapter.sandbox_id
         sandbox._status = SandboxStatus.running
         return sandbox
 
     @classmethod
     async def list_sandboxes(
-        cls, provider: str | None = None, *, settings: Settings | None = None
+        cls,
+        provider: str | None = None,
+        config: SandboxConfig | None = None,
+        *,
+        settings: Settings | None = None,
+        backend: AsyncBackend | None = None,
     ) -> list[SandboxInfo]:
-        """The provider's sandboxes that are still there."""
-        probe = cls(provider, settings=settings)
-        adapter_cls = probe._adapter_class()
+        """The provider's sandboxes that are still there (`config`: its provider_config's credentials)."""
+        probe = cls(provider, config, settings=settings, backend=backend)
         probe._check(Feature.LIFECYCLE_RECONNECT, "list_sandboxes")
-        with probe._errors("list_sandboxes"):
-            found: list[SandboxInfo] = await adapter_cls.list_sandboxes(probe._settings)
-            return found
+        opened = await probe._open_backend()
+        try:
+            with probe._errors("list_sandboxes"):
+                return await opened.list_sandboxes()
+        finally:
+            await probe._release_backend()
 
     # -- plumbing for the generated methods -----------------------------------------------------------
 
-    def _adapter_class(self) -> type[AsyncSandboxAdapter]:
-        adapter_cls: type[AsyncSandboxAdapter] = self._provider.load_adapter(AFLAVOUR)
-        return adapter_cls
+    async def _open_backend(self) -> AsyncBackend:
+        """The backend given, else one of the pool's (released when this sandbox ends)."""
+        if self._backend is not None:
+            return self._backend
+        with self._errors("create"):
+            await backends.import_adapter(self._provider)  # the first time: off the event loop
+            self._pooled = backends.acquire(self._provider, self._settings, self._options)
+        return self._pooled
 
-    async def _narrow(self, adapter_cls: type[AsyncSandboxAdapter]) -> None:
+    async def _release_backend(self) -> None:
+        pooled, self._pooled = self._pooled, None
+        if pooled is not None:
+            with self._errors("close"):
+                await backends.release(pooled)
+
+    async def _narrow(self, backend: AsyncBackend) -> None:
         """Mark what the backend lacks as unsupported (a level goes down, never up), keeping the reason."""
         with self._errors("probe"):
-            missing = await adapter_cls.missing_features(self._config, self._settings)
+            missing = await backend.missing_features(self._config, self._options)
         for name, reason in missing.items():
             feature = Feature(name)
             if feature in self._capabilities:
@@ -184,15 +232,26 @@ class AsyncSandboxBase:
                 self._missing[feature] = reason
 
     def _check(self, feature: Feature, operation: str, hint: str | None = None) -> None:
-        if self._capabilities.get(feature, SupportLevel.unsupported) is SupportLevel.unsupported:
-            missing = self._missing.get(feature)
-            raise CapabilityError(
-                feature.value,
-                self.provider_name,
-                operation=operation,
-                supported_by=providers_supporting(feature),
-                hint="; ".join(h for h in (hint, missing and f"not available here: {missing}") if h) or None,
-            )
+        self._check_any((feature,), operation, hint)
+
+    def _check_any(self, features: tuple[Feature, ...], operation: str, hint: str | None = None) -> None:
+        """Pass when the sandbox supports at least one of `features` (the spec's `any_of`); else
+        CapabilityError naming the first, its hint listing them all and why this backend lacks each."""
+        unsupported = SupportLevel.unsupported
+        if any(self._capabilities.get(f, unsupported) is not unsupported for f in features):
+            return
+        notes = [hint, any_of_hint(features) if len(features) > 1 else None]
+        lacking = [(f, self._missing[f]) for f in features if f in self._missing]
+        if lacking:
+            why = (f"{f.value}: {reason}" if len(features) > 1 else reason for f, reason in lacking)
+            notes.append(f"not available here: {'; '.join(why)}")
+        raise CapabilityError(
+            features[0].value,
+            self.provider_name,
+            operation=operation,
+            supported_by=dict.fromkeys(p for f in features for p in providers_supporting(f)),
+            hint="; ".join(n for n in notes if n) or None,
+        )
 
     def _running(self, operation: str) -> AsyncSandboxAdapter:
         if self._adapter is None:
@@ -206,10 +265,11 @@ class AsyncSandboxBase:
             )
         return self._adapter
 
-    def _gate(self, operation: str, *features: Feature) -> AsyncSandboxAdapter:
-        """Raise CapabilityError for the first unsupported feature, before any provider call."""
+    def _gate(self, operation: str, *features: Feature | tuple[Feature, ...]) -> AsyncSandboxAdapter:
+        """Raise CapabilityError for the first requirement not met, before any provider call: a Feature, or
+        a tuple of them met by any one (the spec's `any_of`)."""
         for feature in features:
-            self._check(feature, operation)
+            self._check_any(feature if isinstance(feature, tuple) else (feature,), operation)
         adapter = self._running(operation)
         if adapter.status is SandboxStatus.terminated and operation not in _WHILE_TERMINATED:
             raise SandboxNotRunningError(

@@ -6,6 +6,7 @@ import contextlib
 import time
 
 from grainchain._acompat import AsyncTask, astart_task
+from grainchain._async.commands import CommandRun, OomWatch, finish_command
 from grainchain._output import OutputCollector
 from grainchain.models import ExecutionResult
 
@@ -13,24 +14,50 @@ from grainchain.models import ExecutionResult
 class AsyncProcessHandle:
     """A command running in the background. Its output is collected as it arrives (and capped).
 
-    Adapters subclass it with `_follow` (copy the output until the process ends, then `_exited(code)`) and
-    `_signal` (kill the process tree; `_follow` then sees the end). Everything else is shared.
+    `id` names the process for good (a string: a provider's process or exec id); `pid` is its process id
+    where the provider has one (None otherwise). A task follows the adapter's CommandRun until the command
+    ends; nothing here is provider-specific.
     """
 
-    def __init__(self, command: str, pid: int, output: OutputCollector) -> None:
+    def __init__(
+        self,
+        command: str,
+        run: CommandRun,
+        output: OutputCollector,
+        *,
+        pid: int | None = None,
+        oom: OomWatch | None = None,
+        started: float | None = None,
+    ) -> None:
         self.command = command
-        self.pid = pid
+        self.id: str = run.id
+        self.pid: int | None = pid
+        self._run = run
         self._output = output
-        self._started = time.monotonic()
+        self._oom = oom
+        # when the start began (time.monotonic()): execution_time counts from there, as execute()'s does
+        self._started = time.monotonic() if started is None else started
         self._elapsed = 0.0
         self._code: int | None = None
         self._task: AsyncTask = astart_task(self._follow)
 
     async def _follow(self) -> None:
-        raise NotImplementedError
+        """The only code that reads the output, reaps the command and closes the run; kill() just signals."""
+        settled = False
+        try:
+            if not await self._run.pump(self._output, None):  # overflow
+                await self._run.stop(self._output)
+            settled = True
+            self._exited(await self._run.exit_code())
+        finally:
+            try:
+                if not settled:  # a callback raised, or the task was cancelled: leave nothing running
+                    self._code = await self._run.abandon()
+            finally:
+                await self._run.close()
 
     async def _signal(self) -> None:
-        raise NotImplementedError
+        await self._run.signal()
 
     def _exited(self, code: int) -> None:
         self._code = code
@@ -59,15 +86,16 @@ class AsyncProcessHandle:
         return self.return_code is None
 
     async def wait(self, timeout: float | None = None) -> ExecutionResult:
-        """Wait for the exit and return the result. After `timeout` seconds raise CommandTimeoutError and
-        leave the process running (call kill() to stop it)."""
+        """Wait for the exit and return the result, or raise as execute() would (OutputLimitExceededError,
+        MemoryLimitExceededError). After `timeout` seconds raise CommandTimeoutError and leave the process
+        running (call kill() to stop it)."""
         if not await self._task.join(timeout):
             assert timeout is not None
             raise self._output.still_running_error(self.command, timeout)
-        if self._output.overflowed:
-            raise self._output.overflow_error(self.command)
         code = self.return_code
-        return self._output.result(self.command, -1 if code is None else code, self._elapsed)
+        return await finish_command(
+            self.command, self._output, -1 if code is None else code, self._elapsed, oom=self._oom
+        )
 
     async def kill(self) -> None:
         """Kill the process and all its descendants; a no-op once it has exited."""

@@ -11,9 +11,9 @@ from pathlib import Path
 import httpx
 
 from grainchain import __version__
-from grainchain import _docker as dk
 from grainchain.benchmark.results import Machine
 from grainchain.errors import GrainchainError
+from grainchain.providers.docker import _engine as dk
 
 
 def _first_line_with(path: str, key: str, separator: str = ":") -> str | None:

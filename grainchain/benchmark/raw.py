@@ -24,10 +24,10 @@ from typing import Any
 
 import httpx
 
-from grainchain import _docker as dk
-from grainchain import _isolation as iso
-from grainchain._hostproc import SHELL, scrubbed_environment
 from grainchain.models import SandboxConfig
+from grainchain.providers.docker import _engine as dk
+from grainchain.providers.local import _isolation as iso
+from grainchain.providers.local._hostproc import SHELL, scrubbed_environment
 from grainchain.settings import Settings
 
 
@@ -227,9 +227,10 @@ class DockerBaseline(RawBaseline):
     description = "Engine API calls made directly with one httpx.Client over the engine's socket"
 
     def __init__(self, config: SandboxConfig) -> None:
-        from grainchain._sync.providers.docker import DockerAdapter  # its choice of image, not a copy
+        from grainchain.providers.docker._sync.adapter import DockerAdapter  # its choice of image, not a copy
+        from grainchain.providers.docker.config import DockerConfig
 
-        self.image = DockerAdapter._image_of(config)
+        self.image = DockerAdapter._image_of(config, DockerConfig.model_validate(config.provider_config))
         self.env = [f"{k}={v}" for k, v in config.environment_vars.items()]  # as a sandbox's container has
         endpoint = dk.engine_endpoint()
         transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None

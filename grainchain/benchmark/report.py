@@ -144,17 +144,28 @@ def table_notes(result: ProviderResult) -> list[str]:
 
 
 def import_line(run: BenchmarkRun) -> str | None:
+    """`import grainchain` as ms over a bare interpreter first (the figure its budget is about), then the
+    absolute times and what else was measured."""
     m = run.import_time
     if m is None or m.grainchain.summary is None:
         return None
     ours = m.grainchain.summary.p50
-    text = f"`import grainchain`: {ms(ours)} ms for `python -c 'import grainchain'`"
-    if m.raw is not None and m.raw.summary is not None:
-        base = m.raw.summary.p50
-        text += (
-            f" vs {ms(base)} ms for `python -c pass` (p50 of {m.grainchain.summary.count}): "
-            f"+{ms(ours - base)} ms"
-        )
+    base = m.raw.summary.p50 if m.raw is not None and m.raw.summary is not None else None
+    overhead = m.extra.get("overhead_seconds", None if base is None else ours - base)
+    if overhead is None:
+        text = f"`import grainchain`: {ms(ours)} ms for `python -c 'import grainchain'`"
+    else:
+        paired = "median of paired runs" if "overhead_seconds" in m.extra else "difference of the p50s"
+        sign = "+" if overhead >= 0 else "-"
+        text = f"`import grainchain`: {sign}{ms(abs(overhead))} ms over a bare interpreter ({paired}"
+        if "budget_seconds" in m.extra:
+            budget = m.extra["budget_seconds"]
+            text += f"; budget {ms(budget)} ms: {'within' if overhead < budget else 'OVER'}"
+        text += f"): {ms(ours)} ms for `python -c 'import grainchain'`"
+    if base is not None:
+        text += f" vs {ms(base)} ms for `python -c pass` (p50 of {m.grainchain.summary.count})"
+    if "sandbox_import_overhead_seconds" in m.extra:
+        text += f"; `from grainchain import Sandbox`: +{ms(m.extra['sandbox_import_overhead_seconds'])} ms"
     if "importtime_cumulative_seconds" in m.extra:
         text += f"; `-X importtime` cumulative {ms(m.extra['importtime_cumulative_seconds'])} ms"
     if m.note:

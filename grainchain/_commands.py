@@ -1,0 +1,47 @@
+"""Command plumbing every provider shares (flavour-free): the environment markers that tag a sandbox's
+processes, and the one step that turns how a command ended into its result or its error.
+
+The async parts (driving a started command, background handles, the registry of live handles) are in
+grainchain/_async/commands.py and grainchain/_async/process.py.
+"""
+
+from __future__ import annotations
+
+from grainchain._output import OutputCollector, memory_limit_error
+from grainchain.models import ExecutionResult
+
+# Every process a sandbox starts carries these; tree kills and leak checks look for them.
+SANDBOX_MARKER = "GRAINCHAIN_SANDBOX_ID"
+EXEC_MARKER = "GRAINCHAIN_EXEC_ID"
+
+
+def settle(
+    command: str,
+    output: OutputCollector,
+    *,
+    exit_code: int | None,
+    elapsed: float,
+    timeout: float | None = None,
+    oom_killed: bool = False,
+    memory_limit: int = 0,
+    provider: str = "",
+) -> ExecutionResult:
+    """What a command that is over becomes, the same for every provider and for execute() and wait():
+
+    * more output than the collector's limit: OutputLimitExceededError with what fitted (whatever else);
+    * `exit_code` None, i.e. it did not end by itself but was killed at its deadline: CommandTimeoutError
+      after `timeout` seconds, with the partial stdout/stderr;
+    * a non-zero exit while the kernel OOM-killed a process of the sandbox (`oom_killed`, the provider's
+      evidence): MemoryLimitExceededError naming `memory_limit` and the provider;
+    * otherwise its ExecutionResult, a non-zero exit included.
+    """
+    if output.overflowed:
+        raise output.overflow_error(command)
+    if exit_code is None:
+        if timeout is None:
+            raise ValueError(f"command {command!r} has neither an exit code nor a timeout it was killed at")
+        raise output.timeout_error(command, timeout)
+    result = output.result(command, exit_code, elapsed)
+    if exit_code != 0 and oom_killed:
+        raise memory_limit_error(result, memory_limit, provider)
+    return result

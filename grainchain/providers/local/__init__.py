@@ -1,0 +1,1 @@
+"""The local provider: host processes in a private workspace, isolated by namespaces (bubblewrap)."""

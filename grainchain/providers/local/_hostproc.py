@@ -1,0 +1,210 @@
+"""Host processes for the local provider: spawn with a scrubbed environment, find and kill whole trees.
+
+Every process gets marker variables (GRAINCHAIN_SANDBOX_ID, GRAINCHAIN_EXEC_ID) that its descendants inherit.
+Killing a tree kills the process group and then every process that still carries the marker, which catches
+children that left the group with setsid (daemons, `nohup … &`) and those that wiped their environment but
+stayed in the group. Not caught: a process that both leaves the group and wipes its environment, and, once
+its command has exited normally, a child that wiped its environment (closing the sandbox finds processes
+by the sandbox marker only). With isolation="namespaces" (grainchain/providers/local/_isolation.py) a sandbox's own pid
+namespace and cgroup bound what it can start; the markers still find the processes from the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MINIMAL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Which state dir's sandbox a process belongs to, as a hash (no host path enters a sandbox): lets tests and
+# tools tell apart the processes of concurrent grainchain users of one machine.
+STATE_MARKER = "GRAINCHAIN_STATE_TAG"
+SHELL = "/bin/sh"
+Candidates = Callable[[], Iterable[int]]  # the pids a kill looks among (a sandbox's cgroup members)
+
+
+def state_tag(state_dir: Path) -> str:
+    """The STATE_MARKER value of sandboxes under `state_dir` (resolved)."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:16]
+
+
+def scrubbed_environment(*layers: Mapping[str, str]) -> dict[str, str]:
+    """A minimal environment (PATH, LANG) overlaid by each layer in turn; nothing comes from the host."""
+    env = {"PATH": MINIMAL_PATH, "LANG": "C.UTF-8"}
+    for layer in layers:
+        env.update(layer)
+    return env
+
+
+@dataclass
+class HostProcess:
+    popen: subprocess.Popen[bytes]
+    marker: str  # "NAME=value" entry every descendant inherits
+    exit_fd: int | None = field(default=None)
+    candidates: Candidates | None = field(default=None)  # where its descendants are (else all of /proc)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    @property
+    def stdout_fd(self) -> int:
+        assert self.popen.stdout is not None
+        return self.popen.stdout.fileno()
+
+    @property
+    def stderr_fd(self) -> int:
+        assert self.popen.stderr is not None
+        return self.popen.stderr.fileno()
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def signal_tree(self) -> None:
+        """SIGKILL the process, its group and every process carrying its marker. Does not wait: whoever
+        drains the process reaps it (so another thread may call this while a pump runs)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        kill_marked(self.marker, self.candidates)
+
+    def kill_tree(self) -> None:
+        """signal_tree(), then reap the process (a brief blocking wait: SIGKILL cannot be ignored)."""
+        self.signal_tree()
+        self.popen.wait()
+
+    def close(self) -> None:
+        """Release the pipes and the pidfd (the process itself must have been reaped or killed)."""
+        for pipe in (self.popen.stdout, self.popen.stderr):
+            if pipe is not None:
+                pipe.close()
+        if self.exit_fd is not None:
+            os.close(self.exit_fd)
+            self.exit_fd = None
+
+
+def spawn(
+    command: str,
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    marker: tuple[str, str],
+    prefix: Sequence[str] = (),
+    stdin: str = os.devnull,
+) -> HostProcess:
+    """Start `sh -c command` in a new session (its own process group) with exactly `env` plus the marker.
+
+    `prefix` is an argv that execs the shell in the end (cgroup placement, rlimits, entering namespaces);
+    each program in it must keep the environment. `stdin` is the file the command reads (an isolated
+    sandbox's own /dev/null)."""
+    name, value = marker
+    with open(stdin, "rb") as source:
+        popen = subprocess.Popen(
+            [*prefix, SHELL, "-c", command],
+            cwd=cwd,
+            env={**env, name: value},
+            stdin=source,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+            close_fds=True,
+        )
+    exit_fd = None
+    with contextlib.suppress(AttributeError, OSError):  # no pidfd: callers poll instead
+        exit_fd = os.pidfd_open(popen.pid)
+    return HostProcess(popen, f"{name}={value}", exit_fd)
+
+
+def _all_pids() -> list[int]:
+    try:
+        return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except FileNotFoundError:  # no /proc: nothing to find
+        return []
+
+
+def marked_pids(marker: str, candidates: Candidates | None = None) -> list[int]:
+    """PIDs of the processes whose environment holds the `NAME=value` marker, among `candidates()` (a
+    sandbox's cgroup members: no scan of the whole host) or else every process of /proc."""
+    entry = marker.encode()
+    found = []
+    me = os.getpid()
+    for pid in _all_pids() if candidates is None else candidates():
+        if pid == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if entry in environ.split(b"\0"):
+            found.append(pid)
+    return found
+
+
+def stop_then_kill(find: Candidates, *, within: float = 5.0) -> None:
+    """SIGKILL every process `find()` returns, in a way a fork bomb cannot outrun: all stopped first (see
+    stop_all), then SIGKILL, again until none is left or `within` seconds have passed."""
+    deadline = time.monotonic() + within
+    stop_all(find, within=within)
+    while True:
+        left = find()
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        if not left or time.monotonic() >= deadline:
+            return
+        time.sleep(0.001)  # killed processes leave the listing once they have exited
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of a process (T stopped, Z zombie ...), "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def stop_all(find: Candidates, *, within: float = 5.0) -> set[int]:
+    """SIGSTOP every process `find()` returns, round after round until every one of them has stopped and
+    no new one appeared (a stopped process cannot fork; one that was signalled in the middle of a fork may
+    still finish it, hence the wait for the stop itself); the pids stopped."""
+    deadline = time.monotonic() + within
+    stopped: set[int] = set()
+    while time.monotonic() < deadline:
+        fresh = [pid for pid in find() if pid not in stopped]
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        if not fresh and all(_state(pid) in ("T", "t", "Z", "X", "") for pid in stopped):
+            break
+        if not fresh:
+            time.sleep(0.001)
+    return stopped
+
+
+def kill_marked(marker: str, candidates: Candidates | None = None, *, within: float = 5.0) -> None:
+    """SIGKILL every process carrying the marker. Among a sandbox's `candidates()` (its cgroup), the whole
+    sandbox is stopped first, then the marked processes are found at leisure and killed and the others
+    continue: reading thousands of environments while a fork bomb runs would never end. (A process that
+    was stopped on purpose continues too.) Without candidates: every process of /proc, see stop_then_kill."""
+    if candidates is None:
+        stop_then_kill(lambda: marked_pids(marker), within=within)
+        return
+    held = stop_all(candidates, within=within)
+    doomed: set[int] = set()
+    try:
+        doomed = set(marked_pids(marker, lambda: held))
+        for pid in doomed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+    finally:
+        for pid in held - doomed:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)

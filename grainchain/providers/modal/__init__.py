@@ -1,0 +1,1 @@
+"""The modal provider (planned: its adapter comes with its issue; its provider_config is checked already)."""

@@ -1,0 +1,1 @@
+"""The capability spec: grainchain.yaml (the source of truth), its JSON Schema and the validator."""
