@@ -35,7 +35,13 @@ def wait_for_lines(sandbox: Any, path: str, lines: int, within: float = 10.0) ->
 
 
 # A background counter: it outlives the command that starts it and writes each value whole, every 50 ms.
-COUNTER = "(i=0; while :; do i=$((i+1)); echo $i > {name}.tmp; mv {name}.tmp {name}; sleep 0.05; done) >/dev/null 2>&1 &"
+# It names its directory by path at every write, not through its working directory: an adapter that swaps
+# the workspace for a copy (a close that keeps it, a remount) would otherwise hide a survivor writing into
+# the old, deleted directory.
+COUNTER = (
+    'd="$(pwd)"; (i=0; while :; do i=$((i+1)); echo $i > "$d/{name}.tmp"; mv "$d/{name}.tmp" "$d/{name}"; '
+    "sleep 0.05; done) >/dev/null 2>&1 &"
+)
 
 
 def start_counter(sandbox: Any, name: str = "counter") -> None:

@@ -86,10 +86,21 @@ class Bomb:
         while (left := self.everything()) and time.monotonic() < deadline:
             time.sleep(0.05)
         if left:
-            self.problems.append(f"{len(left)} bomb processes still alive 2 s after {after}")
+            shown = ", ".join(_describe(pid) for pid in sorted(left)[:5])
+            self.problems.append(f"{len(left)} bomb processes still alive 2 s after {after}: {shown}")
 
     def sweep(self) -> int:
         return sweep(self.everything)
+
+
+def _describe(pid: int) -> str:
+    """pid, state and name of a process as /proc shows it (for a failure message)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            name, rest = f.read().split(" (", 1)[1].rsplit(")", 1)
+        return f"{pid} {rest.split()[0]} {name}"
+    except (OSError, IndexError):
+        return f"{pid} (gone)"
 
 
 def test_fork_bomb_in_background_is_contained() -> None:

@@ -177,12 +177,16 @@ def stop_all(find: Candidates, *, within: float = 5.0) -> set[int]:
     deadline = time.monotonic() + within
     stopped: set[int] = set()
     while time.monotonic() < deadline:
+        # Whether all have stopped is read before the listing: a process signalled in the middle of a fork
+        # stops only once its child exists, so a listing taken after all have stopped shows every child.
+        # (Read after the listing, a child born in between would be missed and go on forking.)
+        settled = all(_state(pid) in ("T", "t", "Z", "X", "") for pid in stopped)
         fresh = [pid for pid in find() if pid not in stopped]
         for pid in fresh:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGSTOP)
             stopped.add(pid)
-        if not fresh and all(_state(pid) in ("T", "t", "Z", "X", "") for pid in stopped):
+        if settled and not fresh:
             break
         if not fresh:
             time.sleep(0.001)
