@@ -82,16 +82,29 @@ def mapped(
         return SandboxNotFoundError(f"{name} is gone ({message})", **context)
     if isinstance(exc, e2b.InvalidArgumentException):
         return InvalidArgumentError(message, argument="path" if path is not None else "arguments", **context)
+    # (a timeout first: httpx's timeouts are transport errors too)
+    if isinstance(exc, (e2b.TimeoutException, httpx.TimeoutException, TimeoutError)) and not isinstance(
+        exc, e2b.SandboxUnreachableException
+    ):
+        return BackendTimeoutError(message, **context)
     if isinstance(exc, (e2b.SandboxUnreachableException, e2b.ServiceBusyException, httpx.TransportError)):
         return BackendConnectionError(message, **context)
-    if isinstance(exc, (e2b.TimeoutException, httpx.TimeoutException, TimeoutError)):
-        return BackendTimeoutError(message, **context)
     status = _status(exc)
     if status is not None and status >= 500:
         return ProviderError(message, retryable=True, **context)
     if isinstance(exc, ConnectionError):
         return BackendConnectionError(message, **context)
     return ProviderError(message, **context)
+
+
+# what the SDK raises (its own exceptions do not share one base) and what leaks through it from transports
+SDK_ERRORS = (
+    e2b.SandboxException,
+    e2b.AuthenticationException,
+    e2b.ServiceBusyException,
+    httpx.HTTPError,
+    OSError,  # ConnectionError and TimeoutError of the pyqwest transports
+)
 
 
 @contextlib.contextmanager
@@ -101,7 +114,7 @@ def translated(what: str, *, path: str | None = None, sandbox: str | None = None
         yield
     except GrainchainError:
         raise
-    except (e2b.SandboxException, e2b.AuthenticationException, httpx.HTTPError, OSError) as exc:
+    except SDK_ERRORS as exc:
         raise mapped(exc, what, path=path, sandbox=sandbox) from exc
 
 

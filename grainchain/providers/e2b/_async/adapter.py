@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, Self
 
 import e2b
+import stamina
 
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.backend import AsyncBackend, parse_options
@@ -33,6 +34,8 @@ from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
 from grainchain._provider_config import ProviderConfig
 from grainchain.errors import (
+    BackendConnectionError,
+    BackendTimeoutError,
     FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
@@ -193,7 +196,7 @@ class _Command:
             if _past(deadline):  # the SDK's deadline of the command's stream
                 return False
             _sdk.fail(exc, "wait for a command", sandbox=self._adapter.sandbox_id)
-        except (e2b.SandboxException, OSError) as exc:
+        except _sdk.SDK_ERRORS as exc:
             _sdk.fail(exc, "wait for a command", sandbox=self._adapter.sandbox_id)
         return True
 
@@ -257,16 +260,34 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
     async def _new_e2b_sandbox(
         cls, template: str | None, sandbox_id: str, config: SandboxConfig, options: E2bConfig
     ) -> e2b.AsyncSandbox:
-        # the idempotency key makes the SDK's retries of a create safe: a retry gets the same sandbox
-        with translated("create sandbox", sandbox=sandbox_id):
-            return await e2b.AsyncSandbox.create(
-                template=template,
-                timeout=options.lifetime,
-                metadata=cls._metadata(sandbox_id, config),
-                envs={**config.environment_vars, SANDBOX_MARKER: sandbox_id},
-                idempotency_key=uuid.uuid4().hex,
-                **_api(options),
-            )
+        """Create the E2B sandbox. A create whose answer was lost (timeout, dropped connection) is tried
+        again with the same idempotency key, which gets the sandbox the lost answer made, if any: no second
+        one. When every try fails, a sandbox made meanwhile is swept by its metadata; one made even later
+        ends with its lifetime. (429 and 5xx answers are the SDK's own retries.)"""
+        key = uuid.uuid4().hex
+        try:
+            async for attempt in stamina.retry_context(
+                on=(BackendTimeoutError, BackendConnectionError),
+                attempts=1 + options.retries,
+                timeout=None,
+                wait_initial=0.2,
+            ):
+                with attempt, translated("create sandbox", sandbox=sandbox_id):
+                    return await e2b.AsyncSandbox.create(
+                        template=template,
+                        timeout=options.lifetime,
+                        metadata=cls._metadata(sandbox_id, config),
+                        envs={**config.environment_vars, SANDBOX_MARKER: sandbox_id},
+                        idempotency_key=key,
+                        **_api(options),
+                    )
+        except (BackendTimeoutError, BackendConnectionError):
+            with contextlib.suppress(GrainchainError):
+                for leftover in await cls._find(options, sandbox_id):
+                    with translated("sweep a sandbox of a failed create"):
+                        await e2b.AsyncSandbox.kill(leftover.sandbox_id, **_api(options))
+            raise
+        raise AssertionError("unreachable: stamina re-raises the last error")
 
     @classmethod
     async def create(cls, backend: AsyncBackend, config: SandboxConfig, options: ProviderConfig) -> Self:
