@@ -114,11 +114,13 @@ async def test_output_cap(make_sandbox: Any) -> None:
 async def test_background_process_handle(make_sandbox: Any) -> None:
     sandbox = await make_sandbox(provider="e2b")
     handle = await sandbox.start_process("echo started; sleep 30")
-    assert handle.pid is not None and handle.id == str(handle.pid)
+    assert handle.pid is not None
+    assert handle.id == str(handle.pid)
     deadline = time.monotonic() + 5
-    while "started" not in handle.stdout and time.monotonic() < deadline:
+    while "started" not in handle.stdout and time.monotonic() < deadline:  # noqa: ASYNC110 (polls a handle)
         await asyncio.sleep(0.05)
-    assert handle.stdout == "started\n" and handle.is_running
+    assert handle.stdout == "started\n"
+    assert handle.is_running
     await handle.kill()
     assert handle.return_code == 137
     probe = await sandbox.execute(alive_probe(handle.pid))
@@ -145,13 +147,18 @@ async def test_files_round_trip_binary_and_metadata(make_sandbox: Any) -> None:
     await sandbox.execute("chmod 640 data/blob.bin; ln -s blob.bin data/link; mkdir data/dir")
     listing = {info.name: info for info in await sandbox.list_files("data")}
     assert set(listing) == {"blob.bin", "link", "dir"}
-    assert listing["blob.bin"].size == (1 << 20) + 4 and listing["blob.bin"].mode == 0o640
+    assert listing["blob.bin"].size == (1 << 20) + 4
+    assert listing["blob.bin"].mode == 0o640
     assert listing["blob.bin"].path == "/home/user/data/blob.bin"
-    assert listing["link"].is_symlink and not listing["link"].is_directory
-    assert listing["dir"].is_directory and listing["dir"].size == 0
+    assert listing["link"].is_symlink
+    assert not listing["link"].is_directory
+    assert listing["dir"].is_directory
+    assert listing["dir"].size == 0
     info = await sandbox.get_file_info("data/blob.bin")
-    assert not info.is_directory and abs(info.modified_time.timestamp() - time.time()) < 60
-    assert await sandbox.file_exists("data/dir") and not await sandbox.file_exists("data/nothing")
+    assert not info.is_directory
+    assert abs(info.modified_time.timestamp() - time.time()) < 60
+    assert await sandbox.file_exists("data/dir")
+    assert not await sandbox.file_exists("data/nothing")
     await sandbox.delete_file("data/dir")
     await sandbox.delete_file("data")  # a tree
     assert not await sandbox.file_exists("data")
@@ -178,7 +185,8 @@ async def test_list_and_connect_find_only_grainchain_sandboxes(fake: FakeE2B, ma
         sandbox = await make_sandbox(config(auto_cleanup=False), provider="e2b")
         await sandbox.upload_file("kept.txt", "kept")
         listed = {info.sandbox_id: info for info in await AsyncSandbox.list_sandboxes(provider="e2b")}
-        assert sandbox.sandbox_id in listed and foreign.sandbox_id not in listed
+        assert sandbox.sandbox_id in listed
+        assert foreign.sandbox_id not in listed
         assert listed[sandbox.sandbox_id].status is SandboxStatus.running
         await close(sandbox)
         listed = {info.sandbox_id: info for info in await AsyncSandbox.list_sandboxes(provider="e2b")}
@@ -219,7 +227,9 @@ async def test_filesystem_snapshot_restore_keeps_the_sandbox_id(fake: FakeE2B, m
 
 async def test_terminate_pauses_and_wake_up_resumes(make_sandbox: Any) -> None:
     sandbox = await make_sandbox(provider="e2b")
-    await sandbox.execute("(i=0; while :; do i=$((i+1)); echo $i > n.tmp; mv n.tmp n; sleep 0.05; done) >/dev/null 2>&1 &")
+    await sandbox.execute(
+        "(i=0; while :; do i=$((i+1)); echo $i > n.tmp; mv n.tmp n; sleep 0.05; done) >/dev/null 2>&1 &"
+    )
     await asyncio.sleep(0.3)
     await sandbox.terminate()
     assert sandbox.status is SandboxStatus.terminated
@@ -244,7 +254,7 @@ async def test_lifetime_is_set_and_keep_alive_extends_it(fake: FakeE2B, make_san
 async def test_limits_are_refused_not_ignored() -> None:
     from grainchain import AsyncSandbox
 
-    with pytest.raises(CapabilityError, match="limits.memory"):
+    with pytest.raises(CapabilityError, match=r"limits\.memory"):
         await AsyncSandbox("e2b", config(memory_limit="1GB")).start()
 
 
@@ -308,7 +318,7 @@ async def test_a_create_that_never_answers_is_a_backend_timeout_and_ends_by_itse
         )
     assert caught.value.retryable is True
     deadline = time.monotonic() + 10  # a late request may still make one: it has the sandbox's lifetime
-    while not fake.sandboxes() and time.monotonic() < deadline:
+    while not fake.sandboxes() and time.monotonic() < deadline:  # noqa: ASYNC110 (polls the fake)
         await asyncio.sleep(0.1)
     for info in await e2b.AsyncSandbox.list(api_key=fake.api_key).next_items():
         assert (info.end_at - info.started_at).total_seconds() <= 61, "a leaked sandbox must end by itself"

@@ -45,15 +45,60 @@ class OutputOverflow(Exception):
 
 
 def exit_code(code: int, error: str | None) -> int:
-    """E2B reports a process killed by a signal as exit -1 with "signal: killed": 128 + N, as a shell."""
+    """envd reports a process killed by a signal as exit -1 with Go's name of the signal ("signal:
+    killed"): 128 + N, as a shell says it."""
     if code == -1 and error:
-        match = re.search(r"signal: (\w+)", error)
+        match = re.search(r"signal: ([a-z0-9 /()-]+)", error)
         if match is not None:
-            return 128 + _SIGNALS.get(match.group(1), 9)
+            name = match.group(1).strip()
+            number = _GO_SIGNALS.get(name)
+            if number is None and name.startswith("signal ") and name[7:].isdigit():
+                number = int(name[7:])  # Go's name of a signal without one (real-time signals)
+            if number is not None:
+                return 128 + number
     return code
 
 
-_SIGNALS = {"hangup": 1, "interrupt": 2, "quit": 3, "killed": 9, "terminated": 15, "aborted": 6}
+# Go's names of Linux signals (syscall.Signal.String(), which envd's exit error quotes)
+_GO_SIGNALS = {
+    name: number
+    for number, name in enumerate(
+        [
+            "hangup",
+            "interrupt",
+            "quit",
+            "illegal instruction",
+            "trace/breakpoint trap",
+            "aborted",
+            "bus error",
+            "floating point exception",
+            "killed",
+            "user defined signal 1",
+            "segmentation fault",
+            "user defined signal 2",
+            "broken pipe",
+            "alarm clock",
+            "terminated",
+            "stack fault",
+            "child exited",
+            "continued",
+            "stopped (signal)",
+            "stopped",
+            "stopped (tty input)",
+            "stopped (tty output)",
+            "urgent I/O condition",
+            "CPU time limit exceeded",
+            "file size limit exceeded",
+            "virtual timer expired",
+            "profiling timer expired",
+            "window changed",
+            "I/O possible",
+            "power failure",
+            "bad system call",
+        ],
+        start=1,
+    )
+}
 
 
 def _status(exc: BaseException) -> int | None:

@@ -364,12 +364,12 @@ class E2bAdapter(SandboxAdapter):
                     contextlib.suppress(SandboxNotFoundError),
                 ):
                     self._sbx.kill()
-            else:  # kept: paused, so it costs nothing and its lifetime stops; connect() resumes it
+            else:  # kept: paused with its files only (no process outlives close); connect() boots it again
                 with (
                     translated("pause sandbox", sandbox=self.sandbox_id),
                     contextlib.suppress(SandboxNotFoundError),
                 ):
-                    self._sbx.pause()
+                    self._sbx.pause(mode="filesystem")
         finally:
             self.status = SandboxStatus.closed
 
@@ -465,13 +465,18 @@ class E2bAdapter(SandboxAdapter):
 
     def list_files(self, path: str = ".") -> list[FileInfo]:
         target = self._path(path)
-        info = self._stat(target)
-        if info is None:
-            raise FileNotFoundInSandboxError(target, provider=PROVIDER)
-        if not info.is_directory:
-            raise InvalidArgumentError(f"{target} is not a directory", argument="path", provider=PROVIDER)
-        with translated("list files", path=target, sandbox=self.sandbox_id):
-            entries = self._sbx.files.list(target, depth=1)
+        try:  # (a symlink to a directory lists the directory, as `ls` does)
+            with translated("list files", path=target, sandbox=self.sandbox_id):
+                entries = self._sbx.files.list(target, depth=1)
+        except GrainchainError as exc:
+            info = self._stat(target)
+            if info is None:
+                raise FileNotFoundInSandboxError(target, provider=PROVIDER) from exc
+            if not info.is_directory and not info.is_symlink:
+                raise InvalidArgumentError(
+                    f"{target} is not a directory", argument="path", provider=PROVIDER
+                ) from exc
+            raise
         return [_file_info(entry) for entry in entries]
 
     def get_file_info(self, path: str) -> FileInfo:
@@ -516,13 +521,15 @@ class E2bAdapter(SandboxAdapter):
         return str(info.snapshot_id)
 
     def _snapshots(self) -> dict[str, SnapshotInfo]:
+        """grainchain's snapshots on the account (as on every provider, a snapshot of one sandbox restores
+        into any other)."""
         found: dict[str, SnapshotInfo] = {}
         with translated("list snapshots", sandbox=self.sandbox_id):
             paginator = e2b.Sandbox.list_snapshots(**_api(self._e2b))
             while paginator.has_next:
                 for snap in paginator.next_items():
                     parsed = _parse_snapshot_name(list(snap.names), snap.snapshot_id)
-                    if parsed is not None and parsed[0] == self.sandbox_id:
+                    if parsed is not None:
                         found[snap.snapshot_id] = SnapshotInfo(
                             snapshot_id=snap.snapshot_id,
                             provider=PROVIDER,
@@ -535,14 +542,14 @@ class E2bAdapter(SandboxAdapter):
     def list_snapshots(self) -> list[SnapshotInfo]:
         return sorted((self._snapshots()).values(), key=lambda s: s.created_at)
 
-    def _own_snapshot(self, snapshot_id: str) -> SnapshotInfo:
+    def _grainchain_snapshot(self, snapshot_id: str) -> SnapshotInfo:
         found = (self._snapshots()).get(snapshot_id)
         if found is None:
             raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER)
         return found
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        self._own_snapshot(snapshot_id)
+        self._grainchain_snapshot(snapshot_id)
         with translated("delete snapshot", sandbox=self.sandbox_id):
             deleted = e2b.Sandbox.delete_snapshot(snapshot_id, **_api(self._e2b))
         if not deleted:
@@ -551,7 +558,7 @@ class E2bAdapter(SandboxAdapter):
     def restore_snapshot(self, snapshot_id: str) -> None:
         """E2B starts a snapshot as a new sandbox: it takes this one's place (same grainchain id and
         metadata), then the old one is killed."""
-        self._own_snapshot(snapshot_id)
+        self._grainchain_snapshot(snapshot_id)
         self._handles.kill_all()
         fresh = self._new_e2b_sandbox(snapshot_id, self.sandbox_id, self.config, self._e2b)
         old, self._sbx = self._sbx, fresh
