@@ -558,17 +558,17 @@ def test_read_only_directories_do_not_block_cleanup() -> None:
 
 
 def test_files_written_just_before_a_close_survive_a_busy_disk(tmp_path: Path) -> None:
-    """A closed sandbox kept by auto_cleanup=False unmounts its disk lazily while something still holds it;
-    a connect then mounts the image again through a new loop device. Without a flush of the detached
-    filesystem first, a file written just before the close read back empty there."""
+    """A closed sandbox kept by auto_cleanup=False unmounts its disk lazily while something still holds it.
+    A connect that mounted the image through a second loop device read the image file's stale page cache:
+    a file written just before the close read back empty (it must mount the still-attached device)."""
     from grainchain import SandboxConfig
     from grainchain.providers.local import _disk
     from grainchain.settings import load_settings
     from grainchain.sync import Sandbox
 
     settings = load_settings(state_dir=tmp_path / "state")
-    if _disk.unavailable(settings.state_dir.resolve()):
-        pytest.skip(f"no per-sandbox disk here: {_disk.unavailable(settings.state_dir.resolve())}")
+    if problem := _disk.unavailable(settings.state_dir.resolve()):
+        pytest.skip(f"no per-sandbox disk here: {problem}")
     config = SandboxConfig(auto_cleanup=False, provider_config={"isolation": "none"})
     sandbox = Sandbox("local", config, settings=settings).start()
     workspace = sandbox.execute("pwd").stdout.strip()

@@ -170,16 +170,20 @@ def mount(image: Path, mount_point: Path) -> None:
     """Mount the sandbox's disk image (again: mounts do not survive a reboot); no-op when mounted."""
     if os.path.ismount(mount_point):
         return
-    mount_point.mkdir(mode=0o700, exist_ok=True)
     # A disk detached lazily (something still held it at close) lives on on its loop device: mount that
     # device again, which gives back the same filesystem. A second loop device on the image would read
     # the image file's stale page cache: files written before the close would be missing.
     device = _attached(image)
-    if device is not None:
-        loop = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    if device is None:
+        _mount(*_attach(image), mount_point)
     else:
-        loop, device = _attach(image)
+        _mount(os.open(device, os.O_RDWR | os.O_CLOEXEC), device, mount_point)
+
+
+def _mount(loop: int, device: str, mount_point: Path) -> None:
+    """Mount the loop device (`loop`: an open fd of it, closed here) at `mount_point`."""
     try:
+        mount_point.mkdir(mode=0o700, exist_ok=True)
         flags = _MS_NOSUID | _MS_NODEV
         if _libc.mount(device.encode(), str(mount_point).encode(), b"ext4", flags, _MOUNT_OPTIONS.encode()):
             code = ctypes.get_errno()
@@ -191,7 +195,7 @@ def mount(image: Path, mount_point: Path) -> None:
 def create(state_dir: Path, image: Path, mount_point: Path, size: int) -> None:
     """A new disk of `size` bytes for a sandbox, mounted at `mount_point` (root-owned, mode 0700)."""
     _sparse_copy(_template(state_dir, size), image)
-    mount(image, mount_point)
+    _mount(*_attach(image), mount_point)  # a new image: no loop device to look for (a scan of them all)
     os.chmod(mount_point, 0o700)
     with contextlib.suppress(OSError):  # no use for it: the sandbox never sees the disk's root
         os.rmdir(mount_point / "lost+found")
