@@ -25,7 +25,29 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GRAINCHAIN_STATE_DIR", str(state))
     monkeypatch.setenv("GRAINCHAIN_CONFIG", str(tmp_path / "no-config.toml"))
     monkeypatch.delenv("GRAINCHAIN_DEFAULT_PROVIDER", raising=False)
+    # No test reaches a cloud: no credentials or endpoints from the environment, and a domain that never
+    # resolves (RFC 6761), so an SDK that was not pointed at an in-repo fake fails at once. (The SDKs' own
+    # transports are not Python sockets: a socket guard would not see them.)
+    for name in CLOUD_ENVIRONMENT:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("E2B_DOMAIN", "e2b.invalid")
     return state
+
+
+CLOUD_ENVIRONMENT = (
+    "E2B_API_KEY",
+    "E2B_ACCESS_TOKEN",
+    "E2B_API_URL",
+    "E2B_SANDBOX_URL",
+    "E2B_TEMPLATE",
+    "MODAL_TOKEN_ID",
+    "MODAL_TOKEN_SECRET",
+    "MODAL_SERVER_URL",
+    "MORPH_API_KEY",
+    "MORPH_BASE_URL",
+    "DAYTONA_API_KEY",
+    "DAYTONA_API_URL",
+)
 
 
 def sandbox_processes(state: Path | None = None) -> list[int]:

@@ -24,9 +24,9 @@ from pathlib import Path
 import pytest
 
 from grainchain import (
+    CapabilityError,
     FileInfo,
     PathOutsideSandboxError,
-    ProviderUnavailableError,
     SandboxConfig,
     SandboxStatus,
 )
@@ -82,7 +82,9 @@ async def test_basic_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert sandbox.status is SandboxStatus.closed
 
 
-async def test_advanced_configuration_names_a_provider_that_is_not_available_yet() -> None:
+async def test_advanced_configuration_refuses_limits_e2b_does_not_enforce() -> None:
+    """E2B sets CPU and memory per template, not per sandbox: the document's limits are refused before
+    any call to E2B (no API key needed), instead of being accepted and ignored."""
     from grainchain import Sandbox, SandboxConfig
 
     # Advanced configuration
@@ -90,7 +92,7 @@ async def test_advanced_configuration_names_a_provider_that_is_not_available_yet
         timeout=600, memory_limit="4GB", cpu_limit=2.0, image="python:3.11", environment_vars={"DEBUG": "1"}
     )
 
-    with pytest.raises(ProviderUnavailableError, match="'e2b' is planned"):
+    with pytest.raises(CapabilityError, match=r"limits\.(memory|cpu)"):
         async with Sandbox(provider="e2b", config=config) as sandbox:  # noqa: F841 - as written
             # Your code here
             pass
@@ -286,7 +288,7 @@ async def test_multi_provider_comparison(capsys: pytest.CaptureFixture[str]) -> 
 
     assert results["local"]["success"] is True
     assert results["local"]["output"] == "Hello from local"
-    assert "'e2b' is planned but has no adapter yet" in results["e2b"]["error"]
+    assert "API key" in results["e2b"]["error"]  # no E2B_API_KEY in the tests' environment
     assert "'morph' is planned but has no adapter yet" in results["morph"]["error"]
     assert capsys.readouterr().out.startswith("local: {'success': True")
 

@@ -164,7 +164,7 @@ def test_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_planned_provider_says_it_has_no_adapter() -> None:
-    line = assert_one_line_error(grainchain_cli("run", "--provider", "e2b", "--", "true"), 1)
+    line = assert_one_line_error(grainchain_cli("run", "--provider", "morph", "--", "true"), 1)
     assert "planned" in line
 
 
@@ -212,8 +212,9 @@ def test_providers_json(tmp_path: Path) -> None:
     )
     assert local["features"]["exec"] == "native"
     assert local["features"]["image.custom"] == "unsupported"
-    assert records["e2b"]["status"] == "planned"
+    assert records["e2b"]["status"] == "available"
     assert records["e2b"]["missing_credentials"] == ["E2B_API_KEY"]  # empty counts as missing
+    assert records["morph"]["status"] == "planned"
     assert records["modal"]["missing_credentials"] == ["MODAL_TOKEN_SECRET"]
 
 

@@ -86,8 +86,8 @@ def test_unknown_provider_is_a_usage_error_in_one_line() -> None:
 
 
 def test_provider_without_adapter_fails_in_one_line() -> None:
-    line = assert_one_line_error(conformance_cli("e2b"), 1)
-    assert "'e2b' is planned but has no adapter yet" in line
+    line = assert_one_line_error(conformance_cli("morph"), 1)
+    assert "'morph' is planned but has no adapter yet" in line
 
 
 @pytest.mark.parametrize(

@@ -228,7 +228,7 @@ async def test_unknown_provider_lists_the_known_ones(flavour: str) -> None:
     assert "local" in str(caught.value)
 
 
-@pytest.mark.parametrize("provider", ["e2b", "morph", "daytona", "modal"])
+@pytest.mark.parametrize("provider", ["morph", "daytona", "modal"])
 async def test_planned_provider_is_unavailable(flavour: str, provider: str, state_dir: Path) -> None:
     sandbox = new_sandbox(flavour, provider)
     assert sandbox.provider_name == provider

@@ -131,8 +131,8 @@ def test_unknown_provider_lists_the_known_ones() -> None:
 
 
 async def test_planned_provider_is_unavailable_with_a_clear_reason() -> None:
-    with pytest.raises(ProviderUnavailableError, match="'e2b' is planned but has no adapter yet"):
-        await AsyncSandbox("e2b").start()
+    with pytest.raises(ProviderUnavailableError, match="'morph' is planned but has no adapter yet"):
+        await AsyncSandbox("morph").start()
 
 
 def test_provider_info_rejects_unknown_feature_names() -> None:

@@ -98,6 +98,8 @@ def baseline_for(provider: str, config: SandboxConfig, settings: Settings) -> Ra
         return LocalBaseline(settings)
     if provider == "docker":
         return DockerBaseline(config)
+    if provider == "e2b":
+        return E2bBaseline(config)
     return None
 
 
@@ -393,3 +395,74 @@ class DockerBox(RawBox):
             with contextlib.suppress(RawError):
                 self.delete_snapshot(image)
             shutil.rmtree(saved, ignore_errors=True)
+
+
+# -- e2b: the SDK's blocking client, as its documentation shows it ----------------------------------------
+
+
+class E2bBaseline(RawBaseline):
+    description = "the e2b SDK's blocking Sandbox called directly (commands.run, files.write/read/list)"
+
+    def __init__(self, config: SandboxConfig) -> None:
+        from grainchain.providers.e2b.config import E2bConfig
+
+        options = E2bConfig.model_validate(config.provider_config)
+        self.template = config.image or options.template or os.environ.get("E2B_TEMPLATE") or None
+        self.api: dict[str, Any] = {"api_key": options.secret("api_key") or os.environ.get("E2B_API_KEY")}
+        for name in ("domain", "api_url", "sandbox_url"):
+            if getattr(options, name) is not None:
+                self.api[name] = getattr(options, name)
+        self.lifetime = options.lifetime
+        self.envs = dict(config.environment_vars)
+
+    def create(self) -> E2bBox:
+        import e2b
+
+        return E2bBox(
+            self, e2b.Sandbox.create(self.template, timeout=self.lifetime, envs=self.envs, **self.api)
+        )
+
+    def close(self) -> None:
+        pass
+
+
+class E2bBox(RawBox):
+    def __init__(self, baseline: E2bBaseline, sandbox: Any) -> None:
+        self._b = baseline
+        self._sbx = sandbox
+
+    def exec(self, command: str) -> tuple[int, bytes, bytes]:
+        import e2b
+
+        try:
+            result = self._sbx.commands.run(command, timeout=0)
+        except e2b.CommandExitException as exc:
+            return exc.exit_code, exc.stdout.encode(), exc.stderr.encode()
+        return result.exit_code, result.stdout.encode(), result.stderr.encode()
+
+    def upload(self, path: str, data: bytes) -> None:
+        self._sbx.files.write(path, data)
+
+    def download(self, path: str) -> bytes:
+        return bytes(self._sbx.files.read(path, format="bytes"))
+
+    def list(self, path: str) -> int:
+        return len(self._sbx.files.list(path, depth=1))
+
+    def snapshot(self) -> str:
+        return str(self._sbx.create_snapshot(mode="filesystem").snapshot_id)
+
+    def restore(self, snapshot: str) -> None:
+        import e2b
+
+        new = e2b.Sandbox.create(snapshot, timeout=self._b.lifetime, envs=self._b.envs, **self._b.api)
+        old, self._sbx = self._sbx, new
+        old.kill()
+
+    def delete_snapshot(self, snapshot: str) -> None:
+        import e2b
+
+        e2b.Sandbox.delete_snapshot(snapshot, **self._b.api)
+
+    def close(self) -> None:
+        self._sbx.kill()

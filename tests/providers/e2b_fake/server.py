@@ -1,0 +1,178 @@
+"""`FakeE2B`: the control plane and envd of E2B on one port of 127.0.0.1, in a background thread with its
+own event loop. Requests that carry `E2b-Sandbox-Id` go to envd, the others to the control plane, both
+behind the fault injector."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from ._control import ControlPlane
+from ._envd import Envd
+from ._faults import Faults, with_faults
+from ._http import ASGIApp, HTTPServer, Receive, Scope, Send
+from ._sandbox import Cloud
+
+STARTUP_TIMEOUT = 10.0
+
+
+class FakeE2B:
+    """An in-process E2B for the unmodified `e2b` SDK: point the SDK at it with `fake.env`.
+
+    >>> with FakeE2B() as fake:
+    ...     os.environ.update(fake.env)
+    ...     sandbox = e2b.Sandbox.create()
+
+    `root` holds the sandboxes' and snapshots' directories (a temporary directory, removed on `stop`, when
+    None). `templates` adds template names that `create` accepts besides `base` and snapshot ids."""
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        *,
+        api_key: str | None = None,
+        templates: Iterable[str] = (),
+        port: int = 0,
+    ) -> None:
+        self._own_root = root is None
+        self.root = Path(tempfile.mkdtemp(prefix="fake-e2b-")) if root is None else Path(root)
+        self.api_key = api_key or "e2b_" + secrets.token_hex(20)
+        self._templates = set(templates)
+        self._port = port
+        self._faults = Faults()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
+        self._error: BaseException | None = None
+        self._cloud: Cloud | None = None
+        self.port = 0
+
+    # -- lifecycle
+
+    def start(self) -> Self:
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(target=self._run, name="fake-e2b", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(STARTUP_TIMEOUT):
+            raise RuntimeError("the fake E2B did not start")
+        if self._error is not None:
+            raise RuntimeError("the fake E2B failed to start") from self._error
+        return self
+
+    def stop(self) -> None:
+        """Kill every process of every sandbox, stop the server, remove the root if the fake made it."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is not None and loop is not None and stopping is not None and thread.is_alive():
+            loop.call_soon_threadsafe(stopping.set)
+            thread.join(30)
+        self._thread = None
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        except BaseException as e:  # reported to start(), which waits for it
+            self._error = e
+            self._ready.set()
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+
+    async def _main(self) -> None:
+        self._stopping = asyncio.Event()
+        self._cloud = cloud = Cloud(self.root, self._templates)
+        control, envd = ControlPlane(cloud, self.api_key), Envd(cloud)
+
+        async def route(scope: Scope, receive: Receive, send: Send) -> None:
+            has_sandbox = any(name.lower() == b"e2b-sandbox-id" for name, _ in scope["headers"])
+            await (envd if has_sandbox else control)(scope, receive, send)
+
+        app: ASGIApp = with_faults(self._faults, route)
+        server = HTTPServer(app, "127.0.0.1", self._port)
+        self.port = await server.start()
+        self._ready.set()
+        try:
+            await self._stopping.wait()
+        finally:
+            await cloud.shutdown()
+            await server.close()
+
+    # -- what tests and the adapter use
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment variables that point the SDK at the fake: the API and every sandbox's envd are the
+        same plain-HTTP endpoint (E2B_SANDBOX_URL takes precedence over the domain-derived envd URL)."""
+        return {
+            "E2B_API_URL": self.url,
+            "E2B_SANDBOX_URL": self.url,
+            "E2B_API_KEY": self.api_key,
+            "E2B_DEBUG": "false",  # debug mode would skip the API and talk to localhost:49983
+        }
+
+    def inject(
+        self,
+        route: str,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
+        delay: float | None = None,
+        drop_stream: bool = False,
+        times: int = 1,
+        method: str | None = None,
+    ) -> None:
+        """Make the next `times` requests whose path matches the regex `route` (and HTTP `method`, if given)
+        answer `status` (with `Retry-After: retry_after`), wait `delay` seconds first, or lose their
+        connection after the first chunk of a streamed answer (`drop_stream`)."""
+        self._faults.add(
+            route,
+            status=status,
+            retry_after=retry_after,
+            delay=delay,
+            drop_stream=drop_stream,
+            times=times,
+            method=method,
+        )
+
+    def clear_faults(self) -> None:
+        self._faults.clear()
+
+    def requests(self, route_regex: str, *, method: str | None = None) -> int:
+        """How many requests (so far) had a path matching `route_regex` (and the HTTP `method`, if given)."""
+        return self._faults.count(route_regex, method)
+
+    def sandboxes(self) -> list[str]:
+        """Ids of the live sandboxes (running or paused)."""
+        return self._cloud.live_ids() if self._cloud is not None else []
+
+    def snapshots(self) -> list[str]:
+        """Ids of the snapshots (which keep files only: see `SNAPSHOT_LIMITATION`)."""
+        return list(self._cloud.snapshots) if self._cloud is not None else []
+
+    def sandbox_dir(self, sandbox_id: str) -> Path:
+        """Where a sandbox's files are: `home/user` is its /home/user, `tmp` its /tmp."""
+        return self.root / "sandboxes" / sandbox_id
