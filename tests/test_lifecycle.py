@@ -258,11 +258,15 @@ def assert_capability_error(error: CapabilityError, feature: str, operation: str
     assert error.provider == "local"
     assert error.operation == operation
     assert error.retryable is False
-    # only providers with an adapter are offered: docker has these, and local declares memory snapshots
-    # (refused below where this machine cannot take them)
-    docker_features = {"snapshot.memory", "lifecycle.terminate_wake", "image.custom", "ports"}
-    expected = ["docker"] if feature in docker_features else []
-    assert error.supported_by == ([*expected, "local"] if feature == "snapshot.memory" else expected)
+    # only providers with an adapter are offered; local declares memory snapshots (refused below where
+    # this machine cannot take them)
+    supporters = {
+        "snapshot.memory": ["docker", "local"],
+        "lifecycle.terminate_wake": ["docker", "e2b"],
+        "image.custom": ["docker", "e2b"],
+        "ports": ["docker"],
+    }
+    assert error.supported_by == supporters.get(feature, [])
     assert f"provider 'local' does not support {feature!r}" in str(error)
 
 
