@@ -53,7 +53,7 @@ def e2b_env(fake: FakeE2B, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     deadline = time.monotonic() + 5
     while fake.sandboxes() and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not fake.sandboxes(), f"e2b sandboxes left after the test: {fake.sandboxes()}"
+    assert not fake.sandboxes(), f"e2b sandboxes left after the test (fake id: metadata): {fake.metadata()}"
 
 
 def alive_probe(pid: str | int) -> str:
@@ -317,9 +317,7 @@ async def test_a_create_that_never_answers_is_a_backend_timeout_and_ends_by_itse
             config(provider_config={"request_timeout": 0.5, "retries": 1, "lifetime": 60}), provider="e2b"
         )
     assert caught.value.retryable is True
-    deadline = time.monotonic() + 10  # a late request may still make one: it has the sandbox's lifetime
-    while not fake.sandboxes() and time.monotonic() < deadline:  # noqa: ASYNC110 (polls the fake)
-        await asyncio.sleep(0.1)
+    await asyncio.to_thread(fake.wait_faulted)  # a late request may still make one, with a lifetime
     for info in await e2b.AsyncSandbox.list(api_key=fake.api_key).next_items():
         assert (info.end_at - info.started_at).total_seconds() <= 61, "a leaked sandbox must end by itself"
         await e2b.AsyncSandbox.kill(info.sandbox_id, api_key=fake.api_key)

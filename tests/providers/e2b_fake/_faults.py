@@ -33,9 +33,10 @@ class Faults:
     """Thread-safe: the test thread adds rules and reads counts while the server thread takes them."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()
         self._rules: list[Fault] = []
         self._seen: list[tuple[str, str]] = []  # (method, path) of every request, in order
+        self.faulted_in_flight = 0  # requests a fault applies to, not yet answered (delayed ones)
 
     def add(
         self,
@@ -63,13 +64,13 @@ class Faults:
             drop_stream,
             times,
         )
-        with self._lock:
+        with self.lock:
             self._rules.append(rule)
 
     def count(self, route: str, method: str | None = None) -> int:
         pattern = re.compile(route)
         wanted = method.upper() if method else None
-        with self._lock:
+        with self.lock:
             return sum(
                 1
                 for m, path in self._seen
@@ -77,18 +78,19 @@ class Faults:
             )
 
     def clear(self) -> None:
-        with self._lock:
+        with self.lock:
             self._rules.clear()
 
     def take(self, method: str, path: str) -> Fault | None:
         """Count the request and hand out the first rule that still applies to it."""
-        with self._lock:
+        with self.lock:
             self._seen.append((method, path))
             for rule in self._rules:
                 if rule.matches(method, path):
                     rule.remaining -= 1
                     if rule.remaining == 0:
                         self._rules.remove(rule)
+                    self.faulted_in_flight += 1
                     return rule
         return None
 
@@ -99,14 +101,18 @@ def with_faults(faults: Faults, app: ASGIApp) -> ASGIApp:
         if fault is None:
             await app(scope, receive, send)
             return
-        if fault.delay:
-            await asyncio.sleep(fault.delay)
-        if fault.status is not None:
-            await _answer_error(fault, receive, send)
-        elif fault.drop_stream:
-            await app(scope, receive, _dropping(send))
-        else:
-            await app(scope, receive, send)
+        try:  # (take() counted it in flight)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is not None:
+                await _answer_error(fault, receive, send)
+            elif fault.drop_stream:
+                await app(scope, receive, _dropping(send))
+            else:
+                await app(scope, receive, send)
+        finally:
+            with faults.lock:
+                faults.faulted_in_flight -= 1
 
     return faulty
 

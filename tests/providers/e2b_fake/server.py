@@ -9,6 +9,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -165,9 +166,23 @@ class FakeE2B:
         """How many requests (so far) had a path matching `route_regex` (and the HTTP `method`, if given)."""
         return self._faults.count(route_regex, method)
 
+    def wait_faulted(self, timeout: float = 30.0) -> None:
+        """Wait until every request a fault applied to has been answered (a delayed create has made its
+        sandbox, or not): what a test checks afterwards no longer changes under it."""
+        deadline = time.monotonic() + timeout
+        while self._faults.faulted_in_flight:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self._faults.faulted_in_flight} faulted requests still in flight")
+            time.sleep(0.02)
+
     def sandboxes(self) -> list[str]:
         """Ids of the live sandboxes (running or paused)."""
         return self._cloud.live_ids() if self._cloud is not None else []
+
+    def metadata(self) -> dict[str, dict[str, str]]:
+        """Each live sandbox's metadata, by its id (who made it, for a test's error message)."""
+        boxes = list(self._cloud.sandboxes.values()) if self._cloud is not None else []
+        return {box.id: dict(box.metadata) for box in boxes}
 
     def snapshots(self) -> list[str]:
         """Ids of the snapshots (which keep files only: see `SNAPSHOT_LIMITATION`)."""
