@@ -1,5 +1,5 @@
 """`python -m tests.providers.e2b_fake [--port N] [--root DIR] [--template NAME]...`: serve the fake E2B
-in the foreground, print one `export NAME=value` line per environment variable the SDK needs, serve until
+in the foreground, print one `export NAME=value` line per environment variable the SDK needs and `# ready`, serve until
 SIGTERM or SIGINT."""
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for name, value in fake.env.items():
             print(f"export {name}={shlex.quote(value)}")
+        print("# ready")  # (a script waiting for the lines above can stop waiting)
         sys.stdout.flush()
         while not done.wait(1.0):
             pass
