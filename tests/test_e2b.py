@@ -291,6 +291,52 @@ async def test_unavailable_control_plane_is_retryable(fake: FakeE2B, make_sandbo
     assert caught.value.retryable is True
 
 
+@pytest.mark.parametrize(
+    ("route", "method", "status"),
+    [
+        (r"^/files$", "GET", 503),  # a download: envd's HTTP API
+        (r"^/files$", "POST", 502),  # an upload
+        (r"/filesystem.Filesystem/Stat$", "POST", 503),  # a stat: envd's Connect-RPC service
+        (r"/filesystem.Filesystem/ListDir$", "POST", 429),
+    ],
+)
+async def test_idempotent_file_calls_are_retried_then_mapped(
+    fake: FakeE2B, make_sandbox: Any, route: str, method: str, status: int
+) -> None:
+    """The SDK retries no envd call; grainchain tries an idempotent one again (provider_config `retries`
+    times, with backoff) and, when every try failed, raises the mapped retryable error."""
+    sandbox = await make_sandbox(config(provider_config={"retries": 2}), provider="e2b")
+    await sandbox.upload_file("f", b"data")
+
+    async def call() -> Any:
+        if route == r"^/files$":
+            return await (
+                sandbox.download_file("f") if method == "GET" else sandbox.upload_file("f", b"data")
+            )
+        return await (sandbox.get_file_info("f") if "Stat" in route else sandbox.list_files("."))
+
+    before = fake.requests(route, method=method)
+    fake.inject(route, method=method, status=status, times=2)
+    await call()  # the third try gets through
+    assert fake.requests(route, method=method) - before == 3
+    assert await sandbox.download_file("f") == b"data"
+
+    before = fake.requests(route, method=method)
+    fake.inject(route, method=method, status=status, times=10)
+    with pytest.raises(RemoteError) as caught:
+        await call()
+    assert caught.value.retryable is True
+    assert fake.requests(route, method=method) - before == 3, "1 try + provider_config retries=2"
+
+
+async def test_a_missing_file_is_not_retried(fake: FakeE2B, make_sandbox: Any) -> None:
+    sandbox = await make_sandbox(provider="e2b")
+    before = fake.requests(r"^/files$", method="GET")
+    with pytest.raises(FileNotFoundInSandboxError):
+        await sandbox.download_file("missing")
+    assert fake.requests(r"^/files$", method="GET") - before == 1
+
+
 async def test_a_create_whose_answer_is_lost_is_retried_without_a_second_sandbox(
     fake: FakeE2B, make_sandbox: Any
 ) -> None:

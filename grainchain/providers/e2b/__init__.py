@@ -7,4 +7,5 @@ SYNC_RENAMES = {
     "astart_command": "start_command",
     "await_command": "wait_command",
     "adisconnect": "disconnect",
+    "ACall": "Call",
 }

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterator
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, NoReturn, TypeVar
 
 import e2b
 import httpx
@@ -37,6 +37,9 @@ META_CONFIG = "grainchain_config"
 HOME = "/home/user"  # the working directory of E2B's templates
 
 Feed = Callable[[str], None]
+T = TypeVar("T")
+ACall = Callable[[], Awaitable[T]]  # an SDK call to make (again): the async client's form
+Call = Callable[[], T]  # the blocking client's
 
 
 class OutputOverflow(Exception):
@@ -103,7 +106,11 @@ _GO_SIGNALS = {
 
 def _status(exc: BaseException) -> int | None:
     status = getattr(exc, "status_code", None)
-    return status if isinstance(status, int) else None
+    if isinstance(status, int):
+        return status
+    # envd's HTTP API (/files) answers an unmapped status as SandboxException("503: message")
+    match = re.match(r"([1-5][0-9][0-9]): ", str(exc)) if type(exc) is e2b.SandboxException else None
+    return int(match.group(1)) if match else None
 
 
 def mapped(
@@ -135,6 +142,8 @@ def mapped(
     if isinstance(exc, (e2b.SandboxUnreachableException, e2b.ServiceBusyException, httpx.TransportError)):
         return BackendConnectionError(message, **context)
     status = _status(exc)
+    if status in (502, 503, 504):  # a gateway or the service is unavailable: asked to wait
+        return BackendConnectionError(message, **context)
     if status is not None and status >= 500:
         return ProviderError(message, retryable=True, **context)
     if isinstance(exc, ConnectionError):

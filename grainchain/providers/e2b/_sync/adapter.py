@@ -53,7 +53,7 @@ from grainchain.models import (
     SnapshotKind,
 )
 from grainchain.providers.e2b import _sdk
-from grainchain.providers.e2b._sdk import PROVIDER, OutputOverflow, translated
+from grainchain.providers.e2b._sdk import PROVIDER, Call, OutputOverflow, T, translated
 from grainchain.providers.e2b.config import E2bConfig
 from grainchain.settings import Settings
 
@@ -94,6 +94,30 @@ def _api(options: E2bConfig) -> dict[str, Any]:
         if value is not None:
             api[name] = value
     return api
+
+
+def _retried(
+    options: E2bConfig, what: str, call: Call[T], *, path: str | None = None, sandbox: str | None = None
+) -> T:
+    """Make an idempotent SDK call; a transient failure (a lost connection or answer, a 5xx, a 429: what
+    grainchain marks retryable) is tried again up to provider_config `retries` times with stamina's
+    backoff. (The SDK itself retries only the control plane's 429/502-504 answers and connections never
+    made.) The first try runs outside stamina: its set-up costs as much as a small file's download."""
+    try:
+        with translated(what, path=path, sandbox=sandbox):
+            return call()
+    except GrainchainError as exc:
+        if not exc.retryable or not options.retries:
+            raise
+    for attempt in stamina.retry_context(
+        on=lambda exc: isinstance(exc, GrainchainError) and exc.retryable is True,
+        attempts=options.retries,
+        timeout=None,
+        wait_initial=0.1,
+    ):
+        with attempt, translated(what, path=path, sandbox=sandbox):
+            return call()
+    raise AssertionError("unreachable: stamina re-raises the last error")
 
 
 def _now_ms() -> int:
@@ -314,10 +338,9 @@ class E2bAdapter(SandboxAdapter):
         metadata = None if sandbox_id is None else {_sdk.META_SANDBOX: sandbox_id}
         query = e2b.SandboxQuery(metadata=metadata)
         found: list[Any] = []
-        with translated("list sandboxes"):
-            paginator = e2b.Sandbox.list(query=query, **_api(options))
-            while paginator.has_next:
-                found.extend(paginator.next_items())
+        paginator = e2b.Sandbox.list(query=query, **_api(options))
+        while paginator.has_next:
+            found.extend(_retried(options, "list sandboxes", paginator.next_items))
         return [info for info in found if _sdk.META_SANDBOX in (info.metadata or {})]
 
     @classmethod
@@ -333,8 +356,12 @@ class E2bAdapter(SandboxAdapter):
         with contextlib.suppress(ValueError, KeyError):
             stored = SandboxConfig.model_validate_json(info.metadata[_sdk.META_CONFIG])
         # a paused sandbox is resumed (memory and all); the given config's credentials reach it
-        with translated("connect to sandbox", sandbox=sandbox_id):
-            sbx = e2b.Sandbox.connect(info.sandbox_id, timeout=e2b_options.lifetime, **_api(e2b_options))
+        sbx = _retried(
+            e2b_options,
+            "connect to sandbox",
+            lambda: e2b.Sandbox.connect(info.sandbox_id, timeout=e2b_options.lifetime, **_api(e2b_options)),
+            sandbox=sandbox_id,
+        )
         stored_options = _options(parse_options(backend.provider, backend.settings, stored.provider_config))
         merged = stored_options.model_copy(update={"api_key": e2b_options.api_key})
         return cls(sbx, sandbox_id, stored, backend.settings, merged)
@@ -363,11 +390,8 @@ class E2bAdapter(SandboxAdapter):
         try:
             self._handles.kill_all()
             if self.config.auto_cleanup:
-                with (
-                    translated("kill sandbox", sandbox=self.sandbox_id),
-                    contextlib.suppress(SandboxNotFoundError),
-                ):
-                    self._sbx.kill()
+                with contextlib.suppress(SandboxNotFoundError):  # (also: a retry after a lost answer)
+                    self._retried("kill sandbox", self._sbx.kill)
             else:  # kept: paused with its files only (no process outlives close); connect() boots it again
                 with (
                     translated("pause sandbox", sandbox=self.sandbox_id),
@@ -428,13 +452,16 @@ class E2bAdapter(SandboxAdapter):
 
     # -- files ----------------------------------------------------------------------------------------
 
+    def _retried(self, what: str, call: Call[T], *, path: str | None = None) -> T:
+        return _retried(self._e2b, what, call, path=path, sandbox=self.sandbox_id)
+
     def _path(self, path: str) -> str:
         return posixpath.normpath(posixpath.join(self._cwd, path))
 
     def _stat(self, target: str) -> FileInfo | None:
         try:
-            with translated("stat", path=target, sandbox=self.sandbox_id):
-                return _file_info(self._sbx.files.get_info(target))
+            info = self._retried("stat", lambda: self._sbx.files.get_info(target), path=target)
+            return _file_info(info)
         except FileNotFoundInSandboxError:
             return None
 
@@ -454,24 +481,23 @@ class E2bAdapter(SandboxAdapter):
             with contextlib.suppress(FileNotFoundInSandboxError):
                 data = self.download_file(target) + data
         try:
-            with translated("upload file", path=target, sandbox=self.sandbox_id):
-                self._sbx.files.write(target, data)
+            # (a write replaces the whole file: trying it again is harmless)
+            self._retried("upload file", lambda: self._sbx.files.write(target, data), path=target)
         except GrainchainError as exc:
             raise self._not_a_file(target, exc) from exc.__cause__
 
     def download_file(self, path: str) -> bytes:
         target = self._path(path)
         try:
-            with translated("download file", path=target, sandbox=self.sandbox_id):
-                return bytes(self._sbx.files.read(target, format="bytes"))
+            read = lambda: self._sbx.files.read(target, format="bytes")  # noqa: E731
+            return bytes(self._retried("download file", read, path=target))
         except GrainchainError as exc:
             raise self._not_a_file(target, exc) from exc.__cause__
 
     def list_files(self, path: str = ".") -> list[FileInfo]:
         target = self._path(path)
         try:  # (a symlink to a directory lists the directory, as `ls` does)
-            with translated("list files", path=target, sandbox=self.sandbox_id):
-                entries = self._sbx.files.list(target, depth=1)
+            entries = self._retried("list files", lambda: self._sbx.files.list(target, depth=1), path=target)
         except GrainchainError as exc:
             info = self._stat(target)
             if info is None:
@@ -492,8 +518,7 @@ class E2bAdapter(SandboxAdapter):
 
     def file_exists(self, path: str) -> bool:
         target = self._path(path)
-        with translated("file exists", path=target, sandbox=self.sandbox_id):
-            return bool(self._sbx.files.exists(target))
+        return bool(self._retried("file exists", lambda: self._sbx.files.exists(target), path=target))
 
     def delete_file(self, path: str) -> None:
         target = self._path(path)
@@ -528,19 +553,18 @@ class E2bAdapter(SandboxAdapter):
         """grainchain's snapshots on the account (as on every provider, a snapshot of one sandbox restores
         into any other)."""
         found: dict[str, SnapshotInfo] = {}
-        with translated("list snapshots", sandbox=self.sandbox_id):
-            paginator = e2b.Sandbox.list_snapshots(**_api(self._e2b))
-            while paginator.has_next:
-                for snap in paginator.next_items():
-                    parsed = _parse_snapshot_name(list(snap.names), snap.snapshot_id)
-                    if parsed is not None:
-                        found[snap.snapshot_id] = SnapshotInfo(
-                            snapshot_id=snap.snapshot_id,
-                            provider=PROVIDER,
-                            kind=parsed[1],
-                            created_at=parsed[2],
-                            source_sandbox_id=parsed[0],
-                        )
+        paginator = e2b.Sandbox.list_snapshots(**_api(self._e2b))
+        while paginator.has_next:
+            for snap in self._retried("list snapshots", paginator.next_items):
+                parsed = _parse_snapshot_name(list(snap.names), snap.snapshot_id)
+                if parsed is not None:
+                    found[snap.snapshot_id] = SnapshotInfo(
+                        snapshot_id=snap.snapshot_id,
+                        provider=PROVIDER,
+                        kind=parsed[1],
+                        created_at=parsed[2],
+                        source_sandbox_id=parsed[0],
+                    )
         return found
 
     def list_snapshots(self) -> list[SnapshotInfo]:
@@ -566,11 +590,8 @@ class E2bAdapter(SandboxAdapter):
         self._handles.kill_all()
         fresh = self._new_e2b_sandbox(snapshot_id, self.sandbox_id, self.config, self._e2b)
         old, self._sbx = self._sbx, fresh
-        with (
-            translated("kill the sandbox a restore replaced", sandbox=self.sandbox_id),
-            contextlib.suppress(SandboxNotFoundError),
-        ):
-            old.kill()
+        with contextlib.suppress(SandboxNotFoundError):
+            self._retried("kill the sandbox a restore replaced", old.kill)
 
     # -- terminate / wake up --------------------------------------------------------------------------
 
