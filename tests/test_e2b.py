@@ -6,6 +6,7 @@ mapped error (the fake injects 401, 404, 429, 503, slow answers and dropped stre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -249,6 +250,61 @@ async def test_lifetime_is_set_and_keep_alive_extends_it(fake: FakeE2B, make_san
         if i.metadata.get("grainchain_sandbox_id") == sandbox.sandbox_id
     ]
     assert abs((found.end_at - found.started_at).total_seconds() - 120) < 5
+
+
+@pytest.fixture
+def host_server() -> Iterator[int]:
+    """A TCP server on the host's 127.0.0.1 (the only network the fake's sandboxes can reach): its port."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    server.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                server.accept()[0].close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    server.close()
+
+
+@pytest.mark.parametrize(
+    ("network", "reached"),
+    [("internet", True), ("none", False), (["127.0.0.1"], True), (["10.0.0.0/8", "example.com"], False)],
+)
+async def test_network_policy_is_enforced(
+    make_sandbox: Any, host_server: int, network: Any, reached: bool
+) -> None:
+    """provider_config `network`: "none" is E2B's allow_internet_access=False, an allow-list its allow_out
+    with every other address denied (the fake enforces it for the host's loopback, its only network)."""
+    sandbox = await make_sandbox(config(provider_config={"network": network}), provider="e2b")
+    probe = f"(exec 3<>/dev/tcp/127.0.0.1/{host_server}) 2>/dev/null && echo reached || echo blocked"
+    result = await sandbox.execute(probe, timeout=10)
+    assert result.stdout.strip() == ("reached" if reached else "blocked")
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ("off", "internet"),
+        ([], '"none"'),
+        (["10.0.0.0/33"], "neither an IP address"),
+        (["not a host!"], "neither an IP address"),
+    ],
+)
+async def test_bad_network_is_a_configuration_error(network: Any, message: str) -> None:
+    from grainchain import AsyncSandbox
+
+    with pytest.raises(ConfigurationError, match="network") as caught:
+        AsyncSandbox("e2b", config(provider_config={"network": network}))
+    assert message in str(caught.value)
 
 
 async def test_limits_are_refused_not_ignored() -> None:

@@ -68,7 +68,7 @@ BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {
     ),
     "e2b": ProviderInfo(
         name="e2b",
-        summary="E2B cloud sandboxes (Firecracker microVMs) from templates, on the official e2b SDK (2.63). CPU and memory are set per template, not per sandbox, so limits.* are unsupported; memory snapshots, network policy, ports and Dockerfile templates are not built yet.",
+        summary="E2B cloud sandboxes (Firecracker microVMs) from templates, on the official e2b SDK (2.63). CPU and memory are set per template, not per sandbox, so limits.* are unsupported. Network policy through provider_config `network` (allow_internet_access / allow_out). Memory snapshots, ports and Dockerfile templates are not built yet (the SDK has them; the in-repo fake cannot prove them).",
         status="available",
         async_adapter="grainchain.providers.e2b._async.adapter:AsyncE2bAdapter",
         sync_adapter="grainchain.providers.e2b._sync.adapter:E2bAdapter",
@@ -89,7 +89,7 @@ BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {
             Feature.IMAGE_DOCKERFILE: SupportLevel.unsupported,
             Feature.LIMITS_CPU: SupportLevel.unsupported,
             Feature.LIMITS_MEMORY: SupportLevel.unsupported,
-            Feature.NETWORK_POLICY: SupportLevel.unsupported,
+            Feature.NETWORK_POLICY: SupportLevel.native,
             Feature.PORTS: SupportLevel.unsupported,
         },
     ),

@@ -2,18 +2,26 @@
 
 The API document's keys (`template`, `api_key`) are accepted as written. A sandbox's `lifetime` is how long
 E2B keeps it after its creation (or the last extension) before killing it by itself: a forgotten sandbox
-ends. It is not SandboxConfig.timeout, which is each command's default timeout."""
+ends. It is not SandboxConfig.timeout, which is each command's default timeout.
+
+`network` is the sandbox's outbound access: "internet" (E2B's default), "none", or an allow-list of IP
+addresses, CIDR blocks and host names (everything else denied, E2B's allow_out / deny_out)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import ipaddress
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from grainchain._provider_config import ProviderConfig
 
 DEFAULT_LIFETIME = 900  # seconds: a forgotten sandbox costs at most 15 minutes
 DEFAULT_KEEP_ALIVE_LIFETIME = 3600  # seconds a sandbox left running by keep_alive lives on
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
 
 
 class E2bConfig(ProviderConfig):
@@ -35,9 +43,30 @@ class E2bConfig(ProviderConfig):
     sandbox_url: str | None = Field(
         None, description="in-sandbox agent URL of a test endpoint (E2B_SANDBOX_URL)"
     )
+    network: Literal["internet", "none"] | list[str] = Field(
+        "internet",
+        description='outbound access: "internet", "none", or an allow-list of IPs, CIDR blocks and host names',
+    )
     request_timeout: Annotated[float, Field(gt=0)] = Field(
         60.0, description="seconds one API request may take"
     )
     retries: Annotated[int, Field(ge=0, le=10, strict=True)] = Field(
         3, description="retries of a rate-limited or unavailable control-plane call (the SDK's backoff)"
     )
+
+    @field_validator("network")
+    @classmethod
+    def _allow_list(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            return value
+        if not value:
+            raise ValueError('an empty allow-list allows nothing: write "none" for that')
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                if not _HOST_NAME.fullmatch(entry.lower()):
+                    raise ValueError(
+                        f"{entry!r} is neither an IP address, a CIDR block (10.0.0.0/8) nor a host name"
+                    ) from None
+        return value

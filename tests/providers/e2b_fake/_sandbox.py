@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import os
 import secrets
@@ -140,6 +141,15 @@ def utcnow() -> datetime:
 
 
 # ---------------------------------------------------------------------------------------------- processes
+
+
+def _covers_loopback(entry: str) -> bool:
+    if entry == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(entry, strict=False)
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -445,11 +455,16 @@ class Sandbox:
 
     @property
     def internet(self) -> bool:
+        """Whether commands share the host's network. The fake's only reachable network is the host's
+        loopback, so an allow-list is enforced as exactly that: the host is reachable only when the list
+        covers 127.0.0.1 (or names localhost)."""
         if self.allow_internet_access is False:
             return False
         deny = (self.network or {}).get("denyOut") or []
         allow = (self.network or {}).get("allowOut") or []
-        return not ("0.0.0.0/0" in deny and not allow)
+        if any(_covers_loopback(entry) for entry in allow):
+            return True
+        return not any(_covers_loopback(entry) for entry in deny)
 
     def drop_links(self) -> None:
         """End every request in flight to the sandbox's envd, as the edge proxy does when it goes away."""

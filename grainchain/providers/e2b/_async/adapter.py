@@ -94,6 +94,15 @@ def _api(options: E2bConfig) -> dict[str, Any]:
     return api
 
 
+def _network(options: E2bConfig) -> dict[str, Any]:
+    """provider_config `network` as the SDK's create takes it."""
+    if options.network == "none":
+        return {"allow_internet_access": False}
+    if isinstance(options.network, list):  # only these: allow_out wins over deny_out
+        return {"network": {"allow_out": list(options.network), "deny_out": [e2b.ALL_TRAFFIC]}}
+    return {}
+
+
 async def _retried(
     options: E2bConfig, what: str, call: ACall[T], *, path: str | None = None, sandbox: str | None = None
 ) -> T:
@@ -294,6 +303,7 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
             "metadata": cls._metadata(sandbox_id, config),
             "envs": {**config.environment_vars, SANDBOX_MARKER: sandbox_id},
             "idempotency_key": uuid.uuid4().hex,
+            **_network(options),
             **_api(options),
         }
         lost = (BackendTimeoutError, BackendConnectionError)
