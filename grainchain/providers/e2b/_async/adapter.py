@@ -283,10 +283,11 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
 
     @classmethod
     def _metadata(cls, sandbox_id: str, config: SandboxConfig) -> dict[str, str]:
-        stored = config.model_dump(mode="json", exclude={"provider_config"})
-        stored["provider_config"] = {
-            k: v for k, v in config.provider_config.items() if k not in E2bConfig.credential_env()
-        }
+        # what differs from SandboxConfig's defaults, credentials left out: connect() rebuilds the rest
+        stored = config.model_dump(mode="json", exclude={"provider_config"}, exclude_defaults=True)
+        secret = E2bConfig.credential_env()
+        if kept := {k: v for k, v in config.provider_config.items() if k not in secret}:
+            stored["provider_config"] = kept
         return {_sdk.META_SANDBOX: sandbox_id, _sdk.META_CONFIG: json.dumps(stored)}
 
     @classmethod
