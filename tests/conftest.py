@@ -4,6 +4,7 @@ a sandbox process running."""
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
@@ -20,7 +21,7 @@ from grainchain.sync import Sandbox as SyncSandbox
 
 
 @pytest.fixture(autouse=True)
-def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def state_dir(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state = tmp_path / "state"
     monkeypatch.setenv("GRAINCHAIN_STATE_DIR", str(state))
     monkeypatch.setenv("GRAINCHAIN_CONFIG", str(tmp_path / "no-config.toml"))
@@ -31,6 +32,11 @@ def state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in CLOUD_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("E2B_DOMAIN", "e2b.invalid")
+    if request.node.get_closest_marker("live"):  # (`pytest -m live`: the real service, as the user set it)
+        for name in (*CLOUD_ENVIRONMENT, "E2B_DOMAIN"):
+            monkeypatch.delenv(name, raising=False)
+            if name in LIVE_ENVIRONMENT:
+                monkeypatch.setenv(name, LIVE_ENVIRONMENT[name])
     return state
 
 
@@ -48,6 +54,10 @@ CLOUD_ENVIRONMENT = (
     "DAYTONA_API_KEY",
     "DAYTONA_API_URL",
 )
+# the cloud's variables as the test run found them: only tests marked `live` see them (tests/test_*_live.py)
+LIVE_ENVIRONMENT = {
+    name: os.environ[name] for name in (*CLOUD_ENVIRONMENT, "E2B_DOMAIN") if name in os.environ
+}
 
 
 def sandbox_processes(state: Path | None = None) -> list[int]:

@@ -176,12 +176,12 @@ async def test_files_round_trip_binary_and_metadata(make_sandbox: Any) -> None:
         await sandbox.make_directory("a/file")
 
 
-async def test_list_and_connect_find_only_grainchain_sandboxes(fake: FakeE2B, make_sandbox: Any) -> None:
+async def test_list_and_connect_find_only_grainchain_sandboxes(make_sandbox: Any) -> None:
     import e2b
 
     from grainchain import AsyncSandbox
 
-    foreign = await e2b.AsyncSandbox.create(metadata={"owner": "someone else"}, api_key=fake.api_key)
+    foreign = await e2b.AsyncSandbox.create(metadata={"owner": "someone else"})  # (E2B_API_KEY)
     try:
         sandbox = await make_sandbox(config(auto_cleanup=False), provider="e2b")
         await sandbox.upload_file("kept.txt", "kept")
@@ -203,7 +203,7 @@ async def test_list_and_connect_find_only_grainchain_sandboxes(fake: FakeE2B, ma
         await foreign.kill()
 
 
-async def test_filesystem_snapshot_restore_keeps_the_sandbox_id(fake: FakeE2B, make_sandbox: Any) -> None:
+async def test_filesystem_snapshot_restore_keeps_the_sandbox_id(make_sandbox: Any) -> None:
     sandbox = await make_sandbox(provider="e2b")
     await sandbox.upload_file("state.txt", "v1")
     snapshot = await sandbox.create_snapshot()
@@ -212,18 +212,29 @@ async def test_filesystem_snapshot_restore_keeps_the_sandbox_id(fake: FakeE2B, m
     assert [(s.snapshot_id, s.kind, s.source_sandbox_id) for s in listed] == [
         (snapshot, SnapshotKind.filesystem, sandbox.sandbox_id)
     ]
-    before = fake.sandboxes()
     await sandbox.restore_snapshot(snapshot)
     assert await sandbox.download_file("state.txt") == b"v1"
-    assert len(fake.sandboxes()) == len(before), "the sandbox a restore replaced was not killed"
     from grainchain import AsyncSandbox
 
     ids = [info.sandbox_id for info in await AsyncSandbox.list_sandboxes(provider="e2b")]
-    assert ids.count(sandbox.sandbox_id) == 1
+    assert ids.count(sandbox.sandbox_id) == 1, "the E2B sandbox a restore replaced was not killed"
     await sandbox.delete_snapshot(snapshot)
     assert await sandbox.list_snapshots() == []
     with pytest.raises(SnapshotNotFoundError):
         await sandbox.restore_snapshot(snapshot)
+
+
+async def test_labels_reach_the_sandboxs_metadata(make_sandbox: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """provider_config `metadata` (here from [providers.e2b] defaults, as the live tests label theirs)."""
+    import e2b
+
+    monkeypatch.setenv("GRAINCHAIN_PROVIDERS", '{"e2b": {"metadata": {"team": "search"}}}')
+    sandbox = await make_sandbox(provider="e2b")
+    found = await e2b.AsyncSandbox.list(query=e2b.SandboxQuery(metadata={"team": "search"})).next_items()
+    assert [info.metadata["grainchain_sandbox_id"] for info in found] == [sandbox.sandbox_id]
+    mine = config(provider_config={"metadata": {"grainchain_sandbox_id": "mine"}})
+    with pytest.raises(ConfigurationError, match="grainchain's own"):
+        await make_sandbox(mine, provider="e2b")
 
 
 async def test_terminate_pauses_and_wake_up_resumes(make_sandbox: Any) -> None:

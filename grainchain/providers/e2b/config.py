@@ -47,6 +47,10 @@ class E2bConfig(ProviderConfig):
         "internet",
         description='outbound access: "internet", "none", or an allow-list of IPs, CIDR blocks and host names',
     )
+    metadata: dict[str, str] = Field(
+        default_factory=dict,
+        description="labels added to the E2B sandbox's metadata (E2B's dashboard and API show them)",
+    )
     request_timeout: Annotated[float, Field(gt=0)] = Field(
         60.0, description="seconds one API request may take"
     )
@@ -69,4 +73,12 @@ class E2bConfig(ProviderConfig):
                     raise ValueError(
                         f"{entry!r} is neither an IP address, a CIDR block (10.0.0.0/8) nor a host name"
                     ) from None
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if key.startswith("grainchain_"):
+                raise ValueError(f"{key!r}: keys starting with 'grainchain_' are grainchain's own")
         return value

@@ -282,13 +282,13 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
         return config.image or options.template or os.environ.get("E2B_TEMPLATE") or None
 
     @classmethod
-    def _metadata(cls, sandbox_id: str, config: SandboxConfig) -> dict[str, str]:
+    def _metadata(cls, sandbox_id: str, config: SandboxConfig, options: E2bConfig) -> dict[str, str]:
         # what differs from SandboxConfig's defaults, credentials left out: connect() rebuilds the rest
         stored = config.model_dump(mode="json", exclude={"provider_config"}, exclude_defaults=True)
         secret = E2bConfig.credential_env()
         if kept := {k: v for k, v in config.provider_config.items() if k not in secret}:
             stored["provider_config"] = kept
-        return {_sdk.META_SANDBOX: sandbox_id, _sdk.META_CONFIG: json.dumps(stored)}
+        return {**options.metadata, _sdk.META_SANDBOX: sandbox_id, _sdk.META_CONFIG: json.dumps(stored)}
 
     @classmethod
     async def _new_e2b_sandbox(
@@ -301,7 +301,7 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
         arguments = {
             "template": template,
             "timeout": options.lifetime,
-            "metadata": cls._metadata(sandbox_id, config),
+            "metadata": cls._metadata(sandbox_id, config, options),
             "envs": {**config.environment_vars, SANDBOX_MARKER: sandbox_id},
             "idempotency_key": uuid.uuid4().hex,
             **_network(options),
