@@ -68,7 +68,7 @@ BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {
     ),
     "e2b": ProviderInfo(
         name="e2b",
-        summary="E2B cloud sandboxes (Firecracker microVMs) from templates, on the official e2b SDK (2.63). CPU and memory are set per template, not per sandbox, so limits.* are unsupported. Network policy through provider_config `network` (allow_internet_access / allow_out). Memory snapshots, ports and Dockerfile templates are not built yet (the SDK has them; the in-repo fake cannot prove them).",
+        summary="E2B cloud sandboxes (Firecracker microVMs) from templates, on the official e2b SDK (2.63). CPU and memory are set per template, not per sandbox, so limits.* are unsupported. Network policy through provider_config `network` (allow_internet_access / allow_out). Not built yet: memory snapshots (the SDK's create_snapshot mode \"full\"; the in-repo fake keeps files only, so nothing here could prove them), Dockerfile templates (the SDK's Template builder), ports (E2B serves a port only as an HTTPS host of its edge proxy, not the raw host:port that port_address promises).",
         status="available",
         async_adapter="grainchain.providers.e2b._async.adapter:AsyncE2bAdapter",
         sync_adapter="grainchain.providers.e2b._sync.adapter:E2bAdapter",
