@@ -9,10 +9,13 @@ not the loop: on a 2-core VM the docker engine (dockerd, containerd, runc) alone
 during the docker test (10-19 runnable processes), and a wake-up then waits its turn however little the loop
 does. The kernel counts that wait per thread (/proc/thread-self/schedstat, "run delay"), so each beat's
 stall is also taken less the loop thread's run delay meanwhile: what a blocking call causes. The test
-asserts on that CPU-corrected stall for docker, and on the raw stall for the local provider, whose worst raw
-stall stays under the limit on that VM; both numbers are printed for every run. (The correction cannot
-see one more effect of a busy machine: a thread of this process that holds the GIL and waits for a CPU
-holds up the loop too, which then sleeps on the GIL and counts no run delay of its own.)
+asserts on that CPU-corrected stall (local's raw stall, once under the limit on that VM, passed it in a run
+right after the docker engine started); both numbers are printed for every run. One more effect of a busy
+machine: the watchdog thread below holds the GIL while it samples stacks, and when it waits for a CPU
+meanwhile, the loop sleeps on the GIL and counts no run delay of its own (that was the 55 ms stall of a
+CI run, with the loop thread itself on a CPU for 3 ms). The watchdog is this test's instrument, so its run
+delay is taken out too: the correction is the longer of the two threads' waits (not their sum: they may
+overlap). Other threads' waits are not: a worker holding the GIL is the adapter's doing.
 
 Garbage collection is kept out: garbage earlier tests left is collected before the heartbeat starts, and the
 objects that exist then (modules, classes) are frozen (gc.freeze(), as a latency-sensitive application does
@@ -82,7 +85,7 @@ class Stall:
     gap: float  # how late it came, beyond the sleep
     last: float  # perf_counter() of the beat before it (what the watchdog's samples are keyed by)
     cpu: float  # CPU time the loop thread used meanwhile: near `gap` means it ran code, near 0 it waited
-    runnable: float  # time it waited for a CPU meanwhile (schedstat): the machine was busy, not the loop
+    runnable: float  # the loop's or the watchdog's wait for a CPU meanwhile (schedstat): a busy machine
     samples: list[Sample] = field(default_factory=list)
 
     def shares(self) -> dict[str, float]:
@@ -130,13 +133,16 @@ def _site(stack: traceback.StackSummary) -> str:
     return f"{_frame(ours)}  [in {_frame(inner)}]"
 
 
-def _queued() -> float:
-    """Seconds this thread has waited for a CPU while runnable (Linux schedstat; 0 elsewhere)."""
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as f:
-            return int(f.read().split()[1]) / 1e9
-    except (OSError, IndexError, ValueError):
-        return 0.0
+def _queued(*threads: int | None) -> list[float]:
+    """Seconds each thread (by native id) has waited for a CPU while runnable (Linux schedstat; 0 elsewhere)."""
+    found = []
+    for tid in threads:
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat", "rb") as f:
+                found.append(int(f.read().split()[1]) / 1e9)
+        except (OSError, IndexError, ValueError):
+            found.append(0.0)
+    return found
 
 
 def _waiting(frame: traceback.FrameSummary) -> bool:
@@ -154,7 +160,7 @@ class Heartbeat:
     def __init__(self) -> None:
         self.stalls: list[Stall] = []
         self.worst = 0.0  # the longest stall
-        self.worst_own = 0.0  # the longest stall less the loop thread's waits for a CPU meanwhile
+        self.worst_own = 0.0  # the longest stall less the loop's or the watchdog's wait for a CPU meanwhile
         self.beats = 0
         self.collections: list[tuple[float, float, int]] = []  # GC runs: (at, seconds, generation)
         self._gc_started: dict[int, float] = {}
@@ -198,19 +204,21 @@ class Heartbeat:
             stall.samples = by_beat.get(stall.last, [])
 
     async def _beat(self) -> None:
-        cpu, queued = time.thread_time(), _queued()
+        threads = (threading.get_native_id(), self._watchdog.native_id)  # (the watchdog has started)
+        cpu, queued = time.thread_time(), _queued(*threads)
         while True:
             await asyncio.sleep(SLEEP)
             woke = time.perf_counter()
             last, self._last = self._last, woke  # the watchdog stops sampling this stall
             gap = woke - last - SLEEP
-            cpu_now, queued_now = time.thread_time(), _queued()
+            cpu_now, queued_now = time.thread_time(), _queued(*threads)
+            waited = max(now - before for now, before in zip(queued_now, queued, strict=True))
             self.beats += 1
             self.worst = max(self.worst, gap)
-            self.worst_own = max(self.worst_own, gap - (queued_now - queued))
+            self.worst_own = max(self.worst_own, gap - waited)
             if gap > LISTED:
                 at = last + SLEEP - self._start
-                self.stalls.append(Stall(at, gap, last, cpu_now - cpu, queued_now - queued))
+                self.stalls.append(Stall(at, gap, last, cpu_now - cpu, waited))
             cpu, queued = cpu_now, queued_now
             self._last = time.perf_counter()  # the next sleep starts now: this beat's own work not counted
 
@@ -259,14 +267,14 @@ class Heartbeat:
         worst_first = sorted(self.stalls, key=lambda s: -s.gap)
         lines = [
             f"{title}: worst stall {self.worst * 1000:.1f} ms raw, {self.worst_own * 1000:.1f} ms less the "
-            f"loop thread's waits for a CPU, over {self.beats} beats (limit {LIMIT * 1000:.0f} ms); "
+            f"loop's or the watchdog's wait for a CPU, over {self.beats} beats (limit {LIMIT * 1000:.0f} ms); "
             f"stalls over {LISTED * 1000:.0f} ms: {len(self.stalls)}",
-            "worst stalls (at ms: stall ms (loop thread on a CPU ms / waiting for a CPU ms)):  "
+            "worst stalls (at ms: stall ms (loop thread on a CPU ms / it or the watchdog waiting for a CPU ms)):  "
             + ", ".join(
                 f"{s.at * 1000:.0f}: {s.gap * 1000:.1f} ({s.cpu * 1000:.0f}/{s.runnable * 1000:.0f})"
                 for s in worst_first[:10]
             ),
-            "worst stall less the time the loop thread waited for a CPU (a busy machine, not the loop): "
+            "worst stall less the loop's or the watchdog's wait for a CPU (a busy machine, not the loop): "
             + f"{max((s.gap - s.runnable for s in self.stalls), default=0.0) * 1000:.1f} ms",
             "where the loop was, by the watchdog's samples (worst ms in one stall, total ms, stalls):",
         ]
@@ -306,10 +314,10 @@ class Heartbeat:
 
 
 async def run_under_heartbeat(
-    title: str, provider: str, config: SandboxConfig | None, count: int, *, raw: bool
+    title: str, provider: str, config: SandboxConfig | None, count: int
 ) -> Heartbeat:
     """Run `count` workflows concurrently under a heartbeat; fail if the loop stalled more than LIMIT:
-    the raw stall when `raw`, else the stall less the loop thread's waits for a CPU (see the docstring).
+    the stall less the loop's or the watchdog's wait for a CPU meanwhile (see the docstring).
 
     The provider's adapter module is imported first, outside the measurement: an import happens once per
     process, so whether it fell inside would depend on which test ran first (GRAINCHAIN_LOOP_COLD=1 leaves
@@ -332,10 +340,7 @@ async def run_under_heartbeat(
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
-    if raw:
-        assert heartbeat.worst <= LIMIT, "the event loop stalled:\n" + report
-    else:
-        assert heartbeat.worst_own <= LIMIT, "the event loop stalled (less its waits for a CPU):\n" + report
+    assert heartbeat.worst_own <= LIMIT, "the event loop stalled (less its waits for a CPU):\n" + report
     return heartbeat
 
 
@@ -362,6 +367,23 @@ async def workflow(provider: str, config: SandboxConfig | None, i: int) -> None:
 # -- what keeps kills and thread starts off the loop -------------------------------------------------------
 
 T = TypeVar("T")
+
+
+async def test_the_heartbeat_sees_a_blocking_call_despite_busy_threads() -> None:
+    """The correction for a busy machine does not hide a blocking call on the loop (the loop thread sleeps
+    in it, whatever the other threads wait for), also while threads of ours keep the CPUs and GIL busy."""
+
+    def spin(until: float) -> None:
+        while time.perf_counter() < until:
+            sum(range(1000))
+
+    async with Heartbeat() as heartbeat:
+        spinners = [asyncio.to_thread(spin, time.perf_counter() + 0.4) for _ in range(3)]
+        gathered = asyncio.gather(*spinners)
+        await asyncio.sleep(0.05)
+        time.sleep(0.15)  # noqa: ASYNC251 (the blocking call the heartbeat must see)
+        await gathered
+    assert heartbeat.worst_own >= 0.1, heartbeat.report("blocking call")
 
 
 async def test_arun_to_end_finishes_the_work_of_a_cancelled_caller() -> None:
@@ -437,7 +459,7 @@ LOCAL_CONFIGS = {
 async def test_local_sandboxes_never_block_the_loop(isolation: str) -> None:
     config = LOCAL_CONFIGS[isolation]
     try:
-        await run_under_heartbeat(f"local ({isolation})", "local", config, LOCAL_SANDBOXES, raw=True)
+        await run_under_heartbeat(f"local ({isolation})", "local", config, LOCAL_SANDBOXES)
     except ProviderUnavailableError as exc:
         if isolation != "namespaces" or os.environ.get("GRAINCHAIN_REQUIRE_NAMESPACES") == "1":
             raise
@@ -479,4 +501,4 @@ def require_docker() -> None:
 async def test_docker_sandboxes_never_block_the_loop() -> None:
     require_docker()
     config = SandboxConfig(image=DOCKER_IMAGE)
-    await run_under_heartbeat("docker", "docker", config, DOCKER_SANDBOXES, raw=False)
+    await run_under_heartbeat("docker", "docker", config, DOCKER_SANDBOXES)
