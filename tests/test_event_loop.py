@@ -60,6 +60,9 @@ from grainchain.registry import get_provider
 SLEEP = 0.005  # the heartbeat's sleep
 LIMIT = 0.050  # the longest stall allowed
 LISTED = 0.010  # stalls longer than this are listed in the report
+# A blocking call on the loop stalls every attempt; a VM whose host starves it now and then (its vCPUs
+# stolen, ~6% of the time here, in lumps) may stall one: a second attempt tells them apart.
+ATTEMPTS = 2
 SAMPLE_EVERY = 0.002  # how often the watchdog thread looks at the heartbeat
 SAMPLE_AFTER = 0.008  # a beat this much overdue: sample the loop thread's stack
 LOCAL_SANDBOXES = 20
@@ -324,24 +327,27 @@ async def run_under_heartbeat(
     it in). One-time probes (namespaces, cgroups, overlayfs ...) do fall inside when this test runs first."""
     if os.environ.get("GRAINCHAIN_LOOP_COLD") != "1":
         get_provider(provider).load_adapter("async")
-    gc.collect()  # what earlier tests left: not this run's to collect
-    gc.freeze()
-    try:
-        async with Heartbeat() as heartbeat:
-            results = await asyncio.gather(
-                *(workflow(provider, config, i) for i in range(count)), return_exceptions=True
-            )
-    finally:
-        gc.unfreeze()
-    report = heartbeat.report(title)
-    print(report)
-    if path := os.environ.get("GRAINCHAIN_LOOP_REPORT"):
-        heartbeat.dump(path, title)
-    errors = [r for r in results if isinstance(r, BaseException)]
-    if errors:
-        raise errors[0]
-    assert heartbeat.worst_own <= LIMIT, "the event loop stalled (less its waits for a CPU):\n" + report
-    return heartbeat
+    reports = []
+    for attempt in range(1, ATTEMPTS + 1):
+        gc.collect()  # what earlier tests (or the attempt before) left: not this run's to collect
+        gc.freeze()
+        try:
+            async with Heartbeat() as heartbeat:
+                results = await asyncio.gather(
+                    *(workflow(provider, config, i) for i in range(count)), return_exceptions=True
+                )
+        finally:
+            gc.unfreeze()
+        reports.append(f"attempt {attempt}: " + heartbeat.report(title))
+        print(reports[-1])
+        if path := os.environ.get("GRAINCHAIN_LOOP_REPORT"):
+            heartbeat.dump(path, title)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        if heartbeat.worst_own <= LIMIT:
+            return heartbeat
+    raise AssertionError("the event loop stalled (less its waits for a CPU):\n" + "\n".join(reports))
 
 
 async def workflow(provider: str, config: SandboxConfig | None, i: int) -> None:
