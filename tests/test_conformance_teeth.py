@@ -23,6 +23,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -632,8 +633,19 @@ def run_suite(root: Path, liar: Liar) -> Run:
     return Run(proc.returncode, names, time.monotonic() - started, proc.stdout + proc.stderr)
 
 
+def _unmount_under(root: Path) -> list[str]:
+    """Detach every mount under `root` (deepest first): a liar's kept sandbox may keep its disk mounted, and
+    a mount left in pytest's temporary directories fails its clean-up of old ones in a later run."""
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    inside = sorted((p for p in points if p.startswith(f"{root.resolve()}/")), key=len, reverse=True)
+    for point in inside:
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=30)
+    return inside
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     """The suite's verdict on every liar and honest copy, eight runs at a time (much of a run is sleeping)."""
     root = tmp_path_factory.mktemp("teeth")
     everyone = [*HONEST, *LIARS]
@@ -646,7 +658,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
     print(f"\nconformance suite against each liar ({time.monotonic() - started:.1f} s in all):")
     for name, run in verdicts.items():
         print(f"  {name:34} exit {run.exit_code}  {run.seconds:5.1f} s  failed {sorted(run.failed)}")
-    return verdicts
+    yield verdicts
+    _unmount_under(root)
 
 
 @pytest.mark.parametrize("honest", HONEST, ids=lambda li: li.name)
