@@ -14,6 +14,12 @@ from typing import Any
 import pytest
 
 
+def mounts_under(path: Path) -> list[str]:
+    """Mount points at or below `path` (by prefix of its resolved form), in mount order."""
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(str(path.resolve()))]
+
+
 def run_unisolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Make isolation="none" the default of every sandbox the test creates (through the config file's
     [sandbox] table, so that a test's own SandboxConfig still applies). For tests that look at a sandbox

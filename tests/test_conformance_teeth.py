@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _local import mounts_under
 from blind_liars import BLIND_LIARS
 from conftest import sandbox_processes
 
@@ -636,9 +637,7 @@ def run_suite(root: Path, liar: Liar) -> Run:
 def _unmount_under(root: Path) -> list[str]:
     """Detach every mount under `root` (deepest first): a liar's kept sandbox may keep its disk mounted, and
     a mount left in pytest's temporary directories fails its clean-up of old ones in a later run."""
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    inside = sorted((p for p in points if p.startswith(f"{root.resolve()}/")), key=len, reverse=True)
+    inside = sorted(mounts_under(root), key=len, reverse=True)
     for point in inside:
         subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=30)
     return inside

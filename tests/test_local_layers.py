@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _local import mounts_under
 from _support import tree_state
 
 from grainchain import SandboxConfig
@@ -48,11 +49,6 @@ def host_workspace(state_dir: Path, sandbox: Sandbox) -> Path:
 def layers_of(state_dir: Path) -> set[str]:
     base = state_dir / "local" / "layers"
     return {p.name for p in base.iterdir() if not p.name.startswith(".")} - {"base"}
-
-
-def mounts_under(path: Path) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(str(path.resolve()))]
 
 
 @pytest.mark.parametrize("isolation", MODES)

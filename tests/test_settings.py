@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from grainchain import AsyncSandbox, ConfigurationError, ProviderNotFoundError, SandboxConfig
 from grainchain._types import parse_byte_size
-from grainchain.settings import load_settings, validate_config
+from grainchain.settings import config_file_path, load_settings, validate_config
 
 
 @pytest.mark.parametrize(
@@ -122,3 +122,20 @@ def test_settings_are_read_again_when_a_source_changes(
     assert load_settings().default_provider == "e2b"
     with pytest.raises(ValidationError):
         first.default_provider = "morph"  # shared readings are frozen
+
+
+def test_the_default_config_file_follows_home_and_xdg_config_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default path is remembered (platformdirs is slow), but per value of what platformdirs reads."""
+    monkeypatch.delenv("GRAINCHAIN_CONFIG")
+    monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "a"))
+    assert config_file_path() == tmp_path / "a" / ".config" / "grainchain" / "config.toml"
+    monkeypatch.setenv("HOME", str(tmp_path / "b"))
+    assert config_file_path() == tmp_path / "b" / ".config" / "grainchain" / "config.toml"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert config_file_path() == tmp_path / "xdg" / "grainchain" / "config.toml"
+    (tmp_path / "xdg" / "grainchain").mkdir(parents=True)
+    (tmp_path / "xdg" / "grainchain" / "config.toml").write_text('default_provider = "docker"\n')
+    assert load_settings().default_provider == "docker"

@@ -96,6 +96,21 @@ def test_upload_modes_parents_and_deletes(conformance: ConformanceTarget) -> Non
 
 
 @pytest.mark.feature("files", "exec")
+@pytest.mark.promises("param:upload_file.mode")
+def test_append_keeps_the_files_mode(conformance: ConformanceTarget) -> None:
+    """An append adds to the file; it does not make a new one with the provider's default mode (an
+    adapter that appends by rewriting the whole file must carry the mode over)."""
+    with conformance.sandbox() as sandbox:
+        setup = "printf '#!/bin/sh\\necho one\\n' > run.sh && chmod 750 run.sh && printf x > secret && chmod 600 secret"
+        assert sandbox.execute(setup).return_code == 0
+        sandbox.upload_file("run.sh", "echo two\n", mode="a")
+        sandbox.upload_file("secret", b"y", mode="ab")
+        modes = sandbox.execute("stat -c %a run.sh secret").stdout.split()
+        assert modes == ["750", "600"], f"modes after an append: {modes}, before: 750 and 600"
+        assert sandbox.execute("./run.sh").stdout == "one\ntwo\n"
+
+
+@pytest.mark.feature("files", "exec")
 @pytest.mark.promises("op:download_file", "param:upload_file.content", "feature:files", "field:FileInfo.size")
 def test_sizes_around_every_buffer_boundary_round_trip(conformance: ConformanceTarget) -> None:
     with conformance.sandbox() as sandbox:

@@ -83,6 +83,7 @@ START_HINT = (
 # Go's os.FileMode bits, as the archive endpoints' stat header reports them
 _GO_MODE_DIR = 1 << 31
 _GO_MODE_SYMLINK = 1 << 27
+_GO_MODE_SPECIAL = {1 << 23: 0o4000, 1 << 22: 0o2000, 1 << 20: 0o1000}  # setuid, setgid, sticky
 
 
 @dataclass(frozen=True)
@@ -559,6 +560,7 @@ class PathStat:
     is_directory: bool
     is_symlink: bool
     link_target: str
+    permissions: int  # the unix permission bits, setuid/setgid/sticky included
 
 
 def parse_path_stat(header: str) -> PathStat:
@@ -570,6 +572,7 @@ def parse_path_stat(header: str) -> PathStat:
         is_directory=bool(mode & _GO_MODE_DIR),
         is_symlink=bool(mode & _GO_MODE_SYMLINK),
         link_target=str(data.get("linkTarget", "")),
+        permissions=(mode & 0o777) | sum(bit for go, bit in _GO_MODE_SPECIAL.items() if mode & go),
     )
 
 

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qs, parse_qsl
 
-from ._http import Receive, Scope, Send
+from ._http import Receive, Scope, Send, read_body
 from ._sandbox import (
     CPU_COUNT,
     DEFAULT_TIMEOUT,
@@ -101,17 +101,12 @@ class ControlPlane:
         self.routes = [(method, re.compile(pattern + "$"), handler) for method, pattern, handler in table]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
+        if body is None:
+            return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         request = ApiRequest(
-            scope["method"], scope["path"], parse_qs(scope["query_string"].decode()), headers, bytes(body)
+            scope["method"], scope["path"], parse_qs(scope["query_string"].decode()), headers, body
         )
         try:
             response = await self._dispatch(request)

@@ -43,7 +43,7 @@ from e2b.envd.process.process_connect import ProcessASGIApplication
 from protobuf import Oneof
 from protobuf.wkt import Timestamp
 
-from ._http import CURRENT_LINK, DropConnection, Receive, RequestLink, Scope, Send
+from ._http import CURRENT_LINK, DropConnection, Receive, RequestLink, Scope, Send, read_body
 from ._paths import DEFAULT_USER, USERS, SandboxPaths
 from ._sandbox import Cloud, Process, ProcessEnd, ProcessItem, ProcessStartError, Sandbox
 
@@ -214,17 +214,12 @@ class Files:
             await send({"type": "http.response.body", "body": chunk, "more_body": start + CHUNK < len(data)})
 
     async def upload(self, receive: Receive, send: Send) -> None:
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":
-                return
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
+        if body is None:
+            return
         try:
             user = self._authorize("write")
-            data = bytes(body)
+            data = body
             if self.headers.get("content-encoding", "").lower() == "gzip":
                 try:
                     data = gzip.decompress(data)

@@ -31,6 +31,18 @@ READ_SIZE = 256 * 1024
 MAX_DRAIN = 4 * 1024 * 1024  # an unread request body up to this size is skipped to keep the connection
 
 
+async def read_body(receive: Receive) -> bytes | None:
+    """A request's whole body, or None when the client went away before sending all of it."""
+    body = bytearray()
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            return bytes(body)
+
+
 class DropConnection(Exception):
     """Raised by an app (or from `send`) to close the connection at once, mid-response if need be."""
 

@@ -106,23 +106,34 @@ def _network(options: E2bConfig) -> dict[str, Any]:
 
 
 def _retried(
-    options: E2bConfig, what: str, call: Call[T], *, path: str | None = None, sandbox: str | None = None
+    options: E2bConfig,
+    what: str,
+    call: Call[T],
+    *,
+    path: str | None = None,
+    sandbox: str | None = None,
+    only: tuple[type[GrainchainError], ...] | None = None,
+    wait_initial: float = 0.1,
 ) -> T:
     """Make an idempotent SDK call; a transient failure (a lost connection or answer, a 5xx, a 429: what
-    grainchain marks retryable) is tried again up to provider_config `retries` times with stamina's
-    backoff. (The SDK itself retries only the control plane's 429/502-504 answers and connections never
-    made.) The first try runs outside stamina: its set-up costs as much as a small file's download."""
+    grainchain marks retryable; of those, only the `only` types when given) is tried again up to
+    provider_config `retries` times with stamina's backoff. (The SDK itself retries only the control
+    plane's 429/502-504 answers and connections never made.) The first try runs outside stamina: its
+    set-up costs as much as a small file's download."""
+
+    def transient(exc: BaseException) -> bool:
+        if only is not None:
+            return isinstance(exc, only)
+        return isinstance(exc, GrainchainError) and exc.retryable is True
+
     try:
         with translated(what, path=path, sandbox=sandbox):
             return call()
     except GrainchainError as exc:
-        if not exc.retryable or not options.retries:
+        if not transient(exc) or not options.retries:
             raise
     for attempt in stamina.retry_context(
-        on=lambda exc: isinstance(exc, GrainchainError) and exc.retryable is True,
-        attempts=options.retries,
-        timeout=None,
-        wait_initial=0.1,
+        on=transient, attempts=options.retries, timeout=None, wait_initial=wait_initial
     ):
         with attempt, translated(what, path=path, sandbox=sandbox):
             return call()
@@ -309,24 +320,20 @@ class E2bAdapter(SandboxAdapter):
         }
         lost = (BackendTimeoutError, BackendConnectionError)
         try:
-            try:  # (the first try outside stamina: its set-up costs ~0.1 ms, a tenth of a fast create)
-                with translated("create sandbox", sandbox=sandbox_id):
-                    return e2b.Sandbox.create(**arguments)
-            except lost:
-                if not options.retries:
-                    raise
-            for attempt in stamina.retry_context(
-                on=lost, attempts=options.retries, timeout=None, wait_initial=0.2
-            ):
-                with attempt, translated("create sandbox", sandbox=sandbox_id):
-                    return e2b.Sandbox.create(**arguments)
+            return _retried(
+                options,
+                "create sandbox",
+                lambda: e2b.Sandbox.create(**arguments),
+                sandbox=sandbox_id,
+                only=lost,  # (not a 429 or a 5xx answer: the SDK has retried those already)
+                wait_initial=0.2,
+            )
         except lost:
             with contextlib.suppress(GrainchainError):
                 for leftover in cls._find(options, sandbox_id):
                     with translated("sweep a sandbox of a failed create"):
                         e2b.Sandbox.kill(leftover.sandbox_id, **_api(options))
             raise
-        raise AssertionError("unreachable: stamina re-raises the last error")
 
     @classmethod
     def create(cls, backend: Backend, config: SandboxConfig, options: ProviderConfig) -> Self:
@@ -500,8 +507,10 @@ class E2bAdapter(SandboxAdapter):
     def download_file(self, path: str) -> bytes:
         target = self._path(path)
         try:
-            read = lambda: self._sbx.files.read(target, format="bytes")  # noqa: E731
-            return bytes(self._retried("download file", read, path=target))
+            data = self._retried(
+                "download file", lambda: self._sbx.files.read(target, format="bytes"), path=target
+            )
+            return bytes(data)
         except GrainchainError as exc:
             raise self._not_a_file(target, exc) from exc.__cause__
 
