@@ -14,6 +14,24 @@ from grainchain.models import ExecutionResult
 SANDBOX_MARKER = "GRAINCHAIN_SANDBOX_ID"
 EXEC_MARKER = "GRAINCHAIN_EXEC_ID"
 
+# For providers that reach their sandbox only through commands (e2b, modal): `sh -c SCRIPT sh LINE` kills
+# every process whose environment has a line starting with LINE (one command's `GRAINCHAIN_EXEC_ID=<id>`,
+# or every command's `GRAINCHAIN_EXEC_ID=`), stopped first so that none forks meanwhile, then killed.
+KILL_MARKED_SCRIPT = r"""
+id="$1"
+for round in 1 2 3 4 5; do
+  pids=""
+  for d in /proc/[0-9]*; do
+    p=${d#/proc/}
+    [ "$p" = "$$" ] && continue
+    tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -q -e "^$id" && pids="$pids $p"
+  done
+  [ -z "$pids" ] && exit 0
+  kill -s STOP $pids 2>/dev/null
+  kill -s KILL $pids 2>/dev/null
+done
+"""
+
 
 def settle(
     command: str,

@@ -1,1 +1,8 @@
-"""The modal provider (planned: its adapter comes with its issue; its provider_config is checked already)."""
+"""The modal provider: Modal sandboxes through the official modal SDK (`pip install 'grainchain[modal]'`)."""
+
+# for the sync twin of _async/ (read by codegen/sync.py; the SDK's `X.aio` → `X` needs no entry)
+SYNC_RENAMES = {
+    "AsyncModalBackend": "ModalBackend",
+    "AsyncModalAdapter": "ModalAdapter",
+    "ACall": "Call",
+}

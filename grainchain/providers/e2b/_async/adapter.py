@@ -29,7 +29,7 @@ import stamina
 
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.backend import AsyncBackend, parse_options
-from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
+from grainchain._commands import EXEC_MARKER, KILL_MARKED_SCRIPT, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
 from grainchain._provider_config import ProviderConfig
@@ -55,21 +55,6 @@ from grainchain.providers.e2b._sdk import PROVIDER, ACall, OutputOverflow, T, tr
 from grainchain.providers.e2b.config import E2bConfig
 from grainchain.settings import Settings
 
-# Kill every process carrying the exec marker: stopped first (so none forks meanwhile), then killed.
-KILL_SCRIPT = r"""
-id="$1"
-for round in 1 2 3 4 5; do
-  pids=""
-  for d in /proc/[0-9]*; do
-    p=${d#/proc/}
-    [ "$p" = "$$" ] && continue
-    tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -qxF -e "$id" && pids="$pids $p"
-  done
-  [ -z "$pids" ] && exit 0
-  kill -s STOP $pids 2>/dev/null
-  kill -s KILL $pids 2>/dev/null
-done
-"""
 KILLED = 128 + 9  # the exit code of a command grainchain killed (timeout, kill())
 # how long after its deadline a command's end still counts as its own (envd kills it at the deadline too)
 DEADLINE_SLACK = 0.25
@@ -466,7 +451,7 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
         ):
             await self._sbx.commands.run(
                 'sh -c "$GRAINCHAIN_KILL" sh "$GRAINCHAIN_KILL_MARKER"',
-                envs={"GRAINCHAIN_KILL": KILL_SCRIPT, "GRAINCHAIN_KILL_MARKER": marker},
+                envs={"GRAINCHAIN_KILL": KILL_MARKED_SCRIPT, "GRAINCHAIN_KILL_MARKER": marker},
                 timeout=30,
             )
 
