@@ -32,8 +32,10 @@ def state_dir(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytes
     for name in CLOUD_ENVIRONMENT:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("E2B_DOMAIN", "e2b.invalid")
+    monkeypatch.setenv("MODAL_SERVER_URL", "https://modal.invalid")
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-modal.toml"))  # (not ~/.modal.toml)
     if request.node.get_closest_marker("live"):  # (`pytest -m live`: the real service, as the user set it)
-        for name in (*CLOUD_ENVIRONMENT, "E2B_DOMAIN"):
+        for name in (*CLOUD_ENVIRONMENT, *LIVE_ONLY):
             monkeypatch.delenv(name, raising=False)
             if name in LIVE_ENVIRONMENT:
                 monkeypatch.setenv(name, LIVE_ENVIRONMENT[name])
@@ -55,9 +57,8 @@ CLOUD_ENVIRONMENT = (
     "DAYTONA_API_URL",
 )
 # the cloud's variables as the test run found them: only tests marked `live` see them (tests/test_*_live.py)
-LIVE_ENVIRONMENT = {
-    name: os.environ[name] for name in (*CLOUD_ENVIRONMENT, "E2B_DOMAIN") if name in os.environ
-}
+LIVE_ONLY = ("E2B_DOMAIN", "MODAL_CONFIG_PATH")  # set by every other test to what reaches no cloud
+LIVE_ENVIRONMENT = {name: os.environ[name] for name in (*CLOUD_ENVIRONMENT, *LIVE_ONLY) if name in os.environ}
 
 
 def sandbox_processes(state: Path | None = None) -> list[int]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import shlex
 import shutil
 import signal
@@ -100,6 +101,8 @@ def baseline_for(provider: str, config: SandboxConfig, settings: Settings) -> Ra
         return DockerBaseline(config)
     if provider == "e2b":
         return E2bBaseline(config)
+    if provider == "modal":
+        return ModalBaseline(config)
     return None
 
 
@@ -466,3 +469,84 @@ class E2bBox(RawBox):
 
     def close(self) -> None:
         self._sbx.kill()
+
+
+# -- modal: the SDK's blocking calls, as its documentation shows them ----------------------------------
+
+
+class ModalBaseline(RawBaseline):
+    description = (
+        "the modal SDK's blocking Sandbox called directly (exec + wait, filesystem.write_bytes/read_bytes/"
+        "list_files, snapshot_filesystem)"
+    )
+
+    def __init__(self, config: SandboxConfig) -> None:
+        import modal
+
+        from grainchain.providers.modal.config import ModalConfig
+
+        options = ModalConfig.model_validate(config.provider_config)
+        token_id, token_secret = options.secret("token_id"), options.secret("token_secret")
+        self.client = (
+            modal.Client.from_credentials(token_id, token_secret) if token_id and token_secret else None
+        )
+        self.app = modal.App.lookup(options.app_name, create_if_missing=True, client=self.client)
+        image = options.image or config.image
+        self.image = modal.Image.from_registry(image) if isinstance(image, str) else image
+        self.lifetime = options.lifetime
+        self.env: dict[str, str | None] = dict(config.environment_vars)
+
+    def create(self) -> ModalBox:
+        return ModalBox(self, self._sandbox(self.image))
+
+    def _sandbox(self, image: Any) -> Any:
+        import modal
+
+        return modal.Sandbox.create(
+            app=self.app,
+            image=image,
+            timeout=self.lifetime,
+            env=self.env,
+            workdir="/workspace",
+            client=self.client,
+        )
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+
+class ModalBox(RawBox):
+    def __init__(self, baseline: ModalBaseline, sandbox: Any) -> None:
+        self._b = baseline
+        self._sb = sandbox
+
+    def exec(self, command: str) -> tuple[int, bytes, bytes]:
+        process = self._sb.exec("sh", "-c", command, text=False)
+        stdout, stderr = process.stdout.read(), process.stderr.read()
+        return process.wait(), stdout, stderr
+
+    def upload(self, path: str, data: bytes) -> None:
+        self._sb.filesystem.write_bytes(data, posixpath.join("/workspace", path))
+
+    def download(self, path: str) -> bytes:
+        return bytes(self._sb.filesystem.read_bytes(posixpath.join("/workspace", path)))
+
+    def list(self, path: str) -> int:
+        return len(self._sb.filesystem.list_files(posixpath.join("/workspace", path)))
+
+    def snapshot(self) -> str:
+        return str(self._sb.snapshot_filesystem().object_id)
+
+    def restore(self, snapshot: str) -> None:
+        import modal
+
+        new = self._b._sandbox(modal.Image.from_id(snapshot, client=self._b.client))
+        old, self._sb = self._sb, new
+        old.terminate()
+
+    def delete_snapshot(self, snapshot: str) -> None:
+        pass  # the SDK cannot delete an image (Modal removes it at the end of its time to live)
+
+    def close(self) -> None:
+        self._sb.terminate()
