@@ -860,8 +860,8 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             f"too many levels of symbolic links at {target}", argument="path", provider=dk.PROVIDER
         )
 
-    async def _put(self, directory: str, name: str, data: bytes, mode: int = 0o644) -> None:
-        archive = await _sized(len(data), dk.tar_one_file, name, data, mode)
+    async def _put(self, directory: str, name: str, data: bytes, permissions: int = 0o644) -> None:
+        archive = await _sized(len(data), dk.tar_one_file, name, data, permissions)
         try:
             await self._engine.request(
                 "PUT",
@@ -895,8 +895,8 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
                     f"{directory} is not a directory", argument="path", provider=dk.PROVIDER
                 )
         # the archive replaces the file: give it back the mode that writing into it would have kept
-        mode = stat.permissions if stat is not None and not stat.is_symlink else 0o644
-        await self._put(directory, name, data, mode)
+        permissions = stat.permissions if stat is not None and not stat.is_symlink else 0o644
+        await self._put(directory, name, data, permissions)
 
     async def download_file(self, path: str) -> bytes:
         target, stat = await self._follow(self._path(path))

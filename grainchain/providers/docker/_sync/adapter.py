@@ -856,8 +856,8 @@ class DockerAdapter(SandboxAdapter):
             f"too many levels of symbolic links at {target}", argument="path", provider=dk.PROVIDER
         )
 
-    def _put(self, directory: str, name: str, data: bytes, mode: int = 0o644) -> None:
-        archive = _sized(len(data), dk.tar_one_file, name, data, mode)
+    def _put(self, directory: str, name: str, data: bytes, permissions: int = 0o644) -> None:
+        archive = _sized(len(data), dk.tar_one_file, name, data, permissions)
         try:
             self._engine.request(
                 "PUT",
@@ -891,8 +891,8 @@ class DockerAdapter(SandboxAdapter):
                     f"{directory} is not a directory", argument="path", provider=dk.PROVIDER
                 )
         # the archive replaces the file: give it back the mode that writing into it would have kept
-        mode = stat.permissions if stat is not None and not stat.is_symlink else 0o644
-        self._put(directory, name, data, mode)
+        permissions = stat.permissions if stat is not None and not stat.is_symlink else 0o644
+        self._put(directory, name, data, permissions)
 
     def download_file(self, path: str) -> bytes:
         target, stat = self._follow(self._path(path))
