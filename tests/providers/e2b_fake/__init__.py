@@ -2,7 +2,7 @@
 REST control plane, envd's Connect-RPC process and filesystem services, envd's HTTP `/files`, over
 HTTP/1.1), and commands really run, each in bubblewrap with the sandbox's own /home/user and /tmp.
 
-    from tests.providers.e2b_fake import FakeE2B    # or `providers.e2b_fake`, with tests/ on sys.path
+    from tests.providers.e2b_fake import FakeE2B    # (with the repository on sys.path)
 
     with FakeE2B() as fake:
         os.environ.update(fake.env)   # E2B_API_URL, E2B_SANDBOX_URL, E2B_API_KEY, E2B_DEBUG

@@ -5,11 +5,8 @@ SIGTERM or SIGINT."""
 from __future__ import annotations
 
 import argparse
-import shlex
-import signal
-import sys
-import threading
-from types import FrameType
+
+from tests.providers._fakebox import serve
 
 from .server import FakeE2B
 
@@ -22,24 +19,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--template", action="append", default=[], help="another template name to accept")
     args = parser.parse_args(argv)
 
-    done = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    fake = FakeE2B(args.root, api_key=args.api_key, templates=args.template, port=args.port).start()
-    try:
-        for name, value in fake.env.items():
-            print(f"export {name}={shlex.quote(value)}")
-        print("# ready")  # (a script waiting for the lines above can stop waiting)
-        sys.stdout.flush()
-        while not done.wait(1.0):
-            pass
-    finally:
-        fake.stop()
-    return 0
+    return serve(
+        lambda: FakeE2B(args.root, api_key=args.api_key, templates=args.template, port=args.port).start()
+    )
 
 
 if __name__ == "__main__":

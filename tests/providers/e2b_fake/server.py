@@ -4,16 +4,11 @@ behind the fault injector."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import shutil
-import tempfile
-import threading
-import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from tests.providers._fakebox import BackgroundFake, wait_answered
 
 from ._control import ControlPlane
 from ._envd import Envd
@@ -21,10 +16,8 @@ from ._faults import Faults, with_faults
 from ._http import ASGIApp, HTTPServer, Receive, Scope, Send
 from ._sandbox import Cloud
 
-STARTUP_TIMEOUT = 10.0
 
-
-class FakeE2B:
+class FakeE2B(BackgroundFake):
     """An in-process E2B for the unmodified `e2b` SDK: point the SDK at it with `fake.env`.
 
     >>> with FakeE2B() as fake:
@@ -34,6 +27,8 @@ class FakeE2B:
     `root` holds the sandboxes' and snapshots' directories (a temporary directory, removed on `stop`, when
     None). `templates` adds template names that `create` accepts besides `base` and snapshot ids."""
 
+    NAME = "fake-e2b"
+
     def __init__(
         self,
         root: str | Path | None = None,
@@ -42,65 +37,14 @@ class FakeE2B:
         templates: Iterable[str] = (),
         port: int = 0,
     ) -> None:
-        self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="fake-e2b-")) if root is None else Path(root)
+        super().__init__(root)
         self.api_key = api_key or "e2b_" + secrets.token_hex(20)
         self._templates = set(templates)
         self._port = port
         self._faults = Faults()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._stopping: asyncio.Event | None = None
-        self._error: BaseException | None = None
         self._cloud: Cloud | None = None
-        self.port = 0
 
-    # -- lifecycle
-
-    def start(self) -> Self:
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name="fake-e2b", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(STARTUP_TIMEOUT):
-            raise RuntimeError("the fake E2B did not start")
-        if self._error is not None:
-            raise RuntimeError("the fake E2B failed to start") from self._error
-        return self
-
-    def stop(self) -> None:
-        """Kill every process of every sandbox, stop the server, remove the root if the fake made it."""
-        thread, loop, stopping = self._thread, self._loop, self._stopping
-        if thread is not None and loop is not None and stopping is not None and thread.is_alive():
-            loop.call_soon_threadsafe(stopping.set)
-            thread.join(30)
-        self._thread = None
-        if self._own_root:
-            shutil.rmtree(self.root, ignore_errors=True)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        self._loop = loop
-        try:
-            loop.run_until_complete(self._main())
-        except BaseException as e:  # reported to start(), which waits for it
-            self._error = e
-            self._ready.set()
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-
-    async def _main(self) -> None:
-        self._stopping = asyncio.Event()
+    async def _open(self) -> Callable[[], Awaitable[None]]:
         self._cloud = cloud = Cloud(self.root, self._templates)
         control, envd = ControlPlane(cloud, self.api_key), Envd(cloud)
 
@@ -111,18 +55,14 @@ class FakeE2B:
         app: ASGIApp = with_faults(self._faults, route)
         server = HTTPServer(app, "127.0.0.1", self._port)
         self.port = await server.start()
-        self._ready.set()
-        try:
-            await self._stopping.wait()
-        finally:
+
+        async def close() -> None:
             await cloud.shutdown()
             await server.close()
 
-    # -- what tests and the adapter use
+        return close
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    # -- what tests and the adapter use
 
     @property
     def env(self) -> dict[str, str]:
@@ -169,11 +109,7 @@ class FakeE2B:
     def wait_faulted(self, timeout: float = 30.0) -> None:
         """Wait until every request a fault applied to has been answered (a delayed create has made its
         sandbox, or not): what a test checks afterwards no longer changes under it."""
-        deadline = time.monotonic() + timeout
-        while self._faults.faulted_in_flight:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{self._faults.faulted_in_flight} faulted requests still in flight")
-            time.sleep(0.02)
+        wait_answered(lambda: self._faults.faulted_in_flight, timeout)
 
     def sandboxes(self) -> list[str]:
         """Ids of the live sandboxes (running or paused)."""
