@@ -33,7 +33,12 @@ from grainchain.errors import (
 from grainchain.models import SandboxStatus, SnapshotKind
 from tests.providers.modal_fake import FakeModal
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [
+    pytest.mark.timeout(120),
+    # the blocking client runs on the test's event loop thread here (tests/_support.py's AwaitableSync), which
+    # modal warns about: a blocking script has no loop
+    pytest.mark.filterwarnings("ignore::modal.exception.AsyncUsageWarning"),
+]
 
 
 @pytest.fixture(scope="module")
@@ -185,7 +190,9 @@ async def test_list_and_connect_find_only_grainchain_sandboxes(make_sandbox: Any
     app = await modal.App.lookup.aio("grainchain", create_if_missing=True)
     foreign = await modal.Sandbox.create.aio(app=app, tags={"owner": "someone else"})
     try:
-        sandbox = await make_sandbox(config(auto_cleanup=False, environment_vars={"K": "v"}), provider="modal")
+        sandbox = await make_sandbox(
+            config(auto_cleanup=False, environment_vars={"K": "v"}), provider="modal"
+        )
         await sandbox.upload_file("kept.txt", "kept")
         listed = {info.sandbox_id: info for info in await AsyncSandbox.list_sandboxes(provider="modal")}
         assert set(listed) == {sandbox.sandbox_id}, "a sandbox that is not grainchain's was listed"
@@ -193,7 +200,9 @@ async def test_list_and_connect_find_only_grainchain_sandboxes(make_sandbox: Any
         assert abs(listed[sandbox.sandbox_id].created_at.timestamp() - time.time()) < 60
         await sandbox.start_process("sleep 300")
         await close(sandbox)  # kept: it runs on, without grainchain's processes
-        again = await AsyncSandbox.connect(sandbox.sandbox_id, provider="modal", config=config(auto_cleanup=True))
+        again = await AsyncSandbox.connect(
+            sandbox.sandbox_id, provider="modal", config=config(auto_cleanup=True)
+        )
         async with again:
             assert await again.download_file("kept.txt") == b"kept"
             assert (await again.execute("echo $K")).stdout == "v\n", "connect lost the sandbox's config"
@@ -251,8 +260,11 @@ async def test_lifetime_and_idle_timeout_reach_modal(fake: FakeModal, make_sandb
     sandbox = await make_sandbox(
         config(provider_config={"lifetime": 120, "idle_timeout": 60}), provider="modal"
     )
-    (definition,) = [d for d in fake.definitions() if d["tags"].get("grainchain_sandbox_id") == sandbox.sandbox_id]
-    assert (definition["timeout_secs"], definition["idle_timeout_secs"]) == (120, 60)
+    tags = fake.tags()
+    (definition,) = [
+        d for i, d in fake.definitions().items() if tags[i].get("grainchain_sandbox_id") == sandbox.sandbox_id
+    ]
+    assert (definition.timeout_secs, definition.idle_timeout_secs) == (120, 60)
 
 
 @pytest.fixture
@@ -282,8 +294,10 @@ def host_server() -> Iterator[int]:
     ("network", "reached"),
     [("internet", True), ("none", False), (["127.0.0.1"], True), (["10.0.0.0/8"], False)],
 )
-async def test_network_policy_is_enforced(make_sandbox: Any, host_server: int, network: Any, reached: bool) -> None:
-    """provider_config `network`: "none" is Modal's block_network, an allow-list its cidr_allowlist (the
+async def test_network_policy_is_enforced(
+    make_sandbox: Any, host_server: int, network: Any, reached: bool
+) -> None:
+    """provider_config `network`: "none" is Modal's block_network, an allow-list its outbound_cidr_allowlist (the
     fake enforces it for the host's loopback, its only network)."""
     sandbox = await make_sandbox(config(provider_config={"network": network}), provider="modal")
     probe = (
@@ -349,7 +363,9 @@ async def test_resource_exhausted_is_a_rate_limit_error(fake: FakeModal, make_sa
     assert caught.value.retryable is True
 
 
-async def test_unavailable_control_plane_is_retried_then_retryable(fake: FakeModal, make_sandbox: Any) -> None:
+async def test_unavailable_control_plane_is_retried_then_retryable(
+    fake: FakeModal, make_sandbox: Any
+) -> None:
     before = fake.calls(r"SandboxCreateV2$")
     fake.inject(r"SandboxCreateV2$", status=Status.UNAVAILABLE, times=1)
     sandbox = await make_sandbox(provider="modal")  # the SDK's own retry
@@ -365,7 +381,9 @@ async def test_a_sandbox_gone_underneath_is_sandbox_not_found(fake: FakeModal, m
     import modal
 
     sandbox = await make_sandbox(provider="modal")
-    (modal_id,) = [sb.object_id async for sb in modal.Sandbox.list.aio(tags={"grainchain_sandbox_id": sandbox.sandbox_id})]
+    app = await modal.App.lookup.aio("grainchain")
+    found = modal.Sandbox.list.aio(app_id=app.app_id, tags={"grainchain_sandbox_id": sandbox.sandbox_id})
+    (modal_id,) = [sb.object_id async for sb in found]
     await (await modal.Sandbox.from_id.aio(modal_id)).terminate.aio()
     with pytest.raises(SandboxNotFoundError):
         await sandbox.execute("true")

@@ -6,7 +6,7 @@ ends; `idle_timeout` ends it earlier when nothing runs in it. Neither is Sandbox
 each command's default timeout.
 
 `network` is the sandbox's outbound access: "internet" (Modal's default), "none" (block_network), or an
-allow-list of IP addresses and CIDR blocks (Modal's cidr_allowlist: everything else is blocked)."""
+allow-list of IP addresses and CIDR blocks (Modal's outbound_cidr_allowlist: everything else is blocked)."""
 
 from __future__ import annotations
 

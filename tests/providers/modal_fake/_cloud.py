@@ -50,6 +50,9 @@ ULID_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 Result = api_pb2.GenericResult
 
 
+DEFAULT_ENVIRONMENT = "main"
+
+
 def new_id(prefix: str) -> str:
     """`sb-` + 26 ULID characters, as V2 ids look: the SDK routes anything that is not `sb-` + 22
     characters to the V2 sandbox API."""
@@ -345,6 +348,8 @@ class Cloud:
         if image.files is not None:
             copy_tree(image.files / "upper", box.upper)
             copy_tree(image.files / "tmp", box.tmp)
+        if box.workdir != "/" and not os.path.isdir(box.workdir):  # (a container runtime makes its cwd)
+            (box.upper / box.workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
         tool = box.upper / FS_TOOLS.lstrip("/")
         tool.parent.mkdir(parents=True, exist_ok=True)
         tool.write_text(f"#!{WRAPPER_PYTHON} -IS\n" + FS_TOOLS_SOURCE.read_text())  # (isolated, no site)

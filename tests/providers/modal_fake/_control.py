@@ -13,11 +13,11 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 from modal_proto import api_pb2
 
-from ._cloud import Cloud, CloudError, Sandbox
+from ._cloud import DEFAULT_ENVIRONMENT, Cloud, CloudError, Sandbox
+from ._dicts import Dicts
 from ._guard import Tokens
 
 IMAGE_BUILDER_VERSION = "2025.06"  # one the SDK 1.6 supports (it refuses an environment with another)
-DEFAULT_ENVIRONMENT = "main"
 
 
 def refusal(e: CloudError) -> GRPCError:
@@ -85,8 +85,9 @@ def inline_env(sources: Any) -> dict[str, str]:
     return env
 
 
-class ControlPlane:
+class ControlPlane(Dicts):
     def __init__(self, cloud: Cloud, tokens: Tokens) -> None:
+        super().__init__()
         self.cloud = cloud
         self.tokens = tokens
 

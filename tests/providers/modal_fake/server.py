@@ -13,7 +13,7 @@ from pathlib import Path
 from grpclib.const import Status
 from grpclib.protocol import H2Protocol
 from grpclib.server import Server
-from modal_proto import api_grpc, task_command_router_grpc
+from modal_proto import api_grpc, api_pb2, task_command_router_grpc
 
 from tests.providers._fakebox import BackgroundFake, wait_answered
 
@@ -153,6 +153,11 @@ class FakeModal(BackgroundFake):
         """Each running sandbox's tags, by its id."""
         boxes = self._cloud.live() if self._cloud is not None else {}
         return {sandbox_id: dict(box.tags) for sandbox_id, box in boxes.items()}
+
+    def definitions(self) -> dict[str, api_pb2.Sandbox]:
+        """Each running sandbox's definition as SandboxCreateV2 sent it (timeouts, resources, network)."""
+        boxes = self._cloud.live() if self._cloud is not None else {}
+        return {sandbox_id: box.definition for sandbox_id, box in boxes.items()}
 
     def sandbox_dir(self, sandbox_id: str) -> Path:
         """Where a sandbox's files are: `upper` holds what it wrote outside /tmp (its overlay's upper

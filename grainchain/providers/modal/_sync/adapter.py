@@ -266,6 +266,8 @@ class ModalAdapter(SandboxAdapter):
         self._modal = options
         self._shared = backend
         self._cwd = posixpath.normpath(posixpath.join(WORKSPACE, config.working_directory or "."))
+        # whether grainchain's state may hold this sandbox as terminated (close then removes the entry)
+        self._terminated_entry = sandbox is None
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -319,7 +321,7 @@ class ModalAdapter(SandboxAdapter):
         if options.network == "none":
             arguments["block_network"] = True
         elif isinstance(options.network, list):
-            arguments["cidr_allowlist"] = options.network
+            arguments["outbound_cidr_allowlist"] = options.network
         if config.cpu_limit is not None:
             arguments["cpu"] = config.cpu_limit
         if config.memory_limit is not None:
@@ -430,7 +432,8 @@ class ModalAdapter(SandboxAdapter):
                 if self._sb is not None:
                     with contextlib.suppress(SandboxNotFoundError):
                         self._retried("terminate sandbox", self._sb.terminate)
-                _state_pop(self._shared, _TERMINATED + self.sandbox_id)
+                if self._terminated_entry:
+                    _state_pop(self._shared, _TERMINATED + self.sandbox_id)
             elif self._sb is not None:  # kept (with its files; no process of grainchain's outlives close)
                 self._kill_marked(EXEC_MARKER + "=")
         finally:
@@ -601,6 +604,7 @@ class ModalAdapter(SandboxAdapter):
             "tags": self._tags(self.sandbox_id, self.config, self._modal),
             "at": time.time(),
         }
+        self._terminated_entry = True
         _state_put(self._shared, _TERMINATED + self.sandbox_id, entry)
         with (
             contextlib.suppress(SandboxNotFoundError),
