@@ -9,6 +9,7 @@ fake's credentials, and the plugin checks that the provider starts before any fi
 from __future__ import annotations
 
 import atexit
+import os
 from collections.abc import Iterator
 from typing import Any, ClassVar
 
@@ -19,12 +20,21 @@ from tests.providers.modal_fake import FakeModal
 
 FAKE = FakeModal().start()
 atexit.register(FAKE.stop)  # (also stopped by the module fixture below, when the tests ran)
+# The SDK reads its server's URL from the environment only; the plugin's start check runs before any
+# fixture, so the process environment points at the fake until this module is done.
+_SAVED = {name: os.environ.get(name) for name in FAKE.env}
+os.environ.update(FAKE.env)
 
 
 @pytest.fixture(scope="module", autouse=True)
 def stop_the_fake() -> Iterator[None]:
     yield
     FAKE.stop()
+    for name, value in _SAVED.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture(autouse=True)

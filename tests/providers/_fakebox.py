@@ -242,7 +242,8 @@ class Command:
             line, _, self._status_buffer = self._status_buffer.partition(b"\n")
             kind, _, value = line.decode().partition(" ")
             if kind == "pid" and self._started is not None and not self._started.done():
-                self._started.set_result(int(value))
+                self.pid = int(value)  # (before the flush: _output holds stderr back while pid is 0)
+                self._started.set_result(self.pid)
                 if self._early_stderr:  # bubblewrap's warnings, or the command's first words
                     self._output("stderr", self._early_stderr)
                     self._early_stderr = b""

@@ -85,6 +85,35 @@ def inline_env(sources: Any) -> dict[str, str]:
     return env
 
 
+# What the fake's registry has: a `FROM` of any other repository fails its build, as a pull of an image that
+# is not there fails on Modal (every image the fake runs is the host's file system anyway).
+KNOWN_REPOSITORIES = frozenset(
+    {
+        "python",
+        "debian",
+        "ubuntu",
+        "alpine",
+        "busybox",
+        "node",
+        "grainchain-test/busybox",
+        "grainchain-test/python",
+    }
+)
+
+
+def unknown_base(commands: Any) -> str | None:
+    """The image a Dockerfile's FROM names when the fake's registry does not have it."""
+    for line in commands:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0].upper() == "FROM" and not parts[1].startswith("base"):
+            repository = (
+                parts[1].split("@")[0].rsplit(":", 1)[0] if ":" in parts[1].split("/")[-1] else parts[1]
+            )
+            if repository.removeprefix("docker.io/").removeprefix("library/") not in KNOWN_REPOSITORIES:
+                return parts[1]
+    return None
+
+
 class ControlPlane(Dicts):
     def __init__(self, cloud: Cloud, tokens: Tokens) -> None:
         super().__init__()
@@ -132,10 +161,16 @@ class ControlPlane(Dicts):
         request = await stream.recv_message()
         assert request is not None
         image_id = request.existing_image_id or self.cloud.image(request.image.SerializeToString())
+        result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
+        if missing := unknown_base(request.image.dockerfile_commands):
+            result = api_pb2.GenericResult(
+                status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
+                exception=f"pull access denied for {missing}, repository does not exist",
+            )
         await stream.send_message(
             api_pb2.ImageGetOrCreateResponse(
                 image_id=image_id,
-                result=api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS),
+                result=result,
                 metadata=api_pb2.ImageMetadata(image_builder_version=IMAGE_BUILDER_VERSION),
             )
         )

@@ -84,6 +84,16 @@ class AsyncModalBackend(AsyncBackend):
     _client: modal.Client | None = None
     _app: modal.App | None = None
     _state: modal.Dict | None = None
+    _images: dict[str | None, modal.Image] | None = None
+
+    def image(self, name: str | None) -> modal.Image:
+        """A registry image by name (None: Modal's default, debian_slim), one object per backend: the SDK
+        builds (looks up) an image object once, against the server of its first use."""
+        if self._images is None:
+            self._images = {}
+        if name not in self._images:
+            self._images[name] = modal.Image.from_registry(name) if name else modal.Image.debian_slim()
+        return self._images[name]
 
     async def client(self) -> modal.Client | None:
         """The client of provider_config's token pair; None: the SDK's own (profile, environment)."""
@@ -272,13 +282,12 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _image(config: SandboxConfig, options: ModalConfig) -> modal.Image | None:
+    def _image(backend: AsyncModalBackend, config: SandboxConfig, options: ModalConfig) -> modal.Image:
         if options.dockerfile is not None:
             return modal.Image.from_dockerfile(options.dockerfile, context_dir=options.build_context)
         if options.image is not None and not isinstance(options.image, str):
             return options.image  # type: ignore[no-any-return]
-        name = options.image or config.image
-        return modal.Image.from_registry(name) if name else None
+        return backend.image(options.image or config.image)
 
     @staticmethod
     def _tags(sandbox_id: str, config: SandboxConfig, options: ModalConfig) -> dict[str, str]:
@@ -302,7 +311,7 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
     async def _new_modal_sandbox(
         cls,
         backend: AsyncModalBackend,
-        image: modal.Image | None,
+        image: modal.Image,
         tags: dict[str, str],
         config: SandboxConfig,
         options: ModalConfig,
@@ -338,7 +347,7 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
         sandbox_id = "modal-" + uuid.uuid4().hex[:20]
         tags = cls._tags(sandbox_id, config, modal_options)
         sb = await cls._new_modal_sandbox(
-            shared, cls._image(config, modal_options), tags, config, modal_options
+            shared, cls._image(shared, config, modal_options), tags, config, modal_options
         )
         adapter = cls(sb, sandbox_id, config, backend.settings, modal_options, shared)
         try:
@@ -371,16 +380,16 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
     ) -> Self:
         shared, modal_options = _shared(backend), _options(options)
         found = await cls._find(shared, sandbox_id)
-        status = SandboxStatus.running
+        entry = None
         if found:
-            sb = found[0]
+            sb: modal.Sandbox | None = found[0]
             with translated("read the sandbox's tags", sandbox=sandbox_id):
-                tags = await sb.get_tags.aio()
-        else:
+                tags = await found[0].get_tags.aio()
+        else:  # terminated (or kept by a close): woken up below, with its files
             entry = await _state_get(shared, _TERMINATED + sandbox_id)
             if entry is None:
                 raise SandboxNotFoundError(f"no modal sandbox with id {sandbox_id!r}", provider=PROVIDER)
-            sb, tags, status = None, entry["tags"], SandboxStatus.terminated
+            sb, tags = None, entry["tags"]
         stored = config
         with contextlib.suppress(ValueError, KeyError):
             stored = SandboxConfig.model_validate_json(tags[TAG_CONFIG])
@@ -389,7 +398,8 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
             update={"token_id": modal_options.token_id, "token_secret": modal_options.token_secret}
         )
         adapter = cls(sb, sandbox_id, stored, backend.settings, merged, shared)
-        adapter.status = status
+        if entry is not None:
+            await adapter.wake_up()
         return adapter
 
     @classmethod
@@ -436,8 +446,8 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
                         await self._retried("terminate sandbox", self._sb.terminate.aio)
                 if self._terminated_entry:
                     await _state_pop(self._shared, _TERMINATED + self.sandbox_id)
-            elif self._sb is not None:  # kept (with its files; no process of grainchain's outlives close)
-                await self._kill_marked(EXEC_MARKER + "=")
+            elif self._sb is not None:  # kept: its files only (no process outlives close); connect() wakes it
+                await self._retire()
         finally:
             self.status = SandboxStatus.closed
 
@@ -597,8 +607,8 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
 
     # -- terminate / wake up (emulated: Modal cannot pause a sandbox; its files live on in an image) ---------
 
-    async def terminate(self) -> None:
-        await self._handles.kill_all()
+    async def _retire(self) -> None:
+        """Keep the files in an image, recorded in grainchain's state, and end the Modal sandbox."""
         sb = self._running()
         image_id = await self._snapshot_image()
         entry = {
@@ -614,6 +624,10 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
         ):
             await sb.terminate.aio()
         self._sb = None
+
+    async def terminate(self) -> None:
+        await self._handles.kill_all()
+        await self._retire()
         self.status = SandboxStatus.terminated
 
     async def wake_up(self, snapshot_id: str | None = None) -> None:
@@ -625,6 +639,7 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
                 raise SandboxNotFoundError(f"{self.sandbox_id} is gone", provider=PROVIDER)
             await self._replace_with(snapshot_id or entry["image_id"])
             await _state_pop(self._shared, _TERMINATED + self.sandbox_id)
+            self._terminated_entry = False
         elif snapshot_id is not None:
             await self._replace_with(snapshot_id)
         self.status = SandboxStatus.running

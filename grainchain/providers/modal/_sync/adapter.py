@@ -86,6 +86,16 @@ class ModalBackend(Backend):
     _client: modal.Client | None = None
     _app: modal.App | None = None
     _state: modal.Dict | None = None
+    _images: dict[str | None, modal.Image] | None = None
+
+    def image(self, name: str | None) -> modal.Image:
+        """A registry image by name (None: Modal's default, debian_slim), one object per backend: the SDK
+        builds (looks up) an image object once, against the server of its first use."""
+        if self._images is None:
+            self._images = {}
+        if name not in self._images:
+            self._images[name] = modal.Image.from_registry(name) if name else modal.Image.debian_slim()
+        return self._images[name]
 
     def client(self) -> modal.Client | None:
         """The client of provider_config's token pair; None: the SDK's own (profile, environment)."""
@@ -272,13 +282,12 @@ class ModalAdapter(SandboxAdapter):
     # -- lifecycle ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _image(config: SandboxConfig, options: ModalConfig) -> modal.Image | None:
+    def _image(backend: ModalBackend, config: SandboxConfig, options: ModalConfig) -> modal.Image:
         if options.dockerfile is not None:
             return modal.Image.from_dockerfile(options.dockerfile, context_dir=options.build_context)
         if options.image is not None and not isinstance(options.image, str):
             return options.image  # type: ignore[no-any-return]
-        name = options.image or config.image
-        return modal.Image.from_registry(name) if name else None
+        return backend.image(options.image or config.image)
 
     @staticmethod
     def _tags(sandbox_id: str, config: SandboxConfig, options: ModalConfig) -> dict[str, str]:
@@ -302,7 +311,7 @@ class ModalAdapter(SandboxAdapter):
     def _new_modal_sandbox(
         cls,
         backend: ModalBackend,
-        image: modal.Image | None,
+        image: modal.Image,
         tags: dict[str, str],
         config: SandboxConfig,
         options: ModalConfig,
@@ -337,7 +346,9 @@ class ModalAdapter(SandboxAdapter):
         shared, modal_options = _shared(backend), _options(options)
         sandbox_id = "modal-" + uuid.uuid4().hex[:20]
         tags = cls._tags(sandbox_id, config, modal_options)
-        sb = cls._new_modal_sandbox(shared, cls._image(config, modal_options), tags, config, modal_options)
+        sb = cls._new_modal_sandbox(
+            shared, cls._image(shared, config, modal_options), tags, config, modal_options
+        )
         adapter = cls(sb, sandbox_id, config, backend.settings, modal_options, shared)
         try:
             if adapter._cwd != WORKSPACE:
@@ -369,16 +380,16 @@ class ModalAdapter(SandboxAdapter):
     ) -> Self:
         shared, modal_options = _shared(backend), _options(options)
         found = cls._find(shared, sandbox_id)
-        status = SandboxStatus.running
+        entry = None
         if found:
-            sb = found[0]
+            sb: modal.Sandbox | None = found[0]
             with translated("read the sandbox's tags", sandbox=sandbox_id):
-                tags = sb.get_tags()
-        else:
+                tags = found[0].get_tags()
+        else:  # terminated (or kept by a close): woken up below, with its files
             entry = _state_get(shared, _TERMINATED + sandbox_id)
             if entry is None:
                 raise SandboxNotFoundError(f"no modal sandbox with id {sandbox_id!r}", provider=PROVIDER)
-            sb, tags, status = None, entry["tags"], SandboxStatus.terminated
+            sb, tags = None, entry["tags"]
         stored = config
         with contextlib.suppress(ValueError, KeyError):
             stored = SandboxConfig.model_validate_json(tags[TAG_CONFIG])
@@ -387,7 +398,8 @@ class ModalAdapter(SandboxAdapter):
             update={"token_id": modal_options.token_id, "token_secret": modal_options.token_secret}
         )
         adapter = cls(sb, sandbox_id, stored, backend.settings, merged, shared)
-        adapter.status = status
+        if entry is not None:
+            adapter.wake_up()
         return adapter
 
     @classmethod
@@ -434,8 +446,8 @@ class ModalAdapter(SandboxAdapter):
                         self._retried("terminate sandbox", self._sb.terminate)
                 if self._terminated_entry:
                     _state_pop(self._shared, _TERMINATED + self.sandbox_id)
-            elif self._sb is not None:  # kept (with its files; no process of grainchain's outlives close)
-                self._kill_marked(EXEC_MARKER + "=")
+            elif self._sb is not None:  # kept: its files only (no process outlives close); connect() wakes it
+                self._retire()
         finally:
             self.status = SandboxStatus.closed
 
@@ -595,8 +607,8 @@ class ModalAdapter(SandboxAdapter):
 
     # -- terminate / wake up (emulated: Modal cannot pause a sandbox; its files live on in an image) ---------
 
-    def terminate(self) -> None:
-        self._handles.kill_all()
+    def _retire(self) -> None:
+        """Keep the files in an image, recorded in grainchain's state, and end the Modal sandbox."""
         sb = self._running()
         image_id = self._snapshot_image()
         entry = {
@@ -612,6 +624,10 @@ class ModalAdapter(SandboxAdapter):
         ):
             sb.terminate()
         self._sb = None
+
+    def terminate(self) -> None:
+        self._handles.kill_all()
+        self._retire()
         self.status = SandboxStatus.terminated
 
     def wake_up(self, snapshot_id: str | None = None) -> None:
@@ -623,6 +639,7 @@ class ModalAdapter(SandboxAdapter):
                 raise SandboxNotFoundError(f"{self.sandbox_id} is gone", provider=PROVIDER)
             self._replace_with(snapshot_id or entry["image_id"])
             _state_pop(self._shared, _TERMINATED + self.sandbox_id)
+            self._terminated_entry = False
         elif snapshot_id is not None:
             self._replace_with(snapshot_id)
         self.status = SandboxStatus.running
