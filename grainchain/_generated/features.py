@@ -84,8 +84,8 @@ CONFIG_REQUIREMENTS: Final[dict[str, Feature]] = {
 # Features no operation or SandboxConfig field gates, each with the reason.
 
 INFORMATIONAL_FEATURES: Final[dict[Feature, str]] = {
-    Feature.IMAGE_DOCKERFILE: "configured through provider_config keys `dockerfile` / `build_context` (docker); the provider's typed provider_config declares it",
-    Feature.NETWORK_POLICY: 'configured through provider_config key `network` (local: "host" or "none"; docker: the container\'s network mode; e2b: "internet", "none" or an allow-list of IPs, CIDR blocks and host names); the provider\'s typed provider_config declares it',
+    Feature.IMAGE_DOCKERFILE: "configured through provider_config keys `dockerfile` / `build_context` (docker, modal); the provider's typed provider_config declares it",
+    Feature.NETWORK_POLICY: 'configured through provider_config key `network` (local: "host" or "none"; docker: the container\'s network mode; e2b: "internet", "none" or an allow-list of IPs, CIDR blocks and host names; modal: "internet", "none" or an allow-list of IPs and CIDR blocks); the provider\'s typed provider_config declares it',
 }
 
 # Every feature an operation may need (some for certain arguments, one of an any_of).
