@@ -74,7 +74,9 @@ class FakeModal(BackgroundFake):
         self._cloud: Cloud | None = None
 
     async def _open(self) -> Callable[[], Awaitable[None]]:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # (proto given: grpclib sets TCP_NODELAY only on sockets that say IPPROTO_TCP, and without it the
+        # second of two concurrent streams' answers waits ~40 ms for a delayed ACK)
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self._port))
         self.port = sock.getsockname()[1]
