@@ -12,7 +12,9 @@ in a repr, a log line or an error message (errors of credential fields never quo
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -85,3 +87,32 @@ def _explain(exc: ValidationError, model: type[ProviderConfig], provider: str) -
                 f"{key!r}: {error['msg'].removeprefix('Value error, ')} (got {error.get('input')!r})"
             )
     return f"invalid provider_config for {provider}: {'; '.join(lines)}. Valid keys: {valid}"
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+)
+
+
+def network_allow_list(value: str | list[str], *, host_names: bool) -> str | list[str]:
+    """A provider_config `network` value: "internet"/"none" as they are, or an allow-list whose every entry
+    is an IP address or CIDR block (or, where the provider takes them, a host name). For the providers'
+    field validators; a ValueError names the entry and what was wrong."""
+    if isinstance(value, str):
+        return value
+    if not value:
+        raise ValueError('an empty allow-list allows nothing: write "none" for that')
+    for entry in value:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            if not host_names:
+                raise ValueError(
+                    f"{entry!r} is neither an IP address nor a CIDR block (10.0.0.0/8); this provider's "
+                    "allow-list takes no host names"
+                ) from None
+            if not _HOST_NAME.fullmatch(entry.lower()):
+                raise ValueError(
+                    f"{entry!r} is neither an IP address, a CIDR block (10.0.0.0/8) nor a host name"
+                ) from None
+    return value

@@ -6,7 +6,6 @@ mapped error (the fake injects 401, 404, 429, 503, slow answers and dropped stre
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -261,29 +260,6 @@ async def test_lifetime_is_set_and_keep_alive_extends_it(fake: FakeE2B, make_san
         if i.metadata.get("grainchain_sandbox_id") == sandbox.sandbox_id
     ]
     assert abs((found.end_at - found.started_at).total_seconds() - 120) < 5
-
-
-@pytest.fixture
-def host_server() -> Iterator[int]:
-    """A TCP server on the host's 127.0.0.1 (the only network the fake's sandboxes can reach): its port."""
-    import socket
-    import threading
-
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                server.accept()[0].close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
 
 
 @pytest.mark.parametrize(

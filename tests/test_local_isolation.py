@@ -8,10 +8,8 @@ it without isolation, so the check itself is known to work.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -282,32 +280,6 @@ def test_without_a_system_bwrap_the_bundled_one_isolates(tmp_path: Path) -> None
 
 
 # -- network ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def host_server() -> Iterator[int]:
-    """A TCP server on the host's 127.0.0.1 that answers "hello" (bounded: stops with the test)."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen()
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                continue
-            with conn:
-                conn.sendall(b"hello")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
 
 
 CONNECT = (

@@ -6,7 +6,6 @@ mapped error (the fake injects gRPC statuses and slow answers)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -267,29 +266,6 @@ async def test_lifetime_and_idle_timeout_reach_modal(fake: FakeModal, make_sandb
         d for i, d in fake.definitions().items() if tags[i].get("grainchain_sandbox_id") == sandbox.sandbox_id
     ]
     assert (definition.timeout_secs, definition.idle_timeout_secs) == (120, 60)
-
-
-@pytest.fixture
-def host_server() -> Iterator[int]:
-    """A TCP server on the host's 127.0.0.1 (the only network the fake's sandboxes can reach): its port."""
-    import socket
-    import threading
-
-    server = socket.create_server(("127.0.0.1", 0))
-    server.settimeout(0.2)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(OSError):
-                server.accept()[0].close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    server.close()
 
 
 @pytest.mark.parametrize(

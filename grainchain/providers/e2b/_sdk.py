@@ -9,9 +9,8 @@ provider: `import grainchain` never imports e2b.
 
 from __future__ import annotations
 
-import contextlib
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import e2b
@@ -28,6 +27,7 @@ from grainchain.errors import (
     RateLimitError,
     SandboxNotFoundError,
 )
+from grainchain.providers._translate import Translator
 
 PROVIDER = "e2b"
 # The metadata that marks a sandbox as grainchain's and names it: E2B gives a new sandbox id to a sandbox
@@ -161,15 +161,7 @@ SDK_ERRORS = (
 )
 
 
-@contextlib.contextmanager
-def translated(what: str, *, path: str | None = None, sandbox: str | None = None) -> Iterator[None]:
-    """Map what the SDK raises inside into grainchain's errors (the SDK's exception stays `__cause__`)."""
-    try:
-        yield
-    except GrainchainError:
-        raise
-    except SDK_ERRORS as exc:
-        raise mapped(exc, what, path=path, sandbox=sandbox) from exc
+translated = Translator(SDK_ERRORS, mapped)
 
 
 def fail(exc: BaseException, what: str, **where: Any) -> NoReturn:

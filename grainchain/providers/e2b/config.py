@@ -9,19 +9,14 @@ addresses, CIDR blocks and host names (everything else denied, E2B's allow_out /
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from grainchain._provider_config import ProviderConfig
+from grainchain._provider_config import ProviderConfig, network_allow_list
 
 DEFAULT_LIFETIME = 900  # seconds: a forgotten sandbox costs at most 15 minutes
 DEFAULT_KEEP_ALIVE_LIFETIME = 3600  # seconds a sandbox left running by keep_alive lives on
-_HOST_NAME = re.compile(
-    r"(?=.{1,253}$)(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-)
 
 
 class E2bConfig(ProviderConfig):
@@ -61,19 +56,7 @@ class E2bConfig(ProviderConfig):
     @field_validator("network")
     @classmethod
     def _allow_list(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, str):
-            return value
-        if not value:
-            raise ValueError('an empty allow-list allows nothing: write "none" for that')
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                if not _HOST_NAME.fullmatch(entry.lower()):
-                    raise ValueError(
-                        f"{entry!r} is neither an IP address, a CIDR block (10.0.0.0/8) nor a host name"
-                    ) from None
-        return value
+        return network_allow_list(value, host_names=True)
 
     @field_validator("metadata")
     @classmethod

@@ -8,9 +8,8 @@ the provider: `import grainchain` never imports modal.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, NoReturn, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpclib.exceptions
 import modal.exception as mx
@@ -26,6 +25,7 @@ from grainchain.errors import (
     RateLimitError,
     SandboxNotFoundError,
 )
+from grainchain.providers._translate import Translator
 
 PROVIDER = "modal"
 # The tags that mark a Modal sandbox as grainchain's and name it: a restore or a wake-up makes a new Modal
@@ -81,16 +81,4 @@ def mapped(
 SDK_ERRORS = (mx.Error, grpclib.exceptions.GRPCError, grpclib.exceptions.StreamTerminatedError, OSError)
 
 
-@contextlib.contextmanager
-def translated(what: str, *, path: str | None = None, sandbox: str | None = None) -> Iterator[None]:
-    """Map what the SDK raises inside into grainchain's errors (the SDK's exception stays `__cause__`)."""
-    try:
-        yield
-    except GrainchainError:
-        raise
-    except SDK_ERRORS as exc:
-        raise mapped(exc, what, path=path, sandbox=sandbox) from exc
-
-
-def fail(exc: BaseException, what: str, **where: Any) -> NoReturn:
-    raise mapped(exc, what, **where) from exc
+translated = Translator(SDK_ERRORS, mapped)

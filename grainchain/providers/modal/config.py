@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from grainchain._provider_config import ProviderConfig
+from grainchain._provider_config import ProviderConfig, network_allow_list
 
 DEFAULT_LIFETIME = 900  # seconds: a forgotten sandbox costs at most 15 minutes
 MAX_LIFETIME = 86_400  # Modal's longest sandbox timeout (24 h)
@@ -66,19 +66,10 @@ class ModalConfig(ProviderConfig):
     @field_validator("network")
     @classmethod
     def _allow_list(cls, value: str | list[str]) -> str | list[str]:
-        if isinstance(value, str):
-            return value
-        if not value:
-            raise ValueError('an empty allow-list allows nothing: write "none" for that')
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(
-                    f"{entry!r} is neither an IP address nor a CIDR block (10.0.0.0/8); Modal's allow-list "
-                    "takes no host names"
-                ) from None
-        return [str(ipaddress.ip_network(entry, strict=False)) for entry in value]
+        checked = network_allow_list(value, host_names=False)
+        if isinstance(checked, str):
+            return checked
+        return [str(ipaddress.ip_network(entry, strict=False)) for entry in checked]  # (Modal takes CIDRs)
 
     @field_validator("tags")
     @classmethod
