@@ -19,6 +19,7 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from modal.exception import (
     AuthError,
+    ImageBuildError,
     InvalidError,
     NotFoundError,
     SandboxFilesystemNotFoundError,
@@ -385,3 +386,114 @@ def test_stop_kills_everything_and_removes_the_root(monkeypatch: pytest.MonkeyPa
         pids = processes(own, sb.object_id)
     assert not [pid for pid in pids if pid_alive(pid)]
     assert not own.root.exists()
+
+
+# ---------------------------------------------------------------------------------------------- images
+
+DOCKERFILE = """\
+# built by the fake: every line below really runs (or applies) in a bubblewrap overlay
+FROM python:3.11-slim
+RUN echo built > /built.txt && \\
+    echo $HOME >> /built.txt
+ENV GREETING=hi
+WORKDIR /app
+COPY hello.txt /app/hello.txt
+"""
+
+
+def dockerfile_context(tmp_path: Path, dockerfile: str = DOCKERFILE) -> Path:
+    (tmp_path / "hello.txt").write_text("hello from the context\n")
+    (tmp_path / "not-copied.txt").write_text("the SDK uploads only what COPY names\n")
+    (tmp_path / "Dockerfile").write_text(dockerfile)
+    return tmp_path / "Dockerfile"
+
+
+def test_dockerfile_is_built_and_cached(fake: FakeModal, app: modal.App, tmp_path: Path) -> None:
+    dockerfile = dockerfile_context(tmp_path)
+    builds = len(fake.builds())
+    image = modal.Image.from_dockerfile(dockerfile, context_dir=tmp_path)
+    sb = modal.Sandbox.create(app=app, image=image, timeout=60)
+    p = sb.exec("sh", "-c", 'cat /built.txt /app/hello.txt; echo "$GREETING"; pwd')
+    assert p.stdout.read() == "built\n/root\nhello from the context\nhi\n/app\n"
+    assert sb.exec("test", "-e", "/app/not-copied.txt").wait() == 1
+    assert not Path("/built.txt").exists()  # (built in an overlay: the host is the read-only layer)
+    assert sb.exec("pwd", workdir="/tmp").stdout.read() == "/tmp\n"
+    # the sandbox's own workdir wins over the image's (the adapter passes /workspace)
+    elsewhere = modal.Sandbox.create(app=app, image=image, timeout=60, workdir="/workspace")
+    assert elsewhere.exec("pwd").stdout.read() == "/workspace\n"
+    assert fake.definitions()[elsewhere.object_id].workdir == "/workspace"
+
+    built = fake.builds()[builds:]
+    assert built  # (the Dockerfile, and the SDK's layer on top of it)
+    files = [fake.root / "images" / image_id / "upper" for image_id in built]
+    assert any((upper / "built.txt").read_text() == "built\n/root\n" for upper in files if upper.exists())
+
+    # a layer on top (FROM base) sees the Dockerfile's files, env and workdir, and adds its own
+    layered = image.run_commands("cp hello.txt copied.txt; echo $GREETING-again > /second.txt").env(
+        {"SECOND": "two words"}
+    )
+    top = modal.Sandbox.create(app=app, image=layered, timeout=60)
+    p = top.exec("sh", "-c", 'cat /built.txt /second.txt /app/copied.txt; echo "$GREETING $SECOND"; pwd')
+    assert p.stdout.read() == "built\n/root\nhi-again\nhello from the context\nhi two words\n/app\n"
+
+    # the same definition (a new Image object, the same context) is the same image: not built again
+    gets, builds = fake.calls(r"/ImageGetOrCreate$"), len(fake.builds())
+    again = modal.Image.from_dockerfile(dockerfile, context_dir=tmp_path)
+    sb_again = modal.Sandbox.create(app=app, image=again, timeout=60)
+    assert again.object_id == image.object_id
+    assert fake.calls(r"/ImageGetOrCreate$") > gets
+    assert len(fake.builds()) == builds
+    assert sb_again.exec("cat", "/built.txt").stdout.read() == "built\n/root\n"
+
+    # another context is another image, built anew
+    (tmp_path / "hello.txt").write_text("changed\n")
+    changed = modal.Image.from_dockerfile(dockerfile, context_dir=tmp_path)
+    sb_changed = modal.Sandbox.create(app=app, image=changed, timeout=60)
+    assert sb_changed.exec("cat", "/app/hello.txt").stdout.read() == "changed\n"
+    assert len(fake.builds()) > builds
+
+
+async def test_async_build_failure_pip_and_layers(fake: FakeModal, tmp_path: Path) -> None:
+    app = await modal.App.lookup.aio(APP, create_if_missing=True)
+    builds = len(fake.builds())
+    failing = modal.Image.from_registry("python:3.11-slim").run_commands(
+        "echo going to fail; echo on stderr >&2; exit 3"
+    )
+    with pytest.raises(ImageBuildError, match=r"(?s)going to fail\non stderr\n.*exit 3.*code 3"):
+        await modal.Sandbox.create.aio(app=app, image=failing, timeout=60)
+    assert len(fake.builds()) == builds + 2  # (the registry image, then the failing layer)
+    with pytest.raises(ImageBuildError):  # a failed build is tried again, not cached
+        await modal.Sandbox.create.aio(app=app, image=failing, timeout=60)
+    assert len(fake.builds()) == builds + 3
+
+    # pip install is a no-op (no network); a normal RUN line next to it does run
+    image = (
+        modal.Image.from_registry("python:3.11-slim")
+        .pip_install(["numpy"])
+        .run_commands("echo ran > /ran.txt")
+        .workdir("/srv")
+        .env({"MODE": "fake"})
+    )
+    sb = await modal.Sandbox.create.aio(app=app, image=image, timeout=60)
+    p = await sb.exec.aio("sh", "-c", 'cat /ran.txt; echo "$MODE"; pwd')
+    assert await p.stdout.read.aio() == "ran\nfake\n/srv\n"
+
+    # a Dockerfile FROM an image the fake built (by its id, as a base image of the definition)
+    dockerfile = dockerfile_context(tmp_path)
+    base = modal.Image.from_dockerfile(dockerfile, context_dir=tmp_path)
+    on_top = base.dockerfile_commands(
+        [
+            "RUN cat /app/hello.txt /built.txt > /both.txt",
+            "ENV GREETING=bye PATH=/opt/tools:$PATH",
+            "RUN mkdir -p /opt/tools && printf '#!/bin/sh\\necho tool ran\\n' > /opt/tools/tool",
+            "RUN chmod +x /opt/tools/tool",
+        ]
+    )
+    top = await modal.Sandbox.create.aio(app=app, image=on_top, timeout=60)
+    p = await top.exec.aio("sh", "-c", 'cat /both.txt; echo "$GREETING"; tool; echo "$PATH"')
+    assert await p.stdout.read.aio() == (
+        "hello from the context\nbuilt\n/root\nbye\ntool ran\n/opt/tools:/usr/local/sbin:/usr/local/bin:"
+        "/usr/sbin:/usr/bin:/sbin:/bin\n"
+    )
+    await top.terminate.aio()
+    await sb.terminate.aio()

@@ -6,14 +6,16 @@ real gRPC protocol to it, and sandboxes are real: commands run in bubblewrap, fi
     with FakeModal() as fake:
         os.environ.update(fake.env)   # MODAL_SERVER_URL, MODAL_TOKEN_ID, MODAL_TOKEN_SECRET, MODAL_CONFIG_PATH
         fake.inject(r"/SandboxCreateV2$", status=grpclib.const.Status.UNAVAILABLE, times=2)
-        fake.calls(r"/TaskExecStart$"); fake.sandboxes(); fake.sandbox_dir(id); fake.tags()
+        fake.calls(r"/TaskExecStart$"); fake.sandboxes(); fake.sandbox_dir(id); fake.tags(); fake.builds()
 
 `python -m tests.providers.modal_fake` serves it in the foreground and prints the environment to use.
 
 How the SDK gets there (recorded with a spy server during exploration): App.lookup is AppGetOrCreate;
 then EnvironmentGetOrCreate (its image_builder_version must be one the SDK supports, else VersionError);
-ImageGetOrCreate (an answer with result SUCCESS skips the build); AuthTokenGet (a JWT whose `exp` the SDK
-reads); SandboxCreateV2; SandboxGetTaskIdV2; SandboxGetCommandRouterAccess (a JWT and the URL of the
+ImageGetOrCreate (an answer with result SUCCESS skips the build; without a result the SDK waits with
+ImageJoinStreaming, a long poll of the build's logs and then its result; a COPY's context is uploaded
+first: MountBatchedCheckExistence, MountPutFile, MountGetOrCreate); AuthTokenGet (a JWT whose `exp` the
+SDK reads); SandboxCreateV2; SandboxGetTaskIdV2; SandboxGetCommandRouterAccess (a JWT and the URL of the
 task command router, a second gRPC service that Modal runs on each sandbox's worker and that this fake
 serves on its own port: the SDK allows plain http to a router when the server URL is localhost).
 `sb.exec` and everything in a running sandbox go to the router: TaskExecStart / TaskExecStdioRead (from an
@@ -42,9 +44,24 @@ Guessed (not documented by Modal), and so chosen:
   `_experimental_enable_snapshot=True`, then UNIMPLEMENTED: the fake snapshots files only.
 
 What the fake does not do, and what the SDK then sees:
-* No image is built: every image (`from_registry`, `debian_slim`, Dockerfile commands) is the host's file
-  system; only images made by `snapshot_filesystem` (a copy of the upper directory and /tmp, with its
-  whiteouts: deleted files stay deleted) differ. `Image.from_id` knows the fake's own ids only.
+* Images (`_images.py`) are built, but on the host's file system: a registry image (`FROM python:3.11-slim`,
+  any repository of the fake's short list; another fails like a pull) and Modal's own base images
+  (`debian_slim`, `from_scratch`: prebuilt, never built) are the host's `/`; RUN lines run in an overlay over
+  it (`sh -c`, as root, with the host's network), COPY/ADD copy from the uploaded context, ENV and WORKDIR
+  become the defaults of the image's sandboxes (a sandbox's own workdir and env win). The same definition
+  is the same image, built once; a failed build (its exception: the command's output and exit code,
+  where Modal may only point at the build logs) is tried again on the next use. `snapshot_filesystem`
+  images are a copy of the upper directory and /tmp, with its whiteouts (deleted files stay deleted).
+  `Image.from_id` knows the fake's own ids only.
+* A RUN line that is only a `pip install` / `python -m pip install` (what `pip_install` writes) is skipped:
+  the fake has no network, and an image like `from_registry("python:3.11-slim").pip_install(["numpy"])`
+  must still make sandboxes (the package is not there: the host's Python is). Other package managers run
+  as written and fail without network (`apt_install`: ImageBuildError). Not built either (the build fails,
+  ImageBuildError): multi-stage Dockerfiles and `COPY --from`, RUN options (`--mount`...), USER other than
+  root, ADD of a URL, `add_python` (the SDK looks its mount up by name: NotFoundError), `run_function`,
+  build secrets (stored secrets); a context file of 4 MiB or more (the SDK uploads it as a blob:
+  BlobCreate, UNIMPLEMENTED). Ignored: `--chown` (files are root's), `force_build` (a built image is
+  kept), GPUs, CMD, ENTRYPOINT, LABEL, EXPOSE and the like.
 * Resources (cpu, memory) and regions are kept and listed, not enforced; GPUs, PTYs, volumes, cloud bucket
   mounts, local mounts, stored secrets (by id), sidecars, named-sandbox renames, connect tokens, logs,
   directory snapshots and mounts, `set_network_access`, file watching: UNIMPLEMENTED (the SDK's

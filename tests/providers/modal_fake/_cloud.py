@@ -70,8 +70,54 @@ class CloudError(Exception):
 
 @dataclass(eq=False)
 class Image:
+    """An image: its files, the env and workdir its sandboxes start with, and its last build (a snapshot's
+    image is built when made). Its files never change once built, so images may share them."""
+
     id: str
-    files: Path | None = None  # `upper` and `tmp` of a snapshot; None: the host's files only
+    files: Path | None = None  # `upper` and `tmp` of a build or snapshot; None: the host's files only
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str | None = None
+    result: Result | None = None  # of the last build, once it has ended; SUCCESS: sandboxes may use it
+    logs: list[api_pb2.TaskLogs] = field(default_factory=list)  # of the last build, kept for late joiners
+    _grown: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def ready(self) -> bool:
+        return self.result is not None and self.result.status == Result.GENERIC_STATUS_SUCCESS
+
+    def log(self, fd: api_pb2.FileDescriptor.ValueType, data: str) -> None:
+        self.logs.append(api_pb2.TaskLogs(data=data, file_descriptor=fd, timestamp=time.time()))
+        self._wake()
+
+    def restart(self) -> None:
+        """A new build starts: the last one's logs and result are gone."""
+        self.logs, self.result = [], None
+        self._wake()
+
+    def end(self, result: Result) -> None:
+        self.result = result
+        self._wake()
+
+    def _wake(self) -> None:
+        self._grown.set()
+        self._grown = asyncio.Event()
+
+    async def follow(self, offset: int, timeout: float) -> AsyncIterator[tuple[int, api_pb2.TaskLogs]]:
+        """The build's logs from `offset` on (with the offset after each), as they come, until the build
+        has ended or `timeout` seconds passed."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            if offset < len(self.logs):
+                offset += 1
+                yield offset, self.logs[offset - 1]
+            elif self.result is not None:
+                return
+            else:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    return
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._grown.wait(), remaining)
 
 
 @dataclass(eq=False)
@@ -173,6 +219,7 @@ class Sandbox:
     finished_at: float = 0.0
     timer: asyncio.TimerHandle | None = None
     idle_timer: asyncio.TimerHandle | None = None
+    image: Image | None = None
     cloud: Cloud = field(init=False)
 
     @property
@@ -196,7 +243,10 @@ class Sandbox:
 
     @property
     def workdir(self) -> str:
-        return self.definition.workdir if self.definition.HasField("workdir") else "/"
+        """The sandbox's own, else its image's (WORKDIR), else `/`."""
+        if self.definition.HasField("workdir"):
+            return self.definition.workdir
+        return (self.image.workdir if self.image is not None else None) or "/"
 
     def bwrap_argv(self) -> list[str]:
         return [
@@ -213,6 +263,7 @@ class Sandbox:
         return {
             "PATH": PATH_ENV,
             "HOME": "/root",
+            **(self.image.env if self.image is not None else {}),  # (the image's ENV)
             "MODAL_TASK_ID": self.task_id,
             "MODAL_SANDBOX_ID": self.id,
             **self.env,
@@ -234,6 +285,22 @@ class Sandbox:
             self.cloud.touch(self)
 
 
+def lay_out(box: Sandbox, image: Image) -> None:
+    """Make a sandbox's (or a build's) directories and put its image's files in them."""
+    for name in ("upper", "work", "tmp"):
+        (box.dir / name).mkdir(parents=True)
+    box.tmp.chmod(0o1777)
+    # root's home starts empty, as in a fresh container, not as the host's (an opaque directory of the
+    # overlay hides what is below it)
+    (box.upper / "root").mkdir(mode=0o700)
+    os.setxattr(box.upper / "root", "user.overlay.opaque", b"y")  # (bubblewrap mounts with userxattr)
+    if image.files is not None:
+        copy_tree(image.files / "upper", box.upper)
+        copy_tree(image.files / "tmp", box.tmp)
+    if box.workdir != "/" and not os.path.isdir(box.workdir):  # (a container runtime makes its cwd)
+        (box.upper / box.workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+
+
 class Cloud:
     """The control plane's and the routers' state and operations. Methods run on the event loop."""
 
@@ -245,6 +312,9 @@ class Cloud:
         self.image_keys: dict[bytes, str] = {}  # an image definition -> its id
         self.sandboxes: dict[str, Sandbox] = {}  # every sandbox, ended ones too
         self.tasks: dict[str, Sandbox] = {}
+        self.builds: list[str] = []  # the image of every build started, in order
+        self.building: set[Sandbox] = set()  # where builds run their commands (not sandboxes of users)
+        self.closing = False
         self._lock = threading.Lock()  # guards `sandboxes` for readers on other threads
         self._tasks: set[asyncio.Task[None]] = set()
         (root / "sandboxes").mkdir(parents=True, exist_ok=True)
@@ -281,7 +351,7 @@ class Cloud:
         return self.apps.setdefault((environment, name), new_id("ap-"))
 
     def image(self, definition: bytes) -> str:
-        """Any image definition is the host's file system: nothing is built (see the package docstring)."""
+        """The id of an image definition (one image per definition: the same definition is built once)."""
         if definition not in self.image_keys:
             image = Image(new_id("im-"))
             self.images[image.id] = image
@@ -298,6 +368,8 @@ class Cloud:
         image = self.images.get(definition.image_id)
         if image is None:
             raise CloudError("NOT_FOUND", f"Image {definition.image_id} not found")
+        if not image.ready:
+            raise CloudError("FAILED_PRECONDITION", f"Image {definition.image_id} has not been built")
         if definition.name and any(
             box.definition.name == definition.name and box.app_id == app_id for box in self.live().values()
         ):
@@ -312,6 +384,7 @@ class Cloud:
             tags=tags,
             dir=self.root / "sandboxes" / sandbox_id,
             created_at=self._timestamp(),
+            image=image,
         )
         box.cloud = self
         await asyncio.to_thread(self._make_files, box, image)
@@ -338,18 +411,7 @@ class Cloud:
 
     @staticmethod
     def _make_files(box: Sandbox, image: Image) -> None:
-        for name in ("upper", "work", "tmp"):
-            (box.dir / name).mkdir(parents=True)
-        box.tmp.chmod(0o1777)
-        # root's home starts empty, as in a fresh container, not as the host's (an opaque directory of the
-        # overlay hides what is below it)
-        (box.upper / "root").mkdir(mode=0o700)
-        os.setxattr(box.upper / "root", "user.overlay.opaque", b"y")  # (bubblewrap mounts with userxattr)
-        if image.files is not None:
-            copy_tree(image.files / "upper", box.upper)
-            copy_tree(image.files / "tmp", box.tmp)
-        if box.workdir != "/" and not os.path.isdir(box.workdir):  # (a container runtime makes its cwd)
-            (box.upper / box.workdir.lstrip("/")).mkdir(parents=True, exist_ok=True)
+        lay_out(box, image)
         tool = box.upper / FS_TOOLS.lstrip("/")
         tool.parent.mkdir(parents=True, exist_ok=True)
         tool.write_text(f"#!{WRAPPER_PYTHON} -IS\n" + FS_TOOLS_SOURCE.read_text())  # (isolated, no site)
@@ -427,7 +489,8 @@ class Cloud:
     async def snapshot(self, box: Sandbox) -> Image:
         """A copy of the sandbox's files (its overlay's upper directory and /tmp), its processes stopped
         meanwhile."""
-        image = Image(new_id("im-"))
+        source = box.image or Image("")
+        image = Image(new_id("im-"), env=dict(source.env), workdir=source.workdir)
         image.files = self.root / "images" / image.id
         await signal_all(box.pids, signal.SIGSTOP)
         try:
@@ -435,10 +498,14 @@ class Cloud:
             await asyncio.to_thread(copy_tree, box.tmp, image.files / "tmp")
         finally:
             await signal_all(box.pids, signal.SIGCONT)
+        image.end(Result(status=Result.GENERIC_STATUS_SUCCESS))
         self.images[image.id] = image
         return image
 
     async def shutdown(self) -> None:
+        self.closing = True  # (a build starts no further command)
         for box in list(self.live().values()):
             await self.finish(box, Result(status=Result.GENERIC_STATUS_TERMINATED))
+        for box in list(self.building):
+            await signal_all(box.pids, signal.SIGKILL)
         await asyncio.gather(*self._tasks, return_exceptions=True)

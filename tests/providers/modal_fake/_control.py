@@ -16,6 +16,7 @@ from modal_proto import api_pb2
 from ._cloud import DEFAULT_ENVIRONMENT, Cloud, CloudError, Sandbox
 from ._dicts import Dicts
 from ._guard import Tokens
+from ._images import Builder, Mounts
 
 IMAGE_BUILDER_VERSION = "2025.06"  # one the SDK 1.6 supports (it refuses an environment with another)
 
@@ -85,40 +86,13 @@ def inline_env(sources: Any) -> dict[str, str]:
     return env
 
 
-# What the fake's registry has: a `FROM` of any other repository fails its build, as a pull of an image that
-# is not there fails on Modal (every image the fake runs is the host's file system anyway).
-KNOWN_REPOSITORIES = frozenset(
-    {
-        "python",
-        "debian",
-        "ubuntu",
-        "alpine",
-        "busybox",
-        "node",
-        "grainchain-test/busybox",
-        "grainchain-test/python",
-    }
-)
-
-
-def unknown_base(commands: Any) -> str | None:
-    """The image a Dockerfile's FROM names when the fake's registry does not have it."""
-    for line in commands:
-        parts = line.split()
-        if len(parts) >= 2 and parts[0].upper() == "FROM" and not parts[1].startswith("base"):
-            repository = (
-                parts[1].split("@")[0].rsplit(":", 1)[0] if ":" in parts[1].split("/")[-1] else parts[1]
-            )
-            if repository.removeprefix("docker.io/").removeprefix("library/") not in KNOWN_REPOSITORIES:
-                return parts[1]
-    return None
-
-
 class ControlPlane(Dicts):
     def __init__(self, cloud: Cloud, tokens: Tokens) -> None:
         super().__init__()
         self.cloud = cloud
         self.tokens = tokens
+        self.mounts = Mounts(cloud.root / "blobs")
+        self.builder = Builder(cloud, self.mounts)
 
     def _sandbox(self, sandbox_id: str) -> Sandbox:
         try:
@@ -158,22 +132,40 @@ class ControlPlane(Dicts):
         )
 
     async def ImageGetOrCreate(self, stream: Stream[api_pb2.ImageGetOrCreateRequest, Any]) -> None:
+        """The image of the definition (one per definition), its build started if it has none: answered at
+        once, with the result only when it has been built (else the SDK joins the build)."""
         request = await stream.recv_message()
         assert request is not None
-        image_id = request.existing_image_id or self.cloud.image(request.image.SerializeToString())
-        result = api_pb2.GenericResult(status=api_pb2.GenericResult.GENERIC_STATUS_SUCCESS)
-        if missing := unknown_base(request.image.dockerfile_commands):
-            result = api_pb2.GenericResult(
-                status=api_pb2.GenericResult.GENERIC_STATUS_FAILURE,
-                exception=f"pull access denied for {missing}, repository does not exist",
-            )
+        image = self.builder.get_or_create(request)
         await stream.send_message(
             api_pb2.ImageGetOrCreateResponse(
-                image_id=image_id,
-                result=result,
+                image_id=image.id,
+                result=image.result if image.ready else None,
                 metadata=api_pb2.ImageMetadata(image_builder_version=IMAGE_BUILDER_VERSION),
             )
         )
+
+    async def ImageJoinStreaming(self, stream: Stream[api_pb2.ImageJoinStreamingRequest, Any]) -> None:
+        """The build's logs after `last_entry_id` as they come, then its result; a long poll: ends
+        without a result after `timeout` seconds (the SDK then joins again)."""
+        request = await stream.recv_message()
+        assert request is not None
+        image = self.cloud.images.get(request.image_id)
+        if image is None:
+            raise GRPCError(Status.NOT_FOUND, f"Image {request.image_id} not found")
+        offset = int(request.last_entry_id) if request.last_entry_id.isdigit() else 0
+        async for entry, log in image.follow(offset, request.timeout or 55):
+            await stream.send_message(
+                api_pb2.ImageJoinStreamingResponse(task_logs=[log], entry_id=str(entry))
+            )
+        if image.result is not None:
+            await stream.send_message(
+                api_pb2.ImageJoinStreamingResponse(
+                    result=image.result,
+                    eof=True,
+                    metadata=api_pb2.ImageMetadata(image_builder_version=IMAGE_BUILDER_VERSION),
+                )
+            )
 
     async def ImageFromId(self, stream: Stream[api_pb2.ImageFromIdRequest, Any]) -> None:
         request = await stream.recv_message()
@@ -184,6 +176,52 @@ class ControlPlane(Dicts):
             api_pb2.ImageFromIdResponse(
                 image_id=request.image_id,
                 metadata=api_pb2.ImageMetadata(image_builder_version=IMAGE_BUILDER_VERSION),
+            )
+        )
+
+    # -- mounts (the build context of COPY/ADD)
+
+    async def MountBatchedCheckExistence(
+        self, stream: Stream[api_pb2.MountBatchedCheckExistenceRequest, Any]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        missing = [sha for sha in request.sha256_hex_hashes if not self.mounts.has(sha)]
+        await stream.send_message(
+            api_pb2.MountBatchedCheckExistenceResponse(missing_sha256_hex_hashes=missing)
+        )
+
+    async def MountPutFile(self, stream: Stream[api_pb2.MountPutFileRequest, Any]) -> None:
+        """Contents inline only: a file of 4 MiB or more comes as a blob (BlobCreate), which the fake lacks."""
+        request = await stream.recv_message()
+        assert request is not None
+        if request.WhichOneof("data_oneof") == "data":
+            try:
+                await asyncio.to_thread(self.mounts.put, request.sha256_hex, request.data)
+            except CloudError as e:
+                raise refusal(e) from None
+        await stream.send_message(api_pb2.MountPutFileResponse(exists=self.mounts.has(request.sha256_hex)))
+
+    async def MountGetOrCreate(self, stream: Stream[api_pb2.MountGetOrCreateRequest, Any]) -> None:
+        """An anonymous mount of uploaded files, or a named one (deployed, then looked up by name)."""
+        request = await stream.recv_message()
+        assert request is not None
+        key = (request.namespace, request.environment_name or DEFAULT_ENVIRONMENT, request.deployment_name)
+        if request.object_creation_type == api_pb2.OBJECT_CREATION_TYPE_UNSPECIFIED:
+            if key not in self.mounts.named:
+                raise GRPCError(Status.NOT_FOUND, f"Mount {request.deployment_name!r} not found")
+            mount_id = self.mounts.named[key]
+        else:
+            try:
+                mount_id = self.mounts.create(request.files)
+            except CloudError as e:
+                raise refusal(e) from None
+            if request.deployment_name:
+                self.mounts.named[key] = mount_id
+        await stream.send_message(
+            api_pb2.MountGetOrCreateResponse(
+                mount_id=mount_id,
+                handle_metadata=api_pb2.MountHandleMetadata(content_checksum_sha256_hex=mount_id),
             )
         )
 

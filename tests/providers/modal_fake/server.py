@@ -161,6 +161,10 @@ class FakeModal(BackgroundFake):
         boxes = self._cloud.live() if self._cloud is not None else {}
         return {sandbox_id: box.definition for sandbox_id, box in boxes.items()}
 
+    def builds(self) -> list[str]:
+        """The image of every image build started so far, in order (a cached image is not built again)."""
+        return list(self._cloud.builds) if self._cloud is not None else []
+
     def sandbox_dir(self, sandbox_id: str) -> Path:
         """Where a sandbox's files are: `upper` holds what it wrote outside /tmp (its overlay's upper
         directory: `/etc/x` is `upper/etc/x`), `tmp` is its /tmp."""
