@@ -22,6 +22,7 @@ from grainchain.errors import (
     CommandTimeoutError,
     ConfigurationError,
     FileNotFoundInSandboxError,
+    GrainchainError,
     InvalidArgumentError,
     OutputLimitExceededError,
     RateLimitError,
@@ -63,6 +64,16 @@ def modal_env(fake: FakeModal, monkeypatch: pytest.MonkeyPatch) -> Iterator[None
 def alive_probe(pid: str | int) -> str:
     """A command that prints alive or gone: a zombie (killed, not yet reaped) counts as gone."""
     return f's=$(cut -d\' \' -f3 /proc/{pid}/stat 2>/dev/null); [ -n "$s" ] && [ "$s" != Z ] && echo alive || echo gone'
+
+
+async def sdk_client() -> Any:
+    """A client of the bare SDK for the server and token pair the environment names (the SDK's default
+    client is made once per process, for the first server: a test session has several fakes)."""
+    import modal
+
+    return await modal.Client.from_credentials.aio(
+        os.environ["MODAL_TOKEN_ID"], os.environ["MODAL_TOKEN_SECRET"]
+    )
 
 
 def config(**fields: Any) -> SandboxConfig:
@@ -186,8 +197,12 @@ async def test_list_and_connect_find_only_grainchain_sandboxes(make_sandbox: Any
 
     from grainchain import AsyncSandbox
 
-    app = await modal.App.lookup.aio("grainchain", create_if_missing=True)
-    foreign = await modal.Sandbox.create.aio(app=app, tags={"owner": "someone else"})
+    client = await sdk_client()
+    app = await modal.App.lookup.aio("grainchain", create_if_missing=True, client=client)
+    image = modal.Image.debian_slim()  # (not the default: the SDK keeps that one for its first server)
+    foreign = await modal.Sandbox.create.aio(
+        app=app, image=image, tags={"owner": "someone else"}, client=client
+    )
     try:
         sandbox = await make_sandbox(
             config(auto_cleanup=False, environment_vars={"K": "v"}), provider="modal"
@@ -359,9 +374,30 @@ async def test_a_sandbox_gone_underneath_is_sandbox_not_found(fake: FakeModal, m
     import modal
 
     sandbox = await make_sandbox(provider="modal")
-    app = await modal.App.lookup.aio("grainchain")
-    found = modal.Sandbox.list.aio(app_id=app.app_id, tags={"grainchain_sandbox_id": sandbox.sandbox_id})
+    client = await sdk_client()
+    app = await modal.App.lookup.aio("grainchain", client=client)
+    tags = {"grainchain_sandbox_id": sandbox.sandbox_id}
+    found = modal.Sandbox.list.aio(app_id=app.app_id, tags=tags, client=client)
     (modal_id,) = [sb.object_id async for sb in found]
-    await (await modal.Sandbox.from_id.aio(modal_id)).terminate.aio()
+    await (await modal.Sandbox.from_id.aio(modal_id, client=client)).terminate.aio()
     with pytest.raises(SandboxNotFoundError):
         await sandbox.execute("true")
+
+
+async def test_dockerfile_builds_the_image(make_sandbox: Any, tmp_path: Any) -> None:
+    """provider_config `dockerfile` / `build_context` (modal.Image.from_dockerfile): what the Dockerfile
+    did is in the sandbox; a failing build is an error, not a sandbox of another image."""
+    (tmp_path / "hello.txt").write_text("from the context\n")
+    (tmp_path / "Dockerfile").write_text(
+        "FROM python:3.11-slim\nRUN echo built > /built.txt\nENV GREETING=hi\nCOPY hello.txt /opt/hello.txt\n"
+    )
+    built = config(
+        provider_config={"dockerfile": str(tmp_path / "Dockerfile"), "build_context": str(tmp_path)}
+    )
+    sandbox = await make_sandbox(built, provider="modal")
+    result = await sandbox.execute("cat /built.txt /opt/hello.txt; echo $GREETING; pwd")
+    assert result.stdout == "built\nfrom the context\nhi\n/workspace\n"
+    (tmp_path / "Broken").write_text("FROM python:3.11-slim\nRUN echo failing; exit 3\n")
+    broken = config(provider_config={"dockerfile": str(tmp_path / "Broken"), "build_context": str(tmp_path)})
+    with pytest.raises(GrainchainError, match="failing"):
+        await make_sandbox(broken, provider="modal")

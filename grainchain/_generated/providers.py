@@ -149,7 +149,7 @@ BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {
     ),
     "modal": ProviderInfo(
         name="modal",
-        summary="Modal sandboxes (gVisor containers) on the official modal SDK (1.6), from a modal.Image or a registry image. Files through the SDK's sandbox filesystem API; filesystem snapshots are Modal images (snapshot_filesystem); terminate/wake_up is emulated with them (Modal cannot pause a sandbox: its files come back, its processes do not). Memory snapshots are unsupported (Modal's snapshot_memory restores only into a new sandbox and nothing offline can prove it). Not proven yet against the in-repo fake, so declared unsupported for now: CPU and memory limits (passed to Modal, not enforced by the fake), Dockerfile images.",
+        summary="Modal sandboxes (gVisor containers) on the official modal SDK (1.6), from a modal.Image or a registry image. Files through the SDK's sandbox filesystem API; filesystem snapshots are Modal images (snapshot_filesystem); terminate/wake_up is emulated with them (Modal cannot pause a sandbox: its files come back, its processes do not). Dockerfile images through modal.Image.from_dockerfile (provider_config `dockerfile` / `build_context`). Memory snapshots are unsupported (Modal's snapshot_memory restores only into a new sandbox and nothing offline can prove it). CPU and memory limits are unsupported for now: Modal takes them as requests and limits, but the in-repo fake does not enforce them, and Modal's answer to a command over the memory limit (the sandbox's end?) is not the MemoryLimitExceededError the spec promises.",
         status="available",
         async_adapter="grainchain.providers.modal._async.adapter:AsyncModalAdapter",
         sync_adapter="grainchain.providers.modal._sync.adapter:ModalAdapter",
@@ -167,7 +167,7 @@ BUILTIN_PROVIDERS: Final[dict[str, ProviderInfo]] = {
             Feature.LIFECYCLE_TERMINATE_WAKE: SupportLevel.emulated,
             Feature.LIFECYCLE_RECONNECT: SupportLevel.native,
             Feature.IMAGE_CUSTOM: SupportLevel.native,
-            Feature.IMAGE_DOCKERFILE: SupportLevel.unsupported,
+            Feature.IMAGE_DOCKERFILE: SupportLevel.native,
             Feature.LIMITS_CPU: SupportLevel.unsupported,
             Feature.LIMITS_MEMORY: SupportLevel.unsupported,
             Feature.NETWORK_POLICY: SupportLevel.native,
