@@ -15,8 +15,8 @@ SANDBOX_MARKER = "GRAINCHAIN_SANDBOX_ID"
 EXEC_MARKER = "GRAINCHAIN_EXEC_ID"
 
 # For providers that reach their sandbox only through commands (e2b, modal): `sh -c SCRIPT sh LINE` kills
-# every process whose environment has a line starting with LINE (one command's `GRAINCHAIN_EXEC_ID=<id>`,
-# or every command's `GRAINCHAIN_EXEC_ID=`), stopped first so that none forks meanwhile, then killed.
+# every process whose environment has the line LINE (one command's `GRAINCHAIN_EXEC_ID=<id>`), stopped
+# first so that none forks meanwhile, then killed.
 KILL_MARKED_SCRIPT = r"""
 id="$1"
 for round in 1 2 3 4 5; do
@@ -24,7 +24,7 @@ for round in 1 2 3 4 5; do
   for d in /proc/[0-9]*; do
     p=${d#/proc/}
     [ "$p" = "$$" ] && continue
-    tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -q -e "^$id" && pids="$pids $p"
+    tr '\0' '\n' 2>/dev/null <"$d/environ" | grep -qxF -e "$id" && pids="$pids $p"
   done
   [ -z "$pids" ] && exit 0
   kill -s STOP $pids 2>/dev/null

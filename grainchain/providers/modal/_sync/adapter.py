@@ -482,7 +482,7 @@ class ModalAdapter(SandboxAdapter):
         return _Command(self, process, marker)
 
     def _kill_marked(self, marker: str) -> None:
-        """Kill every process whose marker line starts with `marker`, through a helper command."""
+        """Kill every process of a command (they carry its marker), through a helper command."""
         with translated("kill a command's processes", sandbox=self.sandbox_id):
             helper = self._running().exec(
                 "sh", "-c", KILL_MARKED_SCRIPT, "sh", marker, timeout=30, text=False
