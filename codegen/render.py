@@ -107,12 +107,33 @@ def render_providers(spec: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# the spec's check names (spec/grainchain.schema.json) and their functions in grainchain/_checks.py
 _CHECK_FUNCTIONS = {
-    "non_empty": "check_non_empty",
-    "positive": "check_positive",
-    "env_names": "check_env_names",
-    "write_mode": "check_write_mode",
+    name: f"check_{name}"
+    for name in (
+        "non_empty",
+        "optional_non_empty",
+        "port",
+        "command",
+        "path",
+        "optional_path",
+        "positive",
+        "callback",
+        "content",
+        "env_names",
+        "write_mode",
+    )
 }
+
+
+def _used_checks(spec: dict[str, Any]) -> list[str]:
+    used = {
+        _CHECK_FUNCTIONS[check]
+        for op in spec["operations"].values()
+        for param in op["params"].values()
+        for check in param.get("check", [])
+    }
+    return sorted(used)
 
 
 def _default(value: Any) -> str:
@@ -194,10 +215,7 @@ def render_facade(spec: dict[str, Any]) -> str:
         "from grainchain._async.process import AsyncProcessHandle",
         "from grainchain._checks import (",
         "    as_enum,",
-        "    check_env_names,",
-        "    check_non_empty,",
-        "    check_positive,",
-        "    check_write_mode,",
+        *(f"    {function}," for function in _used_checks(spec)),
         ")",
         "from grainchain._generated.features import Feature",
         "from grainchain._types import OutputCallback",

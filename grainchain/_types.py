@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, PlainSerializer
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    model_validator,
+)
+
+from grainchain._checks import check_env_names, check_path, check_positive, no_limit, shorten
+from grainchain.errors import ConfigurationError
 
 OutputCallback = Callable[[str], object]
 """Receives each decoded chunk of a command's stdout or stderr as it arrives."""
@@ -59,3 +71,66 @@ ByteSize = Annotated[int, BeforeValidator(parse_byte_size), PlainSerializer(int)
 
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
 """A TCP port number."""
+
+
+# -- SandboxConfig: the argument checks of grainchain/_checks.py, and ConfigurationError for every refusal --
+
+
+def _timeout(value: float) -> float | None:
+    check_positive("", "timeout", value)
+    return no_limit(value)
+
+
+def _environment(value: dict[str, str]) -> dict[str, str]:
+    check_env_names("", "environment_vars", value)
+    return value
+
+
+def _working_directory(value: str) -> str:
+    check_path("", "working_directory", value)
+    return value
+
+
+Timeout = Annotated[float, AfterValidator(_timeout)]
+"""Seconds, positive, up to grainchain._checks.MAX_TIMEOUT; math.inf is kept as None (no limit)."""
+
+EnvironmentVars = Annotated[dict[str, str], AfterValidator(_environment)]
+"""Variable names (letters, digits, _) to strings without NUL, within the size limits of _checks."""
+
+WorkingDirectory = Annotated[str, AfterValidator(_working_directory)]
+"""A path without NUL within PATH_MAX / NAME_MAX (where it may lie is the provider's check at create)."""
+
+
+def _json_name(value: str) -> str:
+    # names that are not UTF-8 are str with surrogate escapes (os.fsdecode): JSON shows their bytes as \xNN
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+FileName = Annotated[str, PlainSerializer(_json_name, when_used="json")]
+"""A path or name of a file. In Python, bytes that are not UTF-8 are surrogate escapes (os.fsdecode: pass the
+value back to any file operation to reach the same file); in JSON they are written as `\\xNN`."""
+
+
+def explain(exc: ValidationError, source: str) -> str:
+    """One line per problem of a ValidationError: the field, what is wrong and the value (shortened)."""
+    lines = [f"invalid settings in {source}:"]
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top)"
+        message = error["msg"].removeprefix("Value error, ")
+        if ", got " not in message:  # (the checks of grainchain/_checks.py name the value themselves)
+            message += f" (got {shorten(error.get('input'))})"
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+class ConfigModel(BaseModel):
+    """The base of SandboxConfig: any invalid field raises ConfigurationError (naming the field, the value and
+    what is accepted), when built, validated or assigned, as the config file and provider_config do."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _configuration_error(cls, data: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise ConfigurationError(explain(exc, cls.__name__)) from None

@@ -4,6 +4,10 @@
     grainchain providers [--json]
     grainchain conformance PROVIDER [--thorough] [--config JSON] [-- PYTEST ARGS...]
     grainchain spec show
+    grainchain sandboxes [--provider P ...] [--json]          |  grainchain sandboxes close ID [--provider P]
+    grainchain snapshots [list] [--provider P ...] [--json]   |  grainchain snapshots delete ID... [--provider P]
+    grainchain snapshots prune [--expired] [--provider P ...] [--dry-run]
+    grainchain cleanup [--provider P ...] [--dry-run] [--json]
     grainchain benchmark run [--provider P ...] [--iterations N] [--warmup W] [--output DIR] [--quick]
                              [--config PROVIDER=JSON ...]
     grainchain benchmark compare OLD.json NEW.json [--threshold F] [--min-delta-ms MS]
@@ -21,6 +25,7 @@ An error is one line on stderr, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import math
@@ -363,7 +368,21 @@ def _provider_record(info: ProviderInfo, default: str | None) -> dict[str, Any]:
         "credentials_env": list(info.credentials_env),
         "missing_credentials": missing,
         "features": {feature.value: info.level(feature).value for feature in Feature},
+        **_narrowed_here(info, missing),
     }
+
+
+def _narrowed_here(info: ProviderInfo, missing_credentials: list[str]) -> dict[str, Any]:
+    """What this machine (or service) lacks of the provider's declared features, each with the reason:
+    {"missing_here": {feature: reason}}, or {"probe_error": why} when its backend could not be asked. Only
+    providers that can run here are probed."""
+    if info.status != "available" or not info.is_installed() or missing_credentials:
+        return {"missing_here": None}
+    try:
+        found = Sandbox.probe_missing_features(info.name)
+    except GrainchainError as exc:
+        return {"missing_here": None, "probe_error": str(exc)}
+    return {"missing_here": {feature.value: reason for feature, reason in found.items()}}
 
 
 def _status_cell(record: dict[str, Any]) -> Text:
@@ -425,13 +444,29 @@ def providers(
         for record in records:
             level = SupportLevel(record["features"][feature.value])
             mark, style = _MARKS[level]
-            cells.append(Text(mark if unicode else _ASCII_MARKS[level], style=style))
+            cell = Text(mark if unicode else _ASCII_MARKS[level], style=style)
+            if feature.value in (record["missing_here"] or {}):  # declared, lacking on this machine
+                unsupported, unsupported_style = _MARKS[SupportLevel.unsupported]
+                cell.append("→" if unicode else ">", style="dim")
+                cell.append(
+                    unsupported if unicode else _ASCII_MARKS[SupportLevel.unsupported], unsupported_style
+                )
+            cells.append(cell)
         matrix.add_row(*cells)
     console.print(matrix)
     legend = " ".join(
         f"{mark if unicode else _ASCII_MARKS[level]} {level.value}" for level, (mark, _) in _MARKS.items()
     )
-    console.print(Text(legend, style="dim"))
+    console.print(Text(legend + "; declared → here: lacking on this machine (below)", style="dim"))
+    for record in records:
+        for feature_name, reason in (record["missing_here"] or {}).items():
+            console.print(f"{record['name']} {feature_name}: {reason}", markup=False, highlight=False)
+        if "probe_error" in record:
+            console.print(
+                f"{record['name']}: could not be probed here: {record['probe_error']}",
+                markup=False,
+                highlight=False,
+            )
 
 
 # -- conformance ------------------------------------------------------------------------------------------
@@ -503,7 +538,8 @@ def _print_conformance_report(report: dict[str, Any]) -> None:
     """Per feature: declared level and test outcomes; then the totals and the failed tests."""
     console = _stdout()
     unicode = console.encoding.lower().startswith("utf")
-    levels: dict[str, str] = report.get("capabilities", {})
+    levels: dict[str, str] = report.get("declared", report.get("capabilities", {}))
+    missing_here: dict[str, str] = report.get("missing_here", {})
     tally: dict[str, dict[str, int]] = report["features"]
     table = Table(  # fits 80 columns: no vertical rules
         title=f"Conformance of {report['provider']!r} ({report['budget']} budget)",
@@ -525,9 +561,12 @@ def _print_conformance_report(report: dict[str, Any]) -> None:
         counts = tally.get(name, {})
         level = levels.get(name) if name in features else "-"
         promised = counts.get("promises", 0)
+        cell = _level_cell(level, unicode) if level != "-" else Text("-", style="dim")
+        if name in missing_here:  # declared, lacking on this machine: its tests are skipped
+            cell.append("→✗" if unicode else "->-", style="red")
         table.add_row(
             name,
-            _level_cell(level, unicode) if level != "-" else Text("-", style="dim"),
+            cell,
             f"{counts.get('promises_checked', 0)}/{promised}" if promised else "-",
             *(str(counts.get(outcome, 0)) for outcome in ("passed", "failed", "skipped")),
             _result_cell(counts),
@@ -542,6 +581,8 @@ def _print_conformance_report(report: dict[str, Any]) -> None:
         f"tested: {len(run)}; passed: {len(run) - len(failed_features)}; failed: {len(failed_features)}",
         soft_wrap=True,
     )
+    for name, reason in missing_here.items():
+        console.print(f"{name}: unsupported here ({reason}); its tests were skipped", soft_wrap=True)
     if report["failed"]:
         console.print(Text(f"failed tests ({len(report['failed'])}):", style="bold red"))
         for nodeid in report["failed"]:
@@ -890,6 +931,301 @@ def benchmark_compare(
 
 
 # -- entry point ------------------------------------------------------------------------------------------
+
+
+# -- sandboxes, snapshots, cleanup ------------------------------------------------------------------------
+
+# providers whose leftovers these commands know how to find (grainchain/_ownership.py)
+_CLEANUP_MODULES = {
+    "local": "grainchain.providers.local._cleanup",
+    "docker": "grainchain.providers.docker._cleanup",
+}
+_ProviderOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--provider",
+        "-p",
+        help="Only this provider (repeatable; default: local and docker).",
+        show_default=False,
+    ),
+]
+_JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+
+
+def _cleanup_module(provider: str) -> Any:
+    if provider not in _CLEANUP_MODULES:
+        raise typer.BadParameter(
+            f"{provider!r}: only {', '.join(_CLEANUP_MODULES)} keep state these commands can inspect",
+            param_hint="--provider",
+        )
+    return importlib.import_module(_CLEANUP_MODULES[provider])
+
+
+def _each_provider(chosen: list[str] | None, what: Any) -> Iterator[tuple[str, Any]]:
+    """(provider, what(module)) for each provider; one that is unreachable is skipped with a warning unless
+    it was named."""
+    for provider in chosen or list(_CLEANUP_MODULES):
+        module = _cleanup_module(provider)
+        try:
+            yield provider, what(module)
+        except GrainchainError as exc:
+            if chosen:
+                raise
+            _print_error(f"{provider} skipped: {exc}", prefix="warning")
+
+
+def _provider_of_id(sandbox_or_snapshot: str, provider: str | None) -> str:
+    if provider:
+        return provider
+    if sandbox_or_snapshot.startswith(("local-", "snap-")):
+        return "local"
+    if sandbox_or_snapshot.startswith(("gc-", "grainchain-snapshot:")):
+        return "docker"
+    raise typer.BadParameter(f"cannot tell the provider of {sandbox_or_snapshot!r}", param_hint="--provider")
+
+
+def _when(value: Any) -> str:
+    return "" if value is None else value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _table_stdout() -> Console:
+    """Wide enough for ids and paths when stdout is not a terminal."""
+    console = _stdout()
+    return console if console.is_terminal else Console(highlight=False, width=160)
+
+
+_OWNER_STYLES = {"alive": "green", "dead": "red", "detached": "cyan", "unknown": "yellow"}
+
+sandboxes_app = typer.Typer(
+    help="Sandboxes in this state dir (local) and namespace (docker): list, close.",
+    invoke_without_command=True,
+)
+app.add_typer(sandboxes_app, name="sandboxes")
+
+
+@sandboxes_app.callback(invoke_without_command=True)
+def sandboxes(ctx: typer.Context, provider: _ProviderOption = None, as_json: _JsonOption = False) -> None:
+    """List sandboxes with their owner (the client driving them: alive, dead, detached) and whether
+    `grainchain cleanup` would remove them."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = load_settings()
+    records = [
+        r for _, found in _each_provider(provider, lambda m: m.sandbox_records(settings)) for r in found
+    ]
+    if as_json:
+        rows = [
+            {
+                "provider": r.provider,
+                "sandbox_id": r.sandbox_id,
+                "status": r.status,
+                "created_at": None if r.created_at is None else r.created_at.isoformat(),
+                "owner_pid": None if r.owner is None else r.owner.pid,
+                "owner": r.owner_state,
+                "kept": r.kept,
+                "reapable": r.reapable,
+            }
+            for r in records
+        ]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    table = Table(title="Sandboxes", title_justify="left")
+    for column in ("provider", "sandbox", "status", "created", "owner pid", "owner", "kept", "cleanup"):
+        table.add_column(
+            column, no_wrap=True, min_width={"sandbox": 38, "owner": 8, "cleanup": 10}.get(column)
+        )
+    for r in records:
+        table.add_row(
+            r.provider,
+            r.sandbox_id,
+            r.status,
+            _when(r.created_at),
+            "" if r.owner is None else str(r.owner.pid),
+            Text(r.owner_state, style=_OWNER_STYLES.get(r.owner_state, "")),
+            "yes" if r.kept else "",
+            Text("removes it", style="red") if r.reapable else "",
+        )
+    _table_stdout().print(table)
+
+
+@sandboxes_app.command("close")
+def sandboxes_close(
+    sandbox_id: Annotated[str, typer.Argument(help="The sandbox's id.")],
+    provider: Annotated[
+        str | None, typer.Option("--provider", "-p", help="Its provider (default: told by the id).")
+    ] = None,
+) -> None:
+    """Close a sandbox and delete it (its processes, files, containers), whoever owns it."""
+    name = _provider_of_id(sandbox_id, provider)
+    _cleanup_module(name).close_sandbox(load_settings(), sandbox_id)
+    _stdout().print(f"closed {name} sandbox {sandbox_id}")
+
+
+snapshots_app = typer.Typer(
+    help="Snapshots of this namespace (settings `namespace`; default: one per state dir): list, delete, prune.",
+    invoke_without_command=True,
+)
+app.add_typer(snapshots_app, name="snapshots")
+
+
+def _snapshot_table(title: str, records: list[Any]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in ("provider", "snapshot", "kind", "created", "expires", "size", "source"):
+        table.add_column(column, no_wrap=column != "source", min_width=40 if column == "snapshot" else None)
+    for r in records:
+        expires = Text(_when(r.expires_at) or "never", style="red" if _expired(r) else "")
+        size = "" if r.size_bytes is None else f"{r.size_bytes / 2**20:.1f} MiB"
+        table.add_row(
+            r.provider, r.snapshot_id, r.kind, _when(r.created_at), expires, size, r.source_sandbox_id or ""
+        )
+    return table
+
+
+def _expired(record: Any) -> bool:
+    from grainchain._ownership import expired
+
+    return expired(record.expires_at)
+
+
+@snapshots_app.callback(invoke_without_command=True)
+def snapshots(ctx: typer.Context, provider: _ProviderOption = None, as_json: _JsonOption = False) -> None:
+    """List this namespace's snapshots (`snapshots list`)."""
+    if ctx.invoked_subcommand is None:
+        snapshots_list(provider, as_json)
+
+
+@snapshots_app.command("list")
+def snapshots_list(provider: _ProviderOption = None, as_json: _JsonOption = False) -> None:
+    """List this namespace's snapshots, with when they expire (settings `snapshot_ttl`)."""
+    from grainchain._ownership import namespace_of
+
+    settings = load_settings()
+    records = [
+        r for _, found in _each_provider(provider, lambda m: m.snapshot_records(settings)) for r in found
+    ]
+    if as_json:
+        rows = [
+            {
+                "provider": r.provider,
+                "snapshot_id": r.snapshot_id,
+                "kind": r.kind,
+                "created_at": None if r.created_at is None else r.created_at.isoformat(),
+                "expires_at": None if r.expires_at is None else r.expires_at.isoformat(),
+                "expired": _expired(r),
+                "size_bytes": r.size_bytes,
+                "source_sandbox_id": r.source_sandbox_id,
+            }
+            for r in records
+        ]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+        return
+    _table_stdout().print(_snapshot_table(f"Snapshots of namespace {namespace_of(settings)}", records))
+
+
+@snapshots_app.command("delete")
+def snapshots_delete(
+    snapshot_id: Annotated[list[str], typer.Argument(help="Snapshot ids.")],
+    provider: Annotated[
+        str | None, typer.Option("--provider", "-p", help="Their provider (default: told by each id).")
+    ] = None,
+) -> None:
+    """Delete snapshots of this namespace (another namespace's are not found)."""
+    settings = load_settings()
+    for one in snapshot_id:
+        name = _provider_of_id(one, provider)
+        _cleanup_module(name).delete_snapshot(settings, one)
+        _stdout().print(f"deleted {name} snapshot {one}")
+
+
+@snapshots_app.command("prune")
+def snapshots_prune(
+    provider: _ProviderOption = None,
+    expired: Annotated[
+        bool, typer.Option("--expired/--no-expired", help="Delete the snapshots whose TTL has passed.")
+    ] = True,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would be deleted.")] = False,
+) -> None:
+    """Delete this namespace's expired snapshots (made while settings `snapshot_ttl` was set)."""
+    if not expired:
+        raise typer.BadParameter(
+            "prune deletes expired snapshots only; nothing else to prune", param_hint="--expired"
+        )
+    settings = load_settings()
+    found = [
+        (module, r)
+        for _, (module, records) in _each_provider(provider, lambda m: (m, m.expired_snapshots(settings)))
+        for r in records
+    ]
+    _table_stdout().print(_snapshot_table("Would delete" if dry_run else "Deleting", [r for _, r in found]))
+    if dry_run:
+        _stdout().print(f"{len(found)} expired snapshot(s); nothing deleted (--dry-run)")
+        return
+    for module, record in found:
+        with _suppress_not_found():
+            module.delete_snapshot(settings, record.snapshot_id)
+    _stdout().print(f"deleted {len(found)} expired snapshot(s)")
+
+
+@contextmanager
+def _suppress_not_found() -> Iterator[None]:
+    from grainchain.errors import SnapshotNotFoundError
+
+    with contextlib.suppress(SnapshotNotFoundError):  # deleted by someone else meanwhile
+        yield
+
+
+@app.command()
+def cleanup(
+    provider: _ProviderOption = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only print what would be removed.")] = False,
+    as_json: _JsonOption = False,
+) -> None:
+    """Remove what dead clients left behind, and only what is provably grainchain's: sandboxes whose owner
+    process is gone (not detached, not keep_alive, not auto_cleanup=False) with their processes, mounts,
+    cgroups and directories; abandoned staging copies and probe directories under the state dir; docker
+    containers, volumes and deleted snapshots' images of this namespace whose owner is gone."""
+    settings = load_settings()
+    found = [
+        (p, item) for p, items in _each_provider(provider, lambda m: m.leftovers(settings)) for item in items
+    ]
+    results: list[str] = []
+    failed = 0
+    for _, item in found:
+        if dry_run:
+            results.append("would remove")
+            continue
+        try:
+            item.remove()
+            results.append("removed")
+        except (GrainchainError, OSError) as exc:
+            failed += 1
+            results.append(f"failed: {_one_line(str(exc))}")
+    if not dry_run:
+        for name in provider or list(_CLEANUP_MODULES):
+            collect = getattr(_cleanup_module(name), "collect_layers", None)
+            if collect is not None:
+                collect(settings)
+    if as_json:
+        rows = [
+            {"provider": i.provider, "kind": i.kind, "name": i.name, "why": i.why, "result": result}
+            for (_, i), result in zip(found, results, strict=True)
+        ]
+        sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+    else:
+        table = Table(title="Leftovers", title_justify="left")
+        for column in ("provider", "kind", "name", "why", "result"):
+            table.add_column(column, no_wrap=column in ("provider", "kind"), overflow="fold")
+        for (_, i), result in zip(found, results, strict=True):
+            style = "yellow" if dry_run else ("green" if result == "removed" else "red")
+            table.add_row(i.provider, i.kind, i.name, i.why, Text(result, style=style))
+        console = _table_stdout()
+        console.print(table)
+        if dry_run:
+            console.print(f"{len(found)} leftover(s); nothing removed (--dry-run)")
+        else:
+            console.print(f"removed {len(found) - failed} of {len(found)} leftover(s)")
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,8 @@ The config file is TOML at $GRAINCHAIN_CONFIG, else the user config dir (~/.conf
 
     default_provider = "local"
     state_dir = "/var/lib/grainchain"
+    namespace = "my-project"   # snapshots and docker sandboxes seen by list/delete/cleanup (default: per state_dir)
+    snapshot_ttl = 604800      # seconds until `grainchain snapshots prune` deletes a snapshot (default: never)
 
     [sandbox]            # defaults for every SandboxConfig field the caller leaves unset
     timeout = 120
@@ -57,10 +59,31 @@ class Settings(BaseSettings):
         default_factory=lambda: platformdirs.user_state_path("grainchain"),
         description="Where providers keep workspaces and snapshots.",
     )
+    namespace: str | None = Field(
+        None,
+        description="Whose snapshots (and docker sandboxes) these are: only this namespace's are listed, "
+        "deleted and cleaned up (default: a tag of state_dir, see grainchain/_ownership.py).",
+    )
+    snapshot_ttl: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds a new snapshot lives: `grainchain snapshots prune` deletes it after (default: "
+        "it never expires).",
+    )
     sandbox: dict[str, Any] = Field(default_factory=dict, description="Defaults for SandboxConfig fields.")
     providers: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="Per provider: defaults for its provider_config keys."
     )
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value or len(value) > 128 or not value.isprintable():
+            raise ValueError("must be 1 to 128 printable characters")
+        return value
 
     @field_validator("default_provider")
     @classmethod
@@ -127,16 +150,14 @@ def resolve_config(config: SandboxConfig | None, settings: Settings) -> SandboxC
     explicit = config.model_dump(include=config.model_fields_set) if config else {}
     try:
         return SandboxConfig.model_validate({**settings.sandbox, **explicit})
-    except ValidationError as exc:
-        raise ConfigurationError(_explain(exc, f"[sandbox] of {config_file_path()}")) from None
+    except ConfigurationError as exc:  # (SandboxConfig raises it for every invalid field)
+        where = f"[sandbox] of {config_file_path()}"
+        raise ConfigurationError(exc.message.replace("in SandboxConfig:", f"in {where}:", 1)) from None
 
 
 def validate_config(data: dict[str, Any]) -> SandboxConfig:
     """Build a SandboxConfig from plain data, raising ConfigurationError with one line per problem."""
-    try:
-        return SandboxConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigurationError(_explain(exc, "SandboxConfig")) from None
+    return SandboxConfig.model_validate(data)  # ConfigurationError naming each invalid field
 
 
 def _explain(exc: ValidationError, source: str) -> str:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from pathlib import Path
 from typing import Any
 
+import _reliability
 import pytest
 from _procs import process_environments
 from _support import AwaitableSync, close
@@ -164,3 +165,12 @@ def host_server() -> Iterator[int]:
     stop.set()
     thread.join()
     server.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The reliability suite's overview, when it ran: faults injected, data lost, leftovers, untyped
+    errors, per provider (tests/_reliability.py)."""
+    if lines := _reliability.summary():
+        terminalreporter.section("reliability")
+        for line in lines:
+            terminalreporter.write_line(line)

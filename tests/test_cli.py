@@ -218,6 +218,30 @@ def test_providers_json(tmp_path: Path) -> None:
     assert records["modal"]["missing_credentials"] == ["MODAL_TOKEN_SECRET"]
 
 
+FAKE_OLD_CRIU = """#!/bin/sh
+case "$1" in --version) echo "Version: 3.17.1";; *) echo "too old" >&2; exit 1;; esac
+"""
+
+
+def test_providers_shows_what_this_machine_lacks_beside_the_declaration(tmp_path: Path) -> None:
+    """Debian 12's CRIU 3.17 cannot dump on current kernels: local declares memory snapshots, and this
+    machine narrows them to unsupported, with the reason, in both the table and the JSON."""
+    (tmp_path / "criu").write_text(FAKE_OLD_CRIU)
+    (tmp_path / "criu").chmod(0o755)
+    env = {"PATH": f"{tmp_path}:{os.environ['PATH']}"}
+    records = {r["name"]: r for r in json.loads(grainchain_cli("providers", "--json", env=env).stdout)}
+    local = records["local"]
+    assert local["features"]["snapshot.memory"] == "native", "the declaration stays as declared"
+    assert set(local["missing_here"]) == {"snapshot.memory"}, local["missing_here"]
+    if os.geteuid() == 0:
+        assert "criu 3.17" in local["missing_here"]["snapshot.memory"]
+    assert records["morph"]["missing_here"] is None, "a planned provider is not probed"
+    table = grainchain_cli("providers", env=env).stdout
+    row = next(line for line in table.splitlines() if "snapshot.memory" in line and "│" in line)
+    assert "✓→✗" in row, table
+    assert "local snapshot.memory: " in table, table
+
+
 def test_providers_lists_a_provider_registered_at_run_time() -> None:
     # the memory test provider, registered with registry.register() as the command's process starts
     env = memory.subprocess_env({"exec": "native", "files": "emulated"}, summary="registered at run time")

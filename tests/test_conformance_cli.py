@@ -68,7 +68,7 @@ def test_conformance_of_local_passes_and_lists_every_feature() -> None:
     local = get_provider("local")
     for feature in Feature:
         _mark, level, promises, passed, failed, _skipped, verdict = rows[feature.value]
-        assert level == local.level(feature).value
+        assert level.partition("→")[0] == local.level(feature).value  # declared (→✗: lacking here)
         checked, total = map(int, promises.split("/"))
         assert checked == total > 0, f"{feature.value}: {promises} promises checked"
         assert failed == "0"

@@ -37,7 +37,7 @@ from grainchain.errors import (
 )
 from grainchain.models import SandboxStatus, SnapshotKind
 from grainchain.providers.docker import _engine as dk
-from grainchain.providers.docker._async.adapter import _find_criu
+from grainchain.providers.docker._async.adapter import _memory_snapshot_problem
 from grainchain.sync import Sandbox as SyncSandbox
 
 IMAGE = "grainchain-test/busybox:latest"
@@ -310,7 +310,7 @@ def test_memory_snapshot_problems_name_what_is_missing(tmp_path: Path) -> None:
 
 async def test_the_engine_decides_memory_snapshot_support(make_sandbox: Any) -> None:
     sandbox = await make_sandbox(config(), provider="docker")
-    problem = dk.memory_snapshot_problem(dk.engine_endpoint(), _engine_info(), _find_criu())
+    problem = _memory_snapshot_problem(dk.engine_endpoint(), _engine_info())
     assert (sandbox.capabilities["snapshot.memory"] != "unsupported") is (problem is None)
     if problem is not None:
         with pytest.raises(CapabilityError, match="not available here"):

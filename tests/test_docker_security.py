@@ -39,7 +39,7 @@ from grainchain import AsyncSandbox
 from grainchain.errors import ConfigurationError, SnapshotNotFoundError
 from grainchain.models import SnapshotKind
 from grainchain.providers.docker import _engine as dk
-from grainchain.providers.docker._async.adapter import _find_criu
+from grainchain.providers.docker._async.adapter import _memory_snapshot_problem
 
 PYTHON_IMAGE = "grainchain-test/python:3.11"
 REQUIRE_DOCKER = os.environ.get("GRAINCHAIN_REQUIRE_DOCKER") == "1"
@@ -187,7 +187,7 @@ def test_only_entries_of_the_checkpoint_store_are_trusted(tmp_path: Path) -> Non
 async def test_a_snapshot_of_a_memory_snapshots_image_keeps_the_checkpoint(state_dir: Path) -> None:
     """A sandbox started from a memory snapshot's image, then snapshotted (filesystem): deleting that
     snapshot used to delete the memory snapshot's checkpoint (the commit inherited its label)."""
-    problem = dk.memory_snapshot_problem(dk.engine_endpoint(), _engine_info(), _find_criu())
+    problem = _memory_snapshot_problem(dk.engine_endpoint(), _engine_info())
     if problem is not None:
         pytest.skip(f"no memory snapshots here: {problem}")
     async with AsyncSandbox("docker", config()) as source:

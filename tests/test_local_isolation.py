@@ -170,6 +170,67 @@ def test_a_timeout_kills_the_tree_inside_the_sandbox(isolated: Sandbox) -> None:
     assert isolated.execute("ps -e -o args= | grep -c '^sleep 60'").stdout.strip() == "0"
 
 
+# A client that is a child subreaper: a command orphaned by a kill is handed to it, not to the host's init,
+# and (not reaped by anyone) stays a zombie child of the client, where the check below sees it.
+ORPHANS_CHILD = """
+import ctypes, os, sys
+from grainchain import SandboxConfig
+from grainchain.errors import CommandTimeoutError
+from grainchain.sync import Sandbox
+
+ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def zombies():
+    with open(f"/proc/{os.getpid()}/task/{os.getpid()}/children") as f:
+        kids = f.read().split()
+    found = []
+    for kid in kids:
+        try:
+            with open(f"/proc/{kid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # (the holder's first bwrap exits once the sandbox is set up: a zombie of ours by design)
+        if stat.rsplit(")", 1)[1].split()[0] == "Z" and "(bwrap)" not in stat:
+            found.append(stat.split(")")[0] + ")")
+    return found
+
+
+with Sandbox("local", SandboxConfig(provider_config={"isolation": "namespaces"})) as sandbox:
+    try:
+        sandbox.execute("sleep 60", timeout=0.5)
+    except CommandTimeoutError:
+        print("timeout", zombies())
+    handle = sandbox.start_process("sleep 60")
+    handle.kill()
+    handle.wait(timeout=10)
+    print("kill", zombies())
+"""
+
+
+def test_a_killed_command_is_reaped_inside_the_sandbox() -> None:
+    """A timeout or kill() spares nsenter (it has forked the command into the pid namespace and reaps it).
+    Killed too, it would orphan the command to the host's init, and the sandbox's pid namespace, which a
+    close waits to see end, would last until that init reaps the zombie (1-2 s on this kind of VM)."""
+    done = subprocess.run(
+        [sys.executable, "-c", ORPHANS_CHILD], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["timeout []", "kill []"], done.stdout
+
+
+def test_killing_one_command_leaves_the_others_running(isolated: Sandbox) -> None:
+    """A kill stops every process of the sandbox for a moment (a fork bomb cannot outrun it), the nsenter of
+    other commands too; told that its command was stopped, nsenter stops itself (it waits with WUNTRACED)
+    and must be continued again, or its command's caller waits forever."""
+    other = isolated.start_process("sleep 1; echo other")
+    isolated.execute("true")  # started: its nsenter waits for its command
+    with pytest.raises(CommandTimeoutError):
+        isolated.execute("sleep 30", timeout=0.3)
+    assert other.wait(timeout=10).stdout == "other\n"
+
+
 def test_a_killed_holder_comes_back(isolated: Sandbox) -> None:
     """`kill -9 -1` kills every process of the sandbox, its holder's included; the next command still runs."""
     isolated.execute("kill -9 -1")

@@ -23,6 +23,21 @@ def survivors(sandbox: Any, pid_file: str, within: float = 5.0) -> str:
         time.sleep(0.1)
 
 
+# A shell that starts a child, a grandchild (in a subshell) and, where the image has `setsid`, a child in a
+# session of its own (as daemons leave their process group), each recording its pid in {pids}. An adapter
+# that kills only the command, or only its process group, leaves some of them running.
+FAMILY = (
+    "echo $$ >> {pids}; sleep 60 & echo $! >> {pids}; (sleep 60 & echo $! >> {pids}; wait) & "
+    "if command -v setsid >/dev/null; then setsid sh -c 'echo $$ >> {pids}; exec sleep 60' & fi; "
+    "echo family-started; wait"
+)
+
+
+def family_size(sandbox: Any) -> int:
+    """How many pids FAMILY records in this sandbox (4 with `setsid`, 3 without)."""
+    return 4 if sandbox.execute("command -v setsid").return_code == 0 else 3
+
+
 def wait_for_lines(sandbox: Any, path: str, lines: int, within: float = 10.0) -> None:
     """Until the file at `path` has `lines` lines (e.g. pids written by processes starting)."""
     deadline = time.monotonic() + within
@@ -44,8 +59,12 @@ COUNTER = (
 )
 
 
-def start_counter(sandbox: Any, name: str = "counter") -> None:
-    sandbox.execute(COUNTER.format(name=name))
+def start_counter(sandbox: Any, name: str = "counter", session: bool = False) -> None:
+    """Start COUNTER; with `session`, in a session of its own (`setsid`) where the image has it."""
+    command = COUNTER.format(name=name)
+    if session and sandbox.execute("command -v setsid").return_code == 0:
+        command = f"setsid sh -c {shlex.quote(command)}"
+    sandbox.execute(command)
     counter_reaches(sandbox, 2, name=name)
 
 

@@ -357,16 +357,20 @@ def _report(config: pytest.Config, owner: str = _OPTIONS) -> dict[str, Any]:
     from grainchain_conformance.promises import coverage_by_feature
 
     levels = {f.value: level.value for f, level in target.capabilities.items()}
+    declared = {f.value: target.provider.level(f).value for f in target.capabilities}
     failed: set[str] = config.stash[_FAILED_KEY][owner]
     coverage = coverage_by_feature()
     tally: dict[str, dict[str, int]] = config.stash[_TALLY_KEY][owner]
     return {
         "provider": target.name,
         "budget": "thorough" if target.thorough else "ci",
-        "capabilities": levels,  # every feature's level, tested or not
+        "capabilities": levels,  # every feature's level here (declared, narrowed), tested or not
+        "declared": declared,
+        "missing_here": {f.value: reason for f, reason in target.missing.items()},
         "features": {
             feature: {
-                "declared": levels.get(feature, "-"),
+                "declared": declared.get(feature, "-"),
+                "here": levels.get(feature, "-"),
                 "promises_checked": coverage.get(feature, (0, 0))[0],
                 "promises": coverage.get(feature, (0, 0))[1],
                 **dict(counts),
@@ -397,13 +401,20 @@ def _table(
     coverage = coverage_by_feature()
     write = terminalreporter.write_line
     terminalreporter.section(f"grainchain conformance: {target.name}" + (f" ({owner})" if owner else ""))
-    write(f"{'feature':28} {'declared':12} {'promises':>9} {'passed':>6} {'failed':>6} {'skipped':>7}")
+    write(
+        f"{'feature':25} {'declared':11} {'here':11} {'promises':>8} {'passed':>6} {'failed':>6} "
+        f"{'skipped':>7}"
+    )
     for feature in sorted(tally):
-        level = next((lvl.value for f, lvl in target.capabilities.items() if f.value == feature), "-")
+        known = next((f for f in target.capabilities if f.value == feature), None)
+        declared = "-" if known is None else target.provider.level(known).value
+        here = "-" if known is None else target.capabilities[known].value
         counts = tally[feature]
         done, total = coverage.get(feature, (0, 0))
         checked = f"{done}/{total}" if total else "-"
         write(
-            f"{feature:28} {level:12} {checked:>9} {counts['passed']:>6} {counts['failed']:>6} "
+            f"{feature:25} {declared:11} {here:11} {checked:>8} {counts['passed']:>6} {counts['failed']:>6} "
             f"{counts['skipped']:>7}"
         )
+    for feature, reason in target.missing.items():
+        write(f"{feature.value} is unsupported here: {reason}")

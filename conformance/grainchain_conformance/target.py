@@ -38,6 +38,7 @@ class ConformanceTarget:
     config: SandboxConfig
     thorough: bool = False
     capabilities: dict[Feature, SupportLevel] = field(default_factory=dict)
+    missing: dict[Feature, str] = field(default_factory=dict)  # declared, lacking here: why
     client: str = "sync"  # which client the sandboxes are made with: "sync" or "async"
     clients: int = 1  # how many clients the run drives (the state machine's budget is shared among them)
 
@@ -46,6 +47,7 @@ class ConformanceTarget:
             # what the suite holds the provider to: its declaration, narrowed by what the backend lacks
             with self.sandbox() as sandbox:
                 self.capabilities = dict(sandbox.capabilities)
+                self.missing = dict(sandbox.missing_features)
 
     @property
     def name(self) -> str:

@@ -15,6 +15,7 @@ from grainchain.errors import (
     OutputLimitExceededError,
     PathOutsideSandboxError,
 )
+from grainchain_conformance import inside
 from grainchain_conformance.target import ConformanceTarget
 
 # every boundary of the exit status byte: 0, 1, the shell's own codes (126 not executable, 127 not found),
@@ -73,6 +74,19 @@ def test_a_call_timeout_replaces_the_config_default(conformance: ConformanceTarg
         assert info.value.stdout == "started\n"
     with conformance.sandbox(timeout=None) as sandbox:
         assert sandbox.execute("sleep 1.5; echo waited").stdout == "waited\n", "timeout=None waits"
+
+
+@pytest.mark.feature("exec")
+@pytest.mark.promises("param:execute.timeout", "convention:processes", "raises:execute.CommandTimeoutError")
+def test_a_timeout_ends_everything_the_command_started(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox() as sandbox:
+        size = inside.family_size(sandbox)
+        with pytest.raises(CommandTimeoutError) as info:
+            sandbox.execute(inside.FAMILY.format(pids="pids") + "; echo not-killed", timeout=3)
+        assert "family-started" in info.value.stdout
+        inside.wait_for_lines(sandbox, "pids", size, within=1)  # all started before the timeout
+        left = inside.survivors(sandbox, "pids")
+        assert left == "", f"the timeout left processes of the command running: {left.split()}"
 
 
 @pytest.mark.feature("exec")

@@ -86,6 +86,7 @@ def test_close_ends_every_process_and_auto_cleanup_false_keeps_the_files(
     sandbox_id = sandbox.sandbox_id
     try:
         inside.start_counter(sandbox)  # `cmd &` from execute
+        inside.start_counter(sandbox, "session-counter", session=True)  # `setsid cmd &`
         if conformance.supports(Feature.PROCESS_BACKGROUND):
             sandbox.start_process(inside.COUNTER.format(name="bg-counter").rstrip("&") + "; wait")
             inside.counter_reaches(sandbox, 2, name="bg-counter")
@@ -98,7 +99,7 @@ def test_close_ends_every_process_and_auto_cleanup_false_keeps_the_files(
     kept = conformance.connect(sandbox_id, auto_cleanup=True)  # this connection deletes it on close
     try:
         assert kept.execute("cat kept-file").stdout == "kept\n", "auto_cleanup=False lost the files"
-        for name in ("counter", "bg-counter"):
+        for name in ("counter", "session-counter", "bg-counter"):
             before, after = inside.counter_is_still(kept, name)
             assert before == after, f"{name} went from {before} to {after}: a process survived close()"
     finally:

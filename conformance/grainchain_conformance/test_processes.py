@@ -12,19 +12,13 @@ from grainchain.errors import FileNotFoundInSandboxError, PathOutsideSandboxErro
 from grainchain_conformance import inside
 from grainchain_conformance.target import ConformanceTarget
 
-# a shell that starts a child and a grandchild (in a subshell) and records all three pids
-FAMILY = (
-    "echo $$ >> {pids}; sleep 60 & echo $! >> {pids}; (sleep 60 & echo $! >> {pids}; wait) & "
-    "echo family-started; wait"
-)
-
 
 @pytest.mark.feature("process.background", "exec")
 @pytest.mark.promises("convention:processes", "op:start_process", "feature:process.background")
 def test_kill_ends_the_process_and_everything_it_started(conformance: ConformanceTarget) -> None:
     with conformance.sandbox() as sandbox:
-        handle = sandbox.start_process(FAMILY.format(pids="pids"))
-        inside.wait_for_lines(sandbox, "pids", 3)
+        handle = sandbox.start_process(inside.FAMILY.format(pids="pids"))
+        inside.wait_for_lines(sandbox, "pids", inside.family_size(sandbox))
         assert handle.is_running
         # `id` always names the process (a string); `pid` only where the provider has one
         assert isinstance(handle.id, str), f"handle.id is {handle.id!r}, not a str"

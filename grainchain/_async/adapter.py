@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 from grainchain._async.backend import AsyncBackend
 from grainchain._async.commands import CommandRun, HandleRegistry, OomWatch, run_to_completion
 from grainchain._async.process import AsyncProcessHandle
+from grainchain._checks import no_limit
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector
 from grainchain._provider_config import OpenProviderConfig, ProviderConfig
@@ -206,8 +207,8 @@ class AsyncSandboxAdapter:
         )
 
     def command_timeout(self, timeout: float | None) -> float | None:
-        """The timeout of one command: the call's, else the sandbox's default."""
-        return self.config.timeout if timeout is None else timeout
+        """The timeout of one command: the call's, else the sandbox's default (None, as math.inf: no limit)."""
+        return no_limit(self.config.timeout if timeout is None else timeout)
 
     # -- commands: what a provider implements for execute() and start_process() ----------------------
 

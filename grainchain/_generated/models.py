@@ -10,7 +10,15 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from grainchain._types import ByteSize, PortNumber
+from grainchain._types import (
+    ByteSize,
+    ConfigModel,
+    EnvironmentVars,
+    FileName,
+    PortNumber,
+    Timeout,
+    WorkingDirectory,
+)
 
 
 class SupportLevel(StrEnum):
@@ -43,7 +51,7 @@ class SandboxStatus(StrEnum):
     closed = "closed"
 
 
-class SandboxConfig(BaseModel):
+class SandboxConfig(ConfigModel):
     """
     How to create a sandbox. Unset fields take the provider's default.
     """
@@ -52,25 +60,25 @@ class SandboxConfig(BaseModel):
         extra="forbid",
         arbitrary_types_allowed=True,
     )
-    timeout: Annotated[float | None, Field(gt=0.0)] = 300
+    timeout: Timeout | None = 300
     """
-    Default timeout in seconds of each command (a call's own timeout, longer or shorter, replaces it); None waits forever.
+    Default timeout in seconds of each command (a call's own timeout, longer or shorter, replaces it), at most a week; None (or math.inf) waits forever.
     """
-    working_directory: str | None = None
+    working_directory: WorkingDirectory | None = None
     """
-    Directory commands start in, relative to the sandbox's workspace. None is the workspace.
+    Directory commands start in, relative to the sandbox's workspace (or absolute); it must lie in the workspace (else PathOutsideSandboxError at create). None is the workspace.
     """
-    environment_vars: dict[str, str] = {}
+    environment_vars: EnvironmentVars = {}
     """
-    Environment variables of every command in the sandbox (a call's `environment` wins where both name one).
+    Environment variables of every command in the sandbox (a call's `environment` wins where both name one); names of letters, digits and _, values without NUL, each entry at most 120 KiB, 512 KiB in all.
     """
     memory_limit: ByteSize | None = None
     """
     Memory cap: bytes as an integer, or a string such as "512MB", "4GB", "1.5GiB".
     """
-    cpu_limit: Annotated[float | None, Field(gt=0.0)] = None
+    cpu_limit: Annotated[float | None, Field(gt=0.0, le=4096.0)] = None
     """
-    CPU cap in cores (2.0 = two cores).
+    CPU cap in cores (2.0 = two cores), more than 0 and at most 4096.
     """
     image: str | None = None
     """
@@ -130,11 +138,14 @@ class FileInfo(BaseModel):
     One entry of a directory listing.
     """
 
-    path: str
+    model_config = ConfigDict(
+        arbitrary_types_allowed=True,
+    )
+    path: FileName
     """
-    Absolute path as commands in the sandbox see it.
+    Absolute path as commands in the sandbox see it (bytes that are not UTF-8: surrogate escapes, as os.fsdecode gives; `\\xNN` in JSON).
     """
-    name: str
+    name: FileName
     """
     Last component of the path.
     """

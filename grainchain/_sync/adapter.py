@@ -16,6 +16,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, ClassVar, Self
 
+from grainchain._checks import no_limit
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector
 from grainchain._provider_config import OpenProviderConfig, ProviderConfig
@@ -208,8 +209,8 @@ class SandboxAdapter:
         )
 
     def command_timeout(self, timeout: float | None) -> float | None:
-        """The timeout of one command: the call's, else the sandbox's default."""
-        return self.config.timeout if timeout is None else timeout
+        """The timeout of one command: the call's, else the sandbox's default (None, as math.inf: no limit)."""
+        return no_limit(self.config.timeout if timeout is None else timeout)
 
     # -- commands: what a provider implements for execute() and start_process() ----------------------
 

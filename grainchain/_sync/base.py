@@ -13,12 +13,20 @@ from contextlib import contextmanager
 from types import TracebackType
 from typing import Self
 
+from grainchain._checks import shorten
 from grainchain._generated.features import CONFIG_REQUIREMENTS, Feature
 from grainchain._provider_info import ProviderInfo
 from grainchain._sync import backend as backends
 from grainchain._sync.adapter import SandboxAdapter, any_of_hint
 from grainchain._sync.backend import Backend
-from grainchain.errors import CapabilityError, ConfigurationError, GrainchainError, SandboxNotRunningError
+from grainchain.errors import (
+    CapabilityError,
+    ConfigurationError,
+    GrainchainError,
+    InvalidArgumentError,
+    SandboxNotFoundError,
+    SandboxNotRunningError,
+)
 from grainchain.models import SandboxConfig, SandboxInfo, SandboxStatus, SupportLevel
 from grainchain.registry import get_provider, providers_supporting
 from grainchain.settings import Settings, load_settings, resolve_config
@@ -96,6 +104,31 @@ class SandboxBase:
             self._capabilities.get(Feature(feature), SupportLevel.unsupported) is not SupportLevel.unsupported
         )
 
+    @property
+    def missing_features(self) -> Mapping[Feature, str]:
+        """The features the provider declares but this sandbox's backend lacks here (CRIU too old, no
+        cgroups ...), each with the reason; `capabilities` shows them unsupported once the sandbox has
+        started, `provider.features` as declared."""
+        return dict(self._missing)
+
+    @classmethod
+    def probe_missing_features(
+        cls,
+        provider: str | None = None,
+        config: SandboxConfig | None = None,
+        *,
+        settings: Settings | None = None,
+    ) -> Mapping[Feature, str]:
+        """What `missing_features` would say for a sandbox made with this provider and config, found
+        without making one (the provider's backend probes this machine, or its service)."""
+        probe = cls(provider, config, settings=settings)
+        opened = probe._open_backend()
+        try:
+            probe._narrow(opened)
+        finally:
+            probe._release_backend()
+        return probe.missing_features
+
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> Self:
@@ -168,7 +201,19 @@ class SandboxBase:
         config it was created with; a `config` given decides only what ending this connection does
         (`auto_cleanup`, `keep_alive`), e.g. `auto_cleanup=True` to delete a kept sandbox on close, and
         its provider_config's credentials are used to reach the provider."""
+        if not isinstance(sandbox_id, str):
+            raise InvalidArgumentError(
+                f"sandbox_id must be a sandbox's id (a str), got {shorten(sandbox_id)}",
+                argument="sandbox_id",
+                operation="connect",
+            )
         sandbox = cls(provider, config, settings=settings, backend=backend)
+        if not sandbox_id.strip() or "\0" in sandbox_id:  # no provider names a sandbox so
+            raise SandboxNotFoundError(
+                f"no {sandbox.provider_name} sandbox with id {shorten(sandbox_id)}",
+                provider=sandbox.provider_name,
+                operation="connect",
+            )
         opened = sandbox._open_backend()
         try:
             sandbox._narrow(opened)
@@ -290,6 +335,19 @@ class SandboxBase:
             exc.provider = exc.provider or self.provider_name
             exc.operation = exc.operation or operation
             raise
+        except UnicodeEncodeError as exc:
+            # a name that is not UTF-8 (os.fsdecode's surrogate escapes) for a provider whose backend takes
+            # only UTF-8 (the checks let such paths through: local takes them); anything else is not ours
+            bad = exc.object[exc.start : exc.end] if isinstance(exc.object, str) else ""
+            if not any("\ud800" <= char <= "\udfff" for char in bad):
+                raise
+            raise InvalidArgumentError(
+                f"the {self.provider_name} provider takes only UTF-8 text, and an argument holds "
+                f"{bad!r} (a file name that is not UTF-8?)",
+                argument="path",
+                provider=self.provider_name,
+                operation=operation,
+            ) from exc
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} provider={self.provider_name!r} id={self._sandbox_id!r} status={self._status.value}>"

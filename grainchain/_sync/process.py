@@ -8,6 +8,7 @@ import contextlib
 import time
 
 from grainchain._acompat import Task, start_task
+from grainchain._checks import check_positive, no_limit
 from grainchain._output import OutputCollector
 from grainchain._sync.commands import CommandRun, OomWatch, finish_command
 from grainchain.models import ExecutionResult
@@ -90,8 +91,9 @@ class ProcessHandle:
     def wait(self, timeout: float | None = None) -> ExecutionResult:
         """Wait for the exit and return the result, or raise as execute() would (OutputLimitExceededError,
         MemoryLimitExceededError). After `timeout` seconds raise CommandTimeoutError and leave the process
-        running (call kill() to stop it)."""
-        if not self._task.join(timeout):
+        running (call kill() to stop it). `timeout`: seconds as execute() takes them (math.inf: no limit)."""
+        check_positive("wait", "timeout", timeout)
+        if not self._task.join(no_limit(timeout)):
             assert timeout is not None
             raise self._output.still_running_error(self.command, timeout)
         code = self.return_code

@@ -310,19 +310,30 @@ class DockerBox(RawBox):
 
     def upload(self, path: str, data: bytes) -> None:
         directory, _, name = self._abs(path).rpartition("/")
+        size, pieces = dk.tar_one_file(name, data)  # streamed: one bytes body makes httpx quadratic
         self._b.call(
             "PUT",
             f"/containers/{self._container}/archive",
             params={"path": directory or "/"},
-            content=dk.tar_one_file(name, data),
-            headers={"Content-Type": "application/x-tar"},
+            content=pieces,
+            headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
         )
 
     def download(self, path: str) -> bytes:
-        response = self._b.call(
-            "GET", f"/containers/{self._container}/archive", params={"path": self._abs(path)}
-        )
-        data = dk.untar_first_file(response.content)
+        reader = dk.FirstFileReader()
+        with self._b.client.stream(
+            "GET",
+            f"/containers/{self._container}/archive",
+            params={"path": self._abs(path)},
+            headers={"Accept-Encoding": "identity"},  # not gzipped by the engine
+        ) as response:
+            if not response.is_success:
+                raise RawError(
+                    f"download {path}: {response.status_code} {dk.engine_message(response.read())}"
+                )
+            for chunk in response.iter_bytes():
+                reader.feed(chunk)
+        data = reader.content()
         if data is None:
             raise RawError(f"{path} is not a regular file")
         return data

@@ -35,7 +35,7 @@ from grainchain.benchmark.results import (
     Series,
     Status,
 )
-from grainchain.errors import CapabilityError
+from grainchain.errors import CapabilityError, CommandTimeoutError
 from grainchain.models import ExecutionResult
 from grainchain.settings import Settings, load_settings
 from grainchain.sync import Sandbox
@@ -69,7 +69,7 @@ class Sizes:
 
 
 FULL_SIZES = Sizes(
-    transfers=(KiB, MiB, 10 * MiB),
+    transfers=(KiB, MiB, 10 * MiB, 100 * MiB),
     list_entries=1000,
     workspaces=((10, 1000), (50, 1000**2)),  # "small" and 50 MB
     concurrency=4,  # two per core on the 2-core machines this runs on
@@ -134,6 +134,13 @@ def plan(options: Options) -> list[Step]:
     )
     steps = [
         Step("lifecycle", lifecycle, n, w),
+        # a close right after a command timed out (or was cancelled): must not wait for the killed tree
+        Step(
+            "close_after_timeout",
+            (Op("close_after_timeout", "close after a timeout", "lifecycle"),),
+            few,
+            few_w,
+        ),
         Step("exec", (Op("exec_true", "exec true", "exec"),), n, w, "true"),
         Step("exec", (Op("exec_python", "exec python3 -c pass", "exec"),), n, w, "python3 -c pass"),
     ]
@@ -292,6 +299,7 @@ class _ProviderRun:
         self.box: RawBox | None = None
         self._impls: dict[str, Callable[[Step], contextlib.AbstractContextManager[_Pair]]] = {
             "lifecycle": self._lifecycle,
+            "close_after_timeout": self._close_after_timeout,
             "exec": self._exec,
             "upload": self._upload,
             "download": self._download,
@@ -422,6 +430,23 @@ class _ProviderRun:
             return {"create": t1 - t0, "first_exec": t2 - t1, "close": t3 - t2}
 
         yield _Pair(ours, theirs if self.baseline is not None else None)
+
+    @contextmanager
+    def _close_after_timeout(self, step: Step) -> Iterator[_Pair]:
+        def ours() -> Timings:
+            sandbox = Sandbox(self.provider, self.config).start()
+            try:
+                sandbox.execute("sleep 60", timeout=0.2)
+            except CommandTimeoutError:
+                pass
+            else:
+                sandbox.close()
+                raise BenchmarkError("`sleep 60` with timeout=0.2 did not time out")
+            t0 = time.perf_counter()
+            sandbox.close()
+            return {"close_after_timeout": time.perf_counter() - t0}
+
+        yield _Pair(ours, None)  # the raw calls have no timeouts of their own to compare with
 
     def _steady(self) -> tuple[Sandbox, RawBox | None]:
         assert self.sandbox is not None

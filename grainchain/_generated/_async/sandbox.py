@@ -9,8 +9,15 @@ from grainchain._async.base import AsyncSandboxBase
 from grainchain._async.process import AsyncProcessHandle
 from grainchain._checks import (
     as_enum,
+    check_callback,
+    check_command,
+    check_content,
     check_env_names,
     check_non_empty,
+    check_optional_non_empty,
+    check_optional_path,
+    check_path,
+    check_port,
     check_positive,
     check_write_mode,
 )
@@ -34,18 +41,21 @@ class AsyncSandbox(AsyncSandboxBase):
         """Run a shell command and wait for it.
 
         Args:
-            timeout: Seconds; None uses SandboxConfig.timeout. On expiry every process of the command ends and CommandTimeoutError carries the output so far.
+            timeout: Seconds (at most a week; math.inf: no limit); None uses SandboxConfig.timeout. On expiry every process of the command ends and CommandTimeoutError carries the output so far.
             working_dir: Directory to run in (relative to SandboxConfig.working_directory, or absolute); None uses SandboxConfig.working_directory. A directory that does not exist raises FileNotFoundInSandboxError.
-            environment: Extra environment variables; they win over SandboxConfig.environment_vars.
+            environment: Extra environment variables; they win over SandboxConfig.environment_vars. Limits as for SandboxConfig.environment_vars (the command: at most 60 KiB, what every provider takes).
             on_stdout: Called with each decoded chunk of stdout.
             on_stderr: Called with each decoded chunk of stderr.
 
         Needs: exec; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set (else CapabilityError).
         Raises: CommandTimeoutError, OutputLimitExceededError, MemoryLimitExceededError, PathOutsideSandboxError, FileNotFoundInSandboxError.
         """
-        check_non_empty("execute", "command", command)
+        check_command("execute", "command", command)
         check_positive("execute", "timeout", timeout)
+        check_optional_path("execute", "working_dir", working_dir)
         check_env_names("execute", "environment", environment)
+        check_callback("execute", "on_stdout", on_stdout)
+        check_callback("execute", "on_stderr", on_stderr)
         features = [Feature.EXEC]
         if on_stdout is not None:
             features.append(Feature.EXEC_STREAMING)
@@ -81,8 +91,11 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: process.background; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set (else CapabilityError).
         Raises: PathOutsideSandboxError, FileNotFoundInSandboxError.
         """
-        check_non_empty("start_process", "command", command)
+        check_command("start_process", "command", command)
+        check_optional_path("start_process", "working_dir", working_dir)
         check_env_names("start_process", "environment", environment)
+        check_callback("start_process", "on_stdout", on_stdout)
+        check_callback("start_process", "on_stderr", on_stderr)
         features = [Feature.PROCESS_BACKGROUND]
         if on_stdout is not None:
             features.append(Feature.EXEC_STREAMING)
@@ -102,13 +115,14 @@ class AsyncSandbox(AsyncSandboxBase):
         """Write a file, creating parent directories. str content is encoded as UTF-8.
 
         Args:
-            content: Written byte for byte (str as UTF-8).
+            content: Written byte for byte (str as UTF-8); bytearray and memoryview too, nothing else.
             mode: "w"/"wb" replace the file, "a"/"ab" append (creating it when missing).
 
         Needs: files (else CapabilityError).
         Raises: PathOutsideSandboxError.
         """
-        check_non_empty("upload_file", "path", path)
+        check_path("upload_file", "path", path)
+        check_content("upload_file", "content", content)
         check_write_mode("upload_file", "mode", mode)
         features = [Feature.FILES]
         adapter = self._gate("upload_file", *features)
@@ -121,7 +135,7 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: files (else CapabilityError).
         Raises: FileNotFoundInSandboxError, PathOutsideSandboxError.
         """
-        check_non_empty("download_file", "path", path)
+        check_path("download_file", "path", path)
         features = [Feature.FILES]
         adapter = self._gate("download_file", *features)
         with self._errors("download_file"):
@@ -136,7 +150,7 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: files (else CapabilityError).
         Raises: FileNotFoundInSandboxError, PathOutsideSandboxError.
         """
-        check_non_empty("list_files", "path", path)
+        check_path("list_files", "path", path)
         features = [Feature.FILES]
         adapter = self._gate("list_files", *features)
         with self._errors("list_files"):
@@ -148,7 +162,7 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: files (else CapabilityError).
         Raises: FileNotFoundInSandboxError, PathOutsideSandboxError.
         """
-        check_non_empty("get_file_info", "path", path)
+        check_path("get_file_info", "path", path)
         features = [Feature.FILES]
         adapter = self._gate("get_file_info", *features)
         with self._errors("get_file_info"):
@@ -160,7 +174,7 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: files (else CapabilityError).
         Raises: PathOutsideSandboxError.
         """
-        check_non_empty("file_exists", "path", path)
+        check_path("file_exists", "path", path)
         features = [Feature.FILES]
         adapter = self._gate("file_exists", *features)
         with self._errors("file_exists"):
@@ -172,7 +186,7 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: files (else CapabilityError).
         Raises: FileNotFoundInSandboxError, PathOutsideSandboxError.
         """
-        check_non_empty("delete_file", "path", path)
+        check_path("delete_file", "path", path)
         features = [Feature.FILES]
         adapter = self._gate("delete_file", *features)
         with self._errors("delete_file"):
@@ -184,7 +198,7 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: files (else CapabilityError).
         Raises: PathOutsideSandboxError.
         """
-        check_non_empty("make_directory", "path", path)
+        check_path("make_directory", "path", path)
         features = [Feature.FILES]
         adapter = self._gate("make_directory", *features)
         with self._errors("make_directory"):
@@ -261,6 +275,7 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: lifecycle.terminate_wake (else CapabilityError).
         Raises: SnapshotNotFoundError.
         """
+        check_optional_non_empty("wake_up", "snapshot_id", snapshot_id)
         features = [Feature.LIFECYCLE_TERMINATE_WAKE]
         adapter = self._gate("wake_up", *features)
         with self._errors("wake_up"):
@@ -272,6 +287,7 @@ class AsyncSandbox(AsyncSandboxBase):
         Needs: ports (else CapabilityError).
         Raises: InvalidArgumentError.
         """
+        check_port("port_address", "port", port)
         features = [Feature.PORTS]
         adapter = self._gate("port_address", *features)
         with self._errors("port_address"):

@@ -5,6 +5,7 @@ SYNC_RENAMES = {
     "AsyncClient": "Client",
     "AsyncHTTPTransport": "HTTPTransport",
     "aiter_raw": "iter_raw",
+    "aiter_bytes": "iter_bytes",
     "aiter_lines": "iter_lines",
     "aread": "read",
 }

@@ -18,6 +18,7 @@ import shutil
 import tarfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -57,6 +58,53 @@ LABEL_CHECKPOINT = "grainchain.snapshot.checkpoint"
 # The container's main process. Not docker-init (tini): CRIU cannot restore a container it runs. A shell
 # that waits reaps the orphans of exec'd commands (they become its children), so none linger as zombies.
 INIT_COMMAND = ["/bin/sh", "-c", 'trap "exit 0" TERM; while :; do sleep 2147483647 & wait $!; done']
+
+
+# A sandbox's container is named after the sandbox id. A restore swaps containers by renames (each atomic
+# in the engine): the new container is made as "<id>.incoming" and started, the old one renamed
+# "<id>.outgoing", the new one renamed "<id>", the old one removed. A client killed at any point leaves one
+# container that is the sandbox (see pick_container); close removes every container with the sandbox's label.
+INCOMING = ".incoming"
+OUTGOING = ".outgoing"
+
+
+def container_name(container: dict[str, Any]) -> str:
+    """A container's name as GET /containers/json lists it (without the leading "/")."""
+    names = container.get("Names") or [""]
+    return str(names[0]).lstrip("/")
+
+
+def pick_container(sandbox_id: str, containers: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, bool]:
+    """Which of the containers labelled with `sandbox_id` is the sandbox, and whether it must be renamed to
+    the sandbox id first (a restore's swap was interrupted between its renames).
+
+    The container named `sandbox_id` (or, made before containers had names, any other but a swap's) is the
+    sandbox. Without one, a swap stopped between its renames: the incoming container was complete (it is
+    started before the old one is renamed), so the swap is finished with it; failing that, the outgoing one
+    is put back."""
+    incoming, outgoing, others = [], [], []
+    for container in containers:
+        name = container_name(container)
+        if name == sandbox_id + INCOMING:
+            incoming.append(container)
+        elif name == sandbox_id + OUTGOING:
+            outgoing.append(container)
+        else:
+            others.append(container)
+    if others:  # the named one, else a running one, else the newest
+        others.sort(
+            key=lambda c: (
+                container_name(c) != sandbox_id,
+                c.get("State") != "running",
+                -int(c.get("Created", 0)),
+            )
+        )
+        return others[0], False
+    if incoming and outgoing:
+        return incoming[0], True
+    if outgoing or incoming:
+        return (outgoing or incoming)[0], True
+    return None, False
 
 
 def init_command(ttl: float | None) -> list[str]:
@@ -509,6 +557,15 @@ STAT_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44; stat -c '%f %s %Y' -- "
 MKDIR_SCRIPT = r"""[ -d "$1" ] && exit 0; mkdir -p -- "$1" """
 DELETE_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44; rm -rf -- "$1" """
 MISSING = 44  # exit code of the scripts above for a path that does not exist
+# An upload's last step: its hidden file ($1) renamed over the target ($2) in the same directory (rename(2)
+# is atomic); removed instead when the target became a directory meanwhile. Hidden files of uploads whose
+# client died are removed once older than any upload can take (their mtime is the upload's start).
+UPLOAD_PREFIX = ".grainchain-upload-"
+IS_A_DIRECTORY = 21
+REPLACE_SCRIPT = r"""[ -d "$2" ] && [ ! -L "$2" ] && { rm -f -- "$1"; exit 21; }
+mv -f -- "$1" "$2" || { rm -f -- "$1"; exit 1; }
+find "${1%/*}/" -maxdepth 1 -name '.grainchain-upload-*' -mmin +15 -exec rm -f -- {} + 2>/dev/null
+exit 0"""
 # The container's count of OOM kills: cgroup v2, then v1 (kernels >= 4.13 count them there).
 OOM_SCRIPT = "cat /sys/fs/cgroup/memory.events 2>/dev/null || cat /sys/fs/cgroup/memory/memory.oom_control"
 
@@ -579,25 +636,127 @@ def parse_path_stat(header: str) -> PathStat:
 # -- archives -------------------------------------------------------------------------------------------
 
 
-def tar_one_file(name: str, data: bytes, mode: int = 0o644) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = mode
-        info.mtime = int(time.time())
-        tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+# Archives are streamed in pieces of this size both ways: time linear in size, memory bounded (httpx sends
+# a body given as one bytes object by slicing off what each send() took: quadratic in its size).
+TAR_CHUNK = 256 * 1024
+_TAR_BLOCK = 512
+_TAR_END = bytes(2 * _TAR_BLOCK)  # the end-of-archive marker
+_TAR_EXTENSIONS = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+_TAR_LONG_NAMES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+
+
+def tar_one_file(name: str, data: bytes, mode: int = 0o644) -> tuple[int, Iterator[bytes]]:
+    """A one-file tar archive of `data` as (its size, its pieces): the header, the content in TAR_CHUNK
+    slices, the padding and the end-of-archive blocks (no copy of the whole content is made)."""
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    info.mode = mode
+    info.mtime = int(time.time())
+    header = info.tobuf(tarfile.PAX_FORMAT, tarfile.ENCODING, "surrogateescape")
+    tail = bytes(-len(data) % _TAR_BLOCK) + _TAR_END
+
+    def pieces() -> Iterator[bytes]:
+        yield header
+        view = memoryview(data)
+        for start in range(0, len(data), TAR_CHUNK):
+            yield bytes(view[start : start + TAR_CHUNK])
+        yield tail
+
+    return len(header) + len(data) + len(tail), pieces()
+
+
+class FirstFileReader:
+    """Reads the first member of a tar archive as its pieces arrive (`feed`), keeping only that member's
+    content: the stream's headers are parsed by tarfile block by block, PAX and GNU extension members
+    skipped (a PAX `size` record is honoured). `regular` is None until the member's header has arrived,
+    then whether it is a regular file; `content()` is its data once the archive has been read."""
+
+    def __init__(self) -> None:
+        self.regular: bool | None = None
+        self._pending = bytearray()  # header bytes not parsed yet
+        self._pieces: list[bytes] = []
+        self._remaining = 0  # content bytes still to come
+        self._pax_size: int | None = None
+
+    @property
+    def done(self) -> bool:
+        """Nothing more is needed from the stream."""
+        return self.regular is False or (self.regular is True and self._remaining == 0)
+
+    def feed(self, chunk: bytes) -> None:
+        if self.regular is None:
+            self._pending += chunk
+            self._parse()
+        elif self.regular and self._remaining:
+            self._take(chunk)
+
+    def _take(self, chunk: bytes) -> None:
+        piece = chunk[: self._remaining]
+        self._pieces.append(piece)
+        self._remaining -= len(piece)
+
+    def _parse(self) -> None:
+        while self.regular is None and len(self._pending) >= _TAR_BLOCK:
+            block = bytes(self._pending[:_TAR_BLOCK])
+            if block == bytes(_TAR_BLOCK):  # the end of an archive without members
+                self.regular = False
+                return
+            try:
+                info = tarfile.TarInfo.frombuf(block, tarfile.ENCODING, "surrogateescape")
+            except tarfile.HeaderError as exc:
+                raise ProviderError(f"the engine sent a broken archive ({exc})", provider=PROVIDER) from exc
+            if info.type in _TAR_EXTENSIONS or info.type in _TAR_LONG_NAMES:
+                end = _TAR_BLOCK + info.size + (-info.size % _TAR_BLOCK)
+                if len(self._pending) < end:
+                    return  # the rest of the extension member is still to come
+                if info.type != tarfile.XGLTYPE and info.type in _TAR_EXTENSIONS:
+                    self._pax_size = _pax_size(bytes(self._pending[_TAR_BLOCK : _TAR_BLOCK + info.size]))
+                del self._pending[:end]
+                continue
+            self.regular = info.isreg()
+            if self.regular:
+                self._remaining = info.size if self._pax_size is None else self._pax_size
+                rest = bytes(self._pending[_TAR_BLOCK:])
+                if rest:
+                    self._take(rest)
+            self._pending = bytearray()
+
+    def content(self) -> bytes | None:
+        """The first member's content (None when it is not a regular file); ProviderError when the stream
+        ended before it did."""
+        if self.regular is None or (self.regular and self._remaining):
+            raise ProviderError(
+                "the engine's archive ended in the middle of the file (did the connection break?)",
+                provider=PROVIDER,
+                retryable=True,
+            )
+        return b"".join(self._pieces) if self.regular else None
+
+
+def _pax_size(records: bytes) -> int | None:
+    """The `size` of a PAX extended header's records ("<length> <key>=<value>\\n" each), if any."""
+    size = None
+    position = 0
+    while position < len(records):
+        length_text, _, _ = records[position : position + 20].partition(b" ")
+        if not length_text.isdigit() or int(length_text) <= 0:
+            break
+        record = records[position : position + int(length_text)]
+        key, _, value = record.partition(b" ")[2].rstrip(b"\n").partition(b"=")
+        if key == b"size" and value.isdigit():
+            size = int(value)
+        position += int(length_text)
+    return size
 
 
 def untar_first_file(archive: bytes) -> bytes | None:
-    """The content of the archive's first member when it is a regular file, else None."""
-    with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tar:
-        member = tar.next()
-        if member is None or not member.isfile():
-            return None
-        extracted = tar.extractfile(member)
-        return extracted.read() if extracted is not None else None
+    """The content of a whole archive's first member when it is a regular file, else None."""
+    reader = FirstFileReader()
+    for start in range(0, len(archive), TAR_CHUNK):
+        reader.feed(archive[start : start + TAR_CHUNK])
+        if reader.done:
+            break
+    return reader.content()
 
 
 def resolve(cwd: str, path: str) -> str:

@@ -30,7 +30,9 @@ class DockerConfig(ProviderConfig):
     ports: dict[int, int | None] | None = Field(
         None, description="{container port: host port (None: the engine picks)}; SandboxConfig.ports too"
     )
-    ttl: float | None = Field(None, gt=0, description="seconds after which the container ends by itself")
+    ttl: Annotated[float, Field(gt=0, strict=True, allow_inf_nan=False)] | None = Field(
+        None, description="seconds after which the container ends by itself"
+    )
 
     @field_validator("volumes", mode="before")
     @classmethod

@@ -15,6 +15,8 @@ from typing import Any, NoReturn, TypeVar
 
 import e2b
 import httpx
+from connectrpc.code import Code
+from connectrpc.errors import ConnectError
 
 from grainchain.errors import (
     AuthenticationError,
@@ -148,6 +150,11 @@ def mapped(
         return ProviderError(message, retryable=True, **context)
     if isinstance(exc, ConnectionError):
         return BackendConnectionError(message, **context)
+    if isinstance(exc, ConnectError):  # envd's Connect-RPC error that the SDK let through (a broken stream)
+        if exc.code is Code.UNAVAILABLE:
+            return BackendConnectionError(message, **context)
+        if exc.code is Code.DEADLINE_EXCEEDED:
+            return BackendTimeoutError(message, **context)
     return ProviderError(message, **context)
 
 
@@ -158,6 +165,7 @@ SDK_ERRORS = (
     e2b.ServiceBusyException,
     httpx.HTTPError,
     OSError,  # ConnectionError and TimeoutError of the pyqwest transports
+    ConnectError,  # envd's Connect-RPC errors the SDK does not wrap (a connection reset mid-call)
 )
 
 

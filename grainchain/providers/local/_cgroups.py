@@ -190,6 +190,20 @@ class SandboxCgroup:
             if limits.pids is not None:
                 _write(u / "pids.max", str(limits.pids))
 
+    @classmethod
+    def named(cls, sandbox_id: str) -> SandboxCgroup | None:
+        """The existing cgroup create() made for `sandbox_id` (found by name: for a sandbox whose creator
+        died before it recorded the group), or None."""
+        every = ["cpu", "memory", "pids"]
+        parents = _v1_parents(every) or {}
+        found = {name: str(p / sandbox_id) for name, p in parents.items() if (p / sandbox_id).is_dir()}
+        if found:
+            return cls(1, found)
+        parent = _v2_parent([])
+        if parent is not None and (parent / sandbox_id).is_dir():
+            return cls(2, {"unified": str(parent / sandbox_id)})
+        return None
+
     def stored(self) -> dict[str, Any]:
         return {"version": self.version, "dirs": dict(self.dirs)}
 

@@ -423,43 +423,172 @@ def read_file(view: View, cwd: str, path: str) -> bytes:
 
 
 def write_file(view: View, cwd: str, path: str, data: bytes, *, append: bool) -> None:
-    """Write (or append to) a regular file, creating its parent directories."""
-    # O_NONBLOCK: opening a named pipe nobody reads must fail, not hang; no O_TRUNC before the type check.
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
-    flags |= os.O_APPEND if append else 0
+    """Write (or append to) a regular file, creating its parent directories. The file is replaced
+    atomically: the new content (with `append`, the old content and then the new) goes into a temporary
+    file in the same directory, is fsynced and renamed over the name, so a client killed midway leaves the
+    old content or the new one, never a mix (see _replace). An existing file keeps its permission bits
+    (not setuid / setgid) and, where we may set it, its owner; hard links to it keep the old content."""
 
     def last(w: _Walk, name: str | None, shown: str) -> None:
         if name is None:
             raise InvalidArgumentError(f"{shown} is a directory", argument="path", provider=PROVIDER)
         try:
-            fd = os.open(name, flags, 0o666, dir_fd=w.dir)
-        except IsADirectoryError:
-            raise InvalidArgumentError(
-                f"{shown} is a directory", argument="path", provider=PROVIDER
-            ) from None
+            old: os.stat_result | None = os.stat(name, dir_fd=w.dir, follow_symlinks=False)
         except FileNotFoundError:
-            raise _Changed(_Gone()) from None  # the directory was deleted under us
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise _IsLink from None
-            if exc.errno == errno.ENXIO:  # a named pipe without a reader, a socket
-                raise _no_pipe(shown, "written") from None
-            raise
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise _not_regular(shown, st, "written")
-            if not append:
-                os.ftruncate(fd, 0)
-            rest = memoryview(data)
-            while rest:
-                rest = rest[os.write(fd, rest) :]
-        finally:
-            os.close(fd)
+            old = None
+        if old is not None:
+            if stat.S_ISLNK(old.st_mode):
+                raise _IsLink
+            if stat.S_ISDIR(old.st_mode):
+                raise InvalidArgumentError(f"{shown} is a directory", argument="path", provider=PROVIDER)
+            if not stat.S_ISREG(old.st_mode):
+                raise _not_regular(shown, old, "written")
+        _replace(w.dir, name, data, old, append=append)
 
     _operate(
         view, cwd, path, last, follow=True, create=True, gone=_not_found, not_dir=_parent_not_a_directory
     )
+
+
+_TEMP_PREFIX = ".grainchain-upload-"
+_O_TMPFILE = getattr(os, "O_TMPFILE", 0o20000000 | os.O_DIRECTORY)
+_tmpfile_unsupported: set[int] = set()  # devices where O_TMPFILE failed once: a named temporary file there
+
+
+def _temp_name() -> str:
+    return f"{_TEMP_PREFIX}{os.urandom(8).hex()}"
+
+
+def _open_temp(dir_fd: int) -> tuple[int, str | None]:
+    """A new, empty file in the directory: unnamed (O_TMPFILE: a client killed before the rename leaves
+    nothing behind) where the filesystem can, else under a fresh hidden name (None: unnamed)."""
+    device = os.fstat(dir_fd).st_dev
+    if device not in _tmpfile_unsupported and os.path.isdir("/proc/self/fd"):
+        try:
+            return os.open(".", _O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o666, dir_fd=dir_fd), None
+        except FileNotFoundError:
+            raise _Changed(_Gone()) from None  # the directory was deleted under us
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            _tmpfile_unsupported.add(device)
+    for _ in range(_ATTEMPTS):
+        name = _temp_name()
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            return os.open(name, flags, 0o666, dir_fd=dir_fd), name
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            raise _Changed(_Gone()) from None
+    raise ProviderError("could not make a temporary file for the upload", provider=PROVIDER)
+
+
+def _link_temp(fd: int, dir_fd: int) -> str:
+    """Give an unnamed (O_TMPFILE) file a fresh hidden name in its directory, for the rename."""
+    for _ in range(_ATTEMPTS):
+        name = _temp_name()
+        try:
+            os.link(f"/proc/self/fd/{fd}", name, dst_dir_fd=dir_fd, follow_symlinks=True)
+            return name
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            raise _Changed(_Gone()) from None
+    raise ProviderError("could not name the upload's temporary file", provider=PROVIDER)
+
+
+def _copy_old(dir_fd: int, name: str, dst: int) -> None:
+    """Append mode: the current content of `name` (a regular file, never through a link) first."""
+    try:
+        src = os.open(name, _FILE_READ, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return  # deleted meanwhile: an append to nothing
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # swapped for a link, a socket
+            raise _Changed(_Gone()) from None
+        raise
+    try:
+        st = os.fstat(src)
+        if not stat.S_ISREG(st.st_mode):
+            raise _Changed(_Gone())
+        if st.st_size:
+            pair = (st.st_dev, os.fstat(dst).st_dev)
+            try:
+                fcntl.ioctl(dst, _FICLONE, src)  # share the extents where the filesystem can
+            except OSError:
+                _pump(src, dst, None, pair)
+        os.lseek(dst, 0, os.SEEK_END)
+    finally:
+        os.close(src)
+
+
+def _write_in_place(dir_fd: int, name: str, data: bytes, *, append: bool) -> None:
+    """Truncate (unless appending) and write an existing regular file (never through a link)."""
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(name, flags | (os.O_APPEND if append else 0), dir_fd=dir_fd)
+    except FileNotFoundError:
+        raise _Changed(_Gone()) from None
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):
+            raise _Changed(_Gone()) from None  # swapped for a link, a pipe: walked again
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _Changed(_Gone())
+        if not append:
+            os.ftruncate(fd, 0)
+        rest = memoryview(data)
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+    finally:
+        os.close(fd)
+
+
+def _replace(dir_fd: int, name: str, data: bytes, old: os.stat_result | None, *, append: bool) -> None:
+    """Put `data` (after the old content when appending) under `name` in the directory, atomically: temp
+    file, write, fsync, renameat over the name, fsync of the directory. Everything is relative to the
+    walked directory's descriptor; the rename replaces whatever entry `name` is then (a link swapped in
+    meanwhile is replaced, never followed). A directory we may not write in (a non-root client, a
+    sandbox's `chmod -w`) takes no new entry: an existing file is then written in place, as before."""
+    try:
+        fd, temp = _open_temp(dir_fd)
+    except PermissionError:
+        if old is None:
+            raise
+        _write_in_place(dir_fd, name, data, append=append)
+        return
+    try:
+        if append and old is not None:
+            _copy_old(dir_fd, name, fd)
+        rest = memoryview(data)
+        while rest:
+            rest = rest[os.write(fd, rest) :]
+        if old is not None:
+            _own(old, lambda uid, gid: os.fchown(fd, uid, gid))
+            os.fchmod(fd, stat.S_IMODE(old.st_mode) & ~(stat.S_ISUID | stat.S_ISGID))
+        os.fsync(fd)
+        if temp is None:
+            temp = _link_temp(fd, dir_fd)
+        try:
+            os.rename(temp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.EISDIR, errno.ENOTEMPTY, errno.ENOTDIR, errno.EEXIST):
+                raise _Changed(_Gone()) from None  # a directory there now: walked again, then refused
+            raise
+        temp = None
+    finally:
+        os.close(fd)
+        if temp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temp, dir_fd=dir_fd)
+    with contextlib.suppress(OSError):  # the rename itself on disk (a power loss, not only a kill)
+        directory = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dir_fd)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 def make_directory(view: View, cwd: str, path: str) -> None:

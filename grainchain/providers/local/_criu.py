@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 from grainchain.errors import ProviderError
+from grainchain.providers import _criu as criu_probe
 
 PROVIDER = "local"
-MIN_VERSION = (4, 0)
 _COMMON = [
     "--manage-cgroups=ignore",
     "--ext-mount-map", "auto",
@@ -33,39 +31,20 @@ _COMMON = [
     "--enable-external-masters",
     "-v2",
 ]  # fmt: skip
-_probe_cache: dict[str, str | None] = {}
 
 
 def criu_path() -> str | None:
-    path = os.environ.get("PATH", "") + ":/usr/local/sbin:/usr/sbin:/sbin"
-    return shutil.which("criu", path=path)
+    return criu_probe.criu_path()
 
 
 def unavailable() -> str | None:
     """Why memory snapshots cannot be taken here (None when they can); probed once per process."""
-    if "criu" in _probe_cache:
-        return _probe_cache["criu"]
-    reason: str | None = None
-    criu = criu_path()
     if os.geteuid() != 0:
-        reason = "CRIU needs root"
-    elif criu is None:
-        reason = "criu is not installed (CRIU 4 or newer; .ci/docker-up builds one)"
-    else:
-        try:
-            out = subprocess.run([criu, "--version"], capture_output=True, text=True, timeout=30).stdout
-            found = re.search(r"Version:\s*(\d+)\.(\d+)", out)
-            version = (int(found.group(1)), int(found.group(2))) if found else (0, 0)
-            if version < MIN_VERSION:
-                reason = f"criu {'.'.join(map(str, version))} is too old (4.0 or newer works on this kernel)"
-            else:
-                check = subprocess.run([criu, "check"], capture_output=True, text=True, timeout=60)
-                if check.returncode != 0:
-                    reason = f"`criu check` fails: {(check.stderr or check.stdout).strip()[-300:]}"
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            reason = f"criu does not run: {exc}"
-    _probe_cache["criu"] = reason
-    return reason
+        return "CRIU needs root"
+    criu = criu_path()
+    if criu is None:
+        return "criu is not installed (CRIU 4 or newer; .ci/docker-up builds one)"
+    return criu_probe.problem(criu)
 
 
 def _run(args: list[str], images: Path, log: str) -> None:

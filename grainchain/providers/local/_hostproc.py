@@ -48,6 +48,11 @@ class HostProcess:
     marker: str  # "NAME=value" entry every descendant inherits
     exit_fd: int | None = field(default=None)
     candidates: Candidates | None = field(default=None)  # where its descendants are (else all of /proc)
+    # nsenter: it forks the command into the sandbox's pid namespace and waits for it. Killed with the
+    # command, it would hand the command's zombie to the host's init, and the pid namespace cannot end
+    # (a close waits for that) before that init reaps it: 1-2 s on some machines. So it is spared once it
+    # has forked; it reaps the killed command and exits by itself.
+    reaps_its_child: bool = field(default=False)
 
     @property
     def pid(self) -> int:
@@ -69,6 +74,9 @@ class HostProcess:
     def signal_tree(self) -> None:
         """SIGKILL the process, its group and every process carrying its marker. Does not wait: whoever
         drains the process reaps it (so another thread may call this while a pump runs)."""
+        if self.reaps_its_child:  # (its command left its process group: killpg would reach only nsenter)
+            kill_marked(self.marker, self.candidates, spare=self.pid)
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signal.SIGKILL)
         kill_marked(self.marker, self.candidates)
@@ -146,19 +154,85 @@ def marked_pids(marker: str, candidates: Candidates | None = None) -> list[int]:
     return found
 
 
-def stop_then_kill(find: Candidates, *, within: float = 5.0) -> None:
+def stop_then_kill(find: Candidates, *, within: float = 5.0, spare: int | None = None) -> None:
     """SIGKILL every process `find()` returns, in a way a fork bomb cannot outrun: all stopped first (see
-    stop_all), then SIGKILL, again until none is left or `within` seconds have passed."""
+    stop_all), then SIGKILL, again until none is left or `within` seconds have passed. `spare`: a process
+    left alive (and continued) if it has a child once stopped (see HostProcess.reaps_its_child)."""
     deadline = time.monotonic() + within
-    stop_all(find, within=within)
-    while True:
-        left = find()
-        for pid in left:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        if not left or time.monotonic() >= deadline:
-            return
-        time.sleep(0.001)  # killed processes leave the listing once they have exited
+    held = stop_all(find, within=within)
+    spared = _spared(spare, held)
+    try:
+        while True:
+            left = [pid for pid in find() if pid not in spared]
+            for pid in left:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+            if not left or time.monotonic() >= deadline:
+                return
+            time.sleep(0.001)  # killed processes leave the listing once they have exited
+    finally:
+        _release(spared)
+
+
+def _spared(spare: int | None, stopped: set[int]) -> set[int]:
+    """{spare} when it is stopped and has forked its child (a launcher that has not forked yet is killed:
+    sparing it would let it start the command after the kill)."""
+    return {spare} if spare is not None and spare in stopped and children(spare) else set()
+
+
+def _continue(pids: Iterable[int], *, within: float = 1.0) -> None:
+    """SIGCONT each process, then once more each nsenter until it waits again: nsenter waits for its child
+    with WUNTRACED and, told that the child was stopped (by the SIGSTOP of a kill or a freeze), stops itself,
+    continuing the child only once continued again. Left stopped, it would never reap its child, and the
+    command's caller would wait forever."""
+    pids = list(pids)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGCONT)
+    launchers = {pid for pid in pids if _comm(pid) == "nsenter"}
+    deadline = time.monotonic() + within
+    while launchers and time.monotonic() < deadline:
+        for pid in list(launchers):
+            state = _state(pid)
+            if state in ("T", "t"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGCONT)
+            elif state != "R":  # waiting (S), or gone
+                launchers.discard(pid)
+        if launchers:
+            time.sleep(0.0005)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def children(pid: int) -> list[int]:
+    """The pids of a process's children (zombies included until reaped); [] once it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def _release(spared: Iterable[int], *, within: float = 1.0) -> None:
+    """Continue each spared launcher (see _continue) so that it reaps its killed child and exits; one that
+    has not reaped it once continued is killed after all."""
+    spared = list(spared)
+    _continue(spared)
+    deadline = time.monotonic() + within
+    for pid in spared:
+        while children(pid):  # the killed child exits, then nsenter reaps it
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.0005)
 
 
 def _state(pid: int) -> str:
@@ -193,22 +267,26 @@ def stop_all(find: Candidates, *, within: float = 5.0) -> set[int]:
     return stopped
 
 
-def kill_marked(marker: str, candidates: Candidates | None = None, *, within: float = 5.0) -> None:
+def kill_marked(
+    marker: str, candidates: Candidates | None = None, *, within: float = 5.0, spare: int | None = None
+) -> None:
     """SIGKILL every process carrying the marker. Among a sandbox's `candidates()` (its cgroup), the whole
     sandbox is stopped first, then the marked processes are found at leisure and killed and the others
     continue: reading thousands of environments while a fork bomb runs would never end. (A process that
-    was stopped on purpose continues too.) Without candidates: every process of /proc, see stop_then_kill."""
+    was stopped on purpose continues too.) Without candidates: every process of /proc, see stop_then_kill.
+    `spare`: see stop_then_kill."""
     if candidates is None:
-        stop_then_kill(lambda: marked_pids(marker), within=within)
+        stop_then_kill(lambda: marked_pids(marker), within=within, spare=spare)
         return
     held = stop_all(candidates, within=within)
     doomed: set[int] = set()
+    spared: set[int] = set()
     try:
-        doomed = set(marked_pids(marker, lambda: held))
+        spared = _spared(spare, held)
+        doomed = set(marked_pids(marker, lambda: held)) - spared
         for pid in doomed:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     finally:
-        for pid in held - doomed:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGCONT)
+        _continue(held - doomed - spared)
+        _release(spared)

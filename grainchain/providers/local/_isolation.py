@@ -36,6 +36,7 @@ from typing import Any, Literal, cast
 
 from grainchain.errors import ConfigurationError, ProviderError, ProviderUnavailableError
 from grainchain.providers.local import _seccomp as seccomp
+from grainchain.providers.local._hostproc import children
 
 PROVIDER = "local"
 WORKSPACE = "/workspace"  # the workspace as sandboxed commands see it
@@ -359,7 +360,7 @@ class Holder:
                 found.append(int(f.read().rsplit(b")", 1)[1].split()[1]))
         except (OSError, ValueError, IndexError):
             pass
-        for child in _children(self.pid):
+        for child in children(self.pid):
             try:
                 with open(f"/proc/{child}/cmdline", "rb") as f:
                     if f.read() == b"sleep\x002147483647\x00":
@@ -388,14 +389,6 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
     except OSError:
         return False
-
-
-def _children(pid: int) -> list[int]:
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def start_holder(
@@ -446,7 +439,7 @@ def start_holder(
             f.write(payload.encode())
         init = _read_child_pid(info_r)  # EOF first: bwrap failed
         deadline = time.monotonic() + HOLDER_START_TIMEOUT
-        while init is not None and not _children(init):  # pid 1 forks `sleep` once set up
+        while init is not None and not children(init):  # pid 1 forks `sleep` once set up
             if not _alive(init) or time.monotonic() > deadline:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(init, signal.SIGKILL)
@@ -494,7 +487,7 @@ def joined_child(nsenter_pid: int, within: float = 2.0) -> int | None:
     namespace); None if nsenter ended first."""
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        kids = _children(nsenter_pid)
+        kids = children(nsenter_pid)
         if kids:
             return kids[0]
         try:

@@ -13,6 +13,11 @@ the workspace holds. A busy sandbox cannot be remounted under its running proces
 copied instead (only what changed since the last snapshot or restore). Restoring mounts the snapshot's
 layers under a fresh upper. Layers are shared by snapshots and sandboxes and deleted once nothing refers to
 them (`collect_garbage`); stacks deeper than MAX_DEPTH are flattened into one layer.
+
+Crash safety (a client SIGKILLed at any point leaves the old state or the new): new layers are made under
+`.staging-*` names and renamed; a freeze saves the sandbox's new stack with the move still owed (`pending`)
+before it renames the upper layer, and connect() finishes it (Stack.recover), so the layer is named by the
+meta (never collected) and the workspace never rolls back; upper dirs nobody names are dropped there too.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -123,7 +129,8 @@ def _probe(state_dir: Path) -> tuple[str | None, str]:
         result = ("overlayfs is not available", "")
         base = state_dir / "local"
         base.mkdir(parents=True, exist_ok=True)
-        probe = Path(tempfile.mkdtemp(prefix=".overlay-probe-", dir=base))
+        _reap_probes(base)
+        probe = Path(tempfile.mkdtemp(prefix=f"{_PROBE}{os.getpid()}-", dir=base))
         try:
             for name in ("lower", "upper", "work", "merged"):
                 (probe / name).mkdir()
@@ -145,6 +152,25 @@ def _probe(state_dir: Path) -> tuple[str | None, str]:
             shutil.rmtree(probe, ignore_errors=True)
     _probe_cache[key] = result
     return result
+
+
+_PROBE = ".overlay-probe-"
+
+
+def _reap_probes(base: Path) -> None:
+    """Remove the probes of processes that died in the middle (a killed client leaves its probe mounted)."""
+    for entry in base.glob(f"{_PROBE}*"):
+        owner = entry.name.removeprefix(_PROBE).split("-", 1)[0]
+        if owner.isdigit() and (int(owner) == os.getpid() or os.path.exists(f"/proc/{owner}")):
+            continue  # a probe running now (or of a process that cannot be told apart: left alone)
+        try:
+            if not owner.isdigit() and entry.stat().st_mtime > time.time() - 3600:
+                continue  # an older grainchain's probe without its pid: only once surely stale
+        except OSError:
+            continue  # removed meanwhile
+        with contextlib.suppress(OSError):
+            unmount(entry / "merged")
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -181,17 +207,33 @@ class Stack:
 
     lowers: list[str]
     upper: str = field(default_factory=lambda: f"upper-{uuid.uuid4().hex[:12]}")
+    # (former upper dir, layer id): a freeze saved before its rename, which `adopt` finishes (or None)
+    pending: tuple[str, str] | None = None
 
     @property
     def work(self) -> str:
         return "work-" + self.upper.removeprefix("upper-")
 
     def stored(self) -> dict[str, Any]:
-        return {"lowers": list(self.lowers), "upper": self.upper}
+        data: dict[str, Any] = {"lowers": list(self.lowers), "upper": self.upper}
+        if self.pending is not None:
+            data["pending"] = list(self.pending)
+        return data
 
     @classmethod
     def from_stored(cls, data: dict[str, Any]) -> Stack:
-        return cls([str(x) for x in data["lowers"]], str(data["upper"]))
+        pending = data.get("pending")
+        moved = None if not pending else (str(pending[0]), str(pending[1]))
+        return cls([str(x) for x in data["lowers"]], str(data["upper"]), moved)
+
+    def recover(self, state_dir: Path, root: Path) -> Stack:
+        """After a crash: finish a freeze that was saved but not done, drop upper and work dirs nobody
+        names; returns the stack without its intent (call under `locked`, the workspace unmounted)."""
+        if self.pending is not None:
+            adopt(state_dir, root, *self.pending)
+        stack = Stack(list(self.lowers), self.upper)
+        drop_strays(root, stack)
+        return stack
 
 
 def _layer_paths(state_dir: Path, lowers: list[str]) -> list[Path]:
@@ -259,13 +301,28 @@ def stack_size_of(path: Path) -> int:
     return confined.tree_size(path)
 
 
-def freeze(state_dir: Path, root: Path, stack: Stack) -> Stack:
-    """Turn the (idle, unmounted) upper layer into a new layer; returns the stack to mount next."""
-    layer_id = _new_layer_id()
-    _record(state_dir, layer_id, _seal(root / stack.upper))
-    (root / stack.upper).rename(layers_dir(state_dir) / layer_id)
-    _remove(root / stack.work)
-    return Stack([layer_id, *stack.lowers])
+def new_layer_id() -> str:
+    return _new_layer_id()
+
+
+def adopt(state_dir: Path, root: Path, upper: str, layer_id: str) -> None:
+    """Freeze: move the (idle, unmounted) upper layer `root/upper` into layers/ as `layer_id`, unless it was
+    moved already, then drop its work dir. The caller saves the stack naming `layer_id` with this move as
+    its `pending` intent first, so a kill at any point is finished by calling it again (Stack.recover)."""
+    source, target = root / upper, layers_dir(state_dir) / layer_id
+    if source.is_dir() and not target.exists():
+        _record(state_dir, layer_id, _seal(source))
+        source.rename(target)
+    _remove(root / ("work-" + upper.removeprefix("upper-")))
+
+
+def drop_strays(root: Path, stack: Stack) -> None:
+    """Remove upper and work dirs that the stack does not name (left by a restore or a close that a crash
+    interrupted after it had saved the new stack)."""
+    for prefix in ("upper-", "work-"):
+        for entry in root.glob(f"{prefix}*"):
+            if entry.name not in (stack.upper, stack.work):
+                _remove(entry)
 
 
 def copy_upper(state_dir: Path, root: Path, stack: Stack) -> str:

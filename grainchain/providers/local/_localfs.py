@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from grainchain._ownership import Owner
 from grainchain.errors import (
     SandboxNotFoundError,
     SnapshotNotFoundError,
@@ -36,16 +37,29 @@ from grainchain.providers.local import _disk as disk
 from grainchain.providers.local import _layers as layers
 
 PROVIDER = "local"
-_SANDBOX_ID = re.compile(r"local-[0-9a-f]{32}")  # always fullmatch(): no separators, no "\n"
+SANDBOX_ID = re.compile(r"local-[0-9a-f]{32}")  # always fullmatch(): no separators, no "\n"
 _SNAPSHOT_ID = re.compile(r"snap-[0-9a-f]{32}")
+# in meta.json's runtime while create() has not finished (a creator killed meanwhile: never found)
+CREATING = "creating"
 # Temporary siblings of a sandbox's workspace while a restore swaps it (see restore_snapshot).
 _RESTORE_COPYING, _RESTORE_READY, _RESTORE_OUTGOING = ".restore-", ".ready-", ".old-"
+# in a snapshot's `.staging-*` directory: the process writing it (grainchain/_ownership.py)
+OWNER_FILE = ".owner"
 
 
 def _write_json(path: Path, data: str) -> None:
+    """Replace the file atomically: a temporary sibling, fsynced, renamed over it (a kill or a power loss
+    leaves the old content or the new one)."""
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    tmp.write_text(data, encoding="utf-8")
-    tmp.replace(path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _add_owner_rwx(path: str) -> None:
@@ -94,6 +108,8 @@ class SandboxDir:
         self.root = state_dir / "local" / "sandboxes" / sandbox_id
         self.meta = self.root / "meta.json"
         self.image = self.root / "disk.img"
+        # what a snapshot of it records besides SnapshotInfo (namespace, expires_at): set by the adapter
+        self.snapshot_fields: Callable[[], dict[str, Any]] = dict
 
     @property
     def data(self) -> Path:
@@ -117,6 +133,8 @@ class SandboxDir:
         """A new sandbox directory; with `disk_limit` (bytes) on a disk of that size."""
         box = cls(state_dir.resolve(), f"local-{uuid.uuid4().hex}")
         box.root.mkdir(parents=True, mode=0o700)
+        # who is making it, until meta.json says more: `grainchain cleanup` removes it if they die first
+        (box.root / OWNER_FILE).write_text(json.dumps(Owner.current().stored()), encoding="utf-8")
         # Only the owner may enter: sandboxes, layers and snapshots hold what untrusted code wrote, e.g. a
         # setuid-root program that another user of the host must never reach.
         os.chmod(box.state_dir / "local", 0o700)
@@ -125,7 +143,9 @@ class SandboxDir:
                 disk.create(box.state_dir, box.image, box.root / "disk", disk_limit)
             box.workspace.mkdir(mode=0o700)
             box.tmp.mkdir(mode=0o700)
-            box.save(SandboxStatus.running, config, created_at=datetime.now(UTC))
+            # `creating` until the adapter saves what it made (its runtime): a creator killed before that
+            # leaves a sandbox that open() does not find, never one that connects half-made
+            box.save(SandboxStatus.running, config, created_at=datetime.now(UTC), runtime={CREATING: True})
         except BaseException:
             box.remove()  # nothing half-made stays behind
             raise
@@ -144,7 +164,7 @@ class SandboxDir:
     @classmethod
     def open(cls, state_dir: Path, sandbox_id: str) -> SandboxDir:
         box = cls(state_dir.resolve(), sandbox_id)
-        if not _SANDBOX_ID.fullmatch(sandbox_id) or not box.meta.is_file():
+        if not SANDBOX_ID.fullmatch(sandbox_id) or not box.meta.is_file() or box.runtime().get(CREATING):
             raise SandboxNotFoundError(f"no local sandbox with id {sandbox_id!r}", provider=PROVIDER)
         return box
 
@@ -165,7 +185,10 @@ class SandboxDir:
         config: SandboxConfig,
         created_at: datetime | None = None,
         runtime: dict[str, Any] | None = None,
+        *,
+        owned: bool = True,
     ) -> None:
+        """Write meta.json; `owner` is this process (`owned`), or None for a detached sandbox (never reaped)."""
         if runtime is None and self.meta.exists():
             runtime = self.runtime()
         info = SandboxInfo(
@@ -179,6 +202,7 @@ class SandboxDir:
             "info": info.model_dump(mode="json"),
             "config": config.model_dump(mode="json"),
             "runtime": runtime or {},
+            "owner": Owner.current().stored() if owned else None,
         }
         _write_json(self.meta, json.dumps(payload, indent=2))
 
@@ -274,7 +298,9 @@ def publish_snapshot(
     final = _snapshots(state_dir) / snapshot_id
     staging = final.with_name(f".staging-{snapshot_id}")
     staging.mkdir(parents=True, mode=0o700)
+    owner = staging / OWNER_FILE  # whose it is while staged: `grainchain cleanup` removes it once they die
     try:
+        owner.write_text(json.dumps(Owner.current().stored()), encoding="utf-8")
         size = fill(staging)
         info = SnapshotInfo(
             snapshot_id=snapshot_id,
@@ -284,7 +310,9 @@ def publish_snapshot(
             source_sandbox_id=box.sandbox_id,
             size_bytes=size,
         )
-        (staging / "meta.json").write_text(info.model_dump_json(indent=2), encoding="utf-8")
+        meta = {**info.model_dump(mode="json"), **box.snapshot_fields()}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        owner.unlink()
         staging.rename(final)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -359,27 +387,54 @@ def restore_tree(box: SandboxDir, source: Path) -> None:
         remove_tree(outgoing)
 
 
-def list_snapshots(state_dir: Path) -> list[SnapshotInfo]:
+def snapshot_record(state_dir: Path, snapshot_id: str) -> tuple[SnapshotInfo, dict[str, Any]]:
+    """A snapshot's SnapshotInfo and its meta.json as stored (`namespace`, `expires_at`: absent in
+    snapshots made before them)."""
+    data = json.loads((_snapshot_dir(state_dir, snapshot_id) / "meta.json").read_bytes())
+    if not isinstance(data, dict):
+        raise ValueError(f"malformed meta.json of {snapshot_id}")
+    return SnapshotInfo.model_validate(data), data
+
+
+def list_snapshot_records(
+    state_dir: Path, namespace: Callable[[str | None], bool] | None = None
+) -> list[tuple[SnapshotInfo, dict[str, Any]]]:
+    """snapshot_record() of every snapshot whose recorded namespace `namespace` accepts, oldest first."""
     base = _snapshots(state_dir)
     if not base.is_dir():
         return []
-    infos = []
+    records = []
     for entry in base.iterdir():
         try:
-            infos.append(
-                SnapshotInfo.model_validate_json(
-                    (_snapshot_dir(state_dir, entry.name) / "meta.json").read_bytes()
-                )
-            )
+            info, data = snapshot_record(state_dir, entry.name)
         except (SnapshotNotFoundError, OSError, ValueError):
             continue  # staging or deleting directory, or a foreign file
-    return sorted(infos, key=lambda s: s.created_at)
+        if namespace is None or namespace(data.get("namespace")):
+            records.append((info, data))
+    return sorted(records, key=lambda r: r[0].created_at)
 
 
-def delete_snapshot(state_dir: Path, snapshot_id: str) -> None:
+def list_snapshots(
+    state_dir: Path, namespace: Callable[[str | None], bool] | None = None
+) -> list[SnapshotInfo]:
+    """The snapshots (of the namespaces `namespace` accepts), oldest first."""
+    return [info for info, _ in list_snapshot_records(state_dir, namespace)]
+
+
+def delete_snapshot(
+    state_dir: Path, snapshot_id: str, namespace: Callable[[str | None], bool] | None = None
+) -> None:
     """Rename the snapshot away first (one atomic step: it is gone for every reader), then delete the files;
-    a crash half-way leaves an ignored `.deleting-*` directory, never a restorable half-deleted snapshot."""
+    a crash half-way leaves an ignored `.deleting-*` directory, never a restorable half-deleted snapshot.
+    A snapshot of a namespace `namespace` refuses is not found."""
     path = _snapshot_dir(state_dir, snapshot_id)
+    if namespace is not None:
+        try:
+            recorded = snapshot_record(state_dir, snapshot_id)[1].get("namespace")
+        except (OSError, ValueError):
+            raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER) from None
+        if not namespace(recorded):
+            raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER)
     doomed = path.with_name(f".deleting-{snapshot_id}-{uuid.uuid4().hex}")
     try:
         path.rename(doomed)

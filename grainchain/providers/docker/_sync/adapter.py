@@ -27,14 +27,16 @@ import posixpath
 import shutil
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, Self, TypeVar
 
 import httpx
 
+from grainchain import _ownership as ownership
 from grainchain._acompat import Event, Task, run_blocking, sleep, start_task
+from grainchain._checks import start_directory
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
@@ -61,7 +63,9 @@ from grainchain.models import (
     SnapshotInfo,
     SnapshotKind,
 )
+from grainchain.providers import _criu as criu_probe
 from grainchain.providers.docker import _engine as dk
+from grainchain.providers.docker import _owners
 from grainchain.providers.docker.config import DockerConfig
 from grainchain.settings import Settings
 
@@ -69,8 +73,8 @@ _BIG_TIMEOUT = 600.0  # commits, checkpoints, restores and uploads of big things
 _BUILD_TIMEOUT = 3600.0  # image pulls and builds (the read timeout: between two progress lines)
 _STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
 _KILL_TIMEOUT = 30.0
-# Work in proportion to a size (tar archives, listings) is done on the event loop up to this many bytes
-# (microseconds), in a worker thread beyond (a big upload's tar would stall every other sandbox).
+# Work in proportion to a size (listings) is done on the event loop up to this many bytes
+# (microseconds), in a worker thread beyond (a big listing would stall every other sandbox).
 _INLINE_BYTES = 64 * 1024
 
 T = TypeVar("T")
@@ -82,6 +86,12 @@ def _sized(size: int, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> 
     if size <= _INLINE_BYTES:
         return fn(*args, **kwargs)
     return run_blocking(fn, *args, **kwargs)
+
+
+def _body(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """A request body that httpx streams piece by piece."""
+    for piece in pieces:  # noqa: RUF100, UP028 (in the blocking twin: no `yield from` in async)
+        yield piece
 
 
 class _Engine:
@@ -152,10 +162,12 @@ class _Engine:
         response = self.request(method, url, what, **kwargs)
         return response.json() if response.content else None
 
-    def open_stream(self, url: str, what: str, timeout: float | None, **kwargs: Any) -> httpx.Response:
-        """POST and return the response unread (exec output, pull and build progress)."""
+    def open_stream(
+        self, url: str, what: str, timeout: float | None, method: str = "POST", **kwargs: Any
+    ) -> httpx.Response:
+        """Call and return the response unread (exec output, pull and build progress, downloads)."""
         request = self.client.build_request(
-            "POST", url, timeout=httpx.Timeout(timeout, connect=dk.CONNECT_TIMEOUT), **kwargs
+            method, url, timeout=httpx.Timeout(timeout, connect=dk.CONNECT_TIMEOUT), **kwargs
         )
         try:
             response = self.client.send(request, stream=True)
@@ -255,15 +267,40 @@ class _Exec:
             self.response.close()
 
 
+_DOCKERD_PID_FILE = "/var/run/docker.pid"  # dockerd's default --pidfile
+
+
+def _dockerd_path() -> str | None:
+    """The PATH of the local dockerd (read through its pid file and /proc; None when that cannot be read)."""
+    try:
+        with open(_DOCKERD_PID_FILE) as pid_file:
+            pid = int(pid_file.read().strip())
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            entries = environ.read().split(b"\0")
+    except (OSError, ValueError):
+        return None
+    for entry in entries:
+        if entry.startswith(b"PATH="):
+            return entry[len(b"PATH=") :].decode(errors="replace")
+    return None
+
+
 def _find_criu() -> str | None:
-    # dockerd (runc) finds criu on its own PATH; the sbin directories are where it is installed
-    path = os.pathsep.join([os.environ.get("PATH", ""), "/usr/local/sbin", "/usr/sbin", "/sbin"])
-    return shutil.which("criu", path=path)
+    """The criu the engine would run: runc, started by dockerd (through containerd), execs `criu` from the
+    PATH it inherited, so dockerd's PATH is searched; where it cannot be read, this process's PATH and the
+    sbin directories (blocking)."""
+    path = _dockerd_path()
+    return criu_probe.criu_path(path) if path is not None else criu_probe.criu_path()
 
 
 def _memory_snapshot_problem(endpoint: dk.Endpoint, info: dict[str, Any]) -> str | None:
-    """dk.memory_snapshot_problem with CRIU looked for; blocking (a PATH search, an access check)."""
-    return dk.memory_snapshot_problem(endpoint, info, _find_criu())
+    """dk.memory_snapshot_problem with CRIU looked for and probed as the local provider probes it (its
+    version, `criu check`); blocking (a PATH search, an access check, criu runs once per binary)."""
+    criu = _find_criu()
+    problem = dk.memory_snapshot_problem(endpoint, info, criu)
+    if problem is None and criu is not None:
+        problem = criu_probe.problem(criu)
+    return problem
 
 
 def _listing(directory: str, output: bytes) -> list[FileInfo]:
@@ -300,6 +337,33 @@ def _resume(engine: _Engine, container_id: str, name: str, saved: str | None) ->
             run_blocking(dk.stage_checkpoint, checkpoint)
     with contextlib.suppress(GrainchainError):
         engine.request("DELETE", f"/containers/{container_id}/checkpoints/{name}", "delete checkpoint")
+
+
+def _make_running(engine: _Engine, container_id: str, state: str) -> None:
+    """Start a stopped container; unpause a paused one (a commit with pause=1 whose client died midway
+    leaves it paused, and the engine refuses to start a paused container)."""
+    if state == "paused":
+        try:
+            engine.request("POST", f"/containers/{container_id}/unpause", "unpause container")
+        except ProviderError as exc:  # the dead client's commit, still under way, ended and unpaused it
+            if "is not paused" not in exc.message:
+                raise
+    elif state != "running":
+        engine.request("POST", f"/containers/{container_id}/start", "start container")
+
+
+def _remove(engine: _Engine, container: str) -> None:
+    """Remove a container (an id or a name) with its anonymous volumes, unless it is gone or going (a dead
+    client's removal may still be under way in the engine)."""
+    try:
+        engine.request(
+            "DELETE", f"/containers/{container}", "remove container", params={"force": "1", "v": "1"}
+        )
+    except SandboxNotFoundError:
+        pass
+    except ProviderError as exc:
+        if "already in progress" not in exc.message:
+            raise
 
 
 class _Watchdog:
@@ -410,7 +474,8 @@ class DockerAdapter(SandboxAdapter):
 
     @staticmethod
     def _cwd_of(config: SandboxConfig) -> str:
-        return dk.resolve(dk.WORKSPACE, config.working_directory or ".")
+        # inside the workspace, as every provider: else PathOutsideSandboxError (grainchain/_checks.py)
+        return start_directory(dk.WORKSPACE, config.working_directory, dk.PROVIDER)
 
     @classmethod
     def _container_body(
@@ -512,14 +577,25 @@ class DockerAdapter(SandboxAdapter):
         config: SandboxConfig,
         options: DockerConfig,
         checkpoint: tuple[str, str] | None = None,
+        labels: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> str:
-        """Create and start a container; from a saved checkpoint (name, directory) when one is given."""
+        """Create and start a container; from a saved checkpoint (name, directory) when one is given;
+        `labels`: its namespace and owner (_owners.owner_labels), over what its image carries; `name`: the
+        container's name (default: the sandbox id, see dk.pick_container)."""
         # off the event loop: provider_config volumes' host directories are checked
         body = run_blocking(
             cls._container_body, image, sandbox_id, config, options, engine.endpoint.publish_ip
         )
+        body["Labels"].update(labels or {})
         try:
-            created = engine.json("POST", "/containers/create", "create container", json=body)
+            created = engine.json(
+                "POST",
+                "/containers/create",
+                "create container",
+                json=body,
+                params={"name": name or sandbox_id},
+            )
         except (ProviderError, InvalidArgumentError) as exc:
             cls._explain_disk_limit(engine, options, exc)
             raise
@@ -570,6 +646,7 @@ class DockerAdapter(SandboxAdapter):
     @classmethod
     def create(cls, backend: Backend, config: SandboxConfig, options: ProviderConfig) -> Self:
         docker = _docker_options(options)
+        cls._cwd_of(config)  # refused before anything is made
         engine = _shared(backend).open_engine()
         sandbox_id = "gc-" + uuid.uuid4().hex[:16]
         try:
@@ -577,9 +654,10 @@ class DockerAdapter(SandboxAdapter):
                 image = cls._build_image(engine, config, docker)
             else:
                 image = cls._image_of(config, docker)
-            cls._create_named_volumes(engine, sandbox_id, docker)
+            owned = _owners.owner_labels(backend.settings)  # (cleanup finds what a dead client left)
+            cls._create_named_volumes(engine, sandbox_id, docker, owned)
             try:
-                container_id = cls._start_container(engine, image, sandbox_id, config, docker)
+                container_id = cls._start_container(engine, image, sandbox_id, config, docker, None, owned)
             except dk.EngineNotFoundError as exc:  # the image is pulled only when it is missing
                 if exc.kind == "network":
                     raise ConfigurationError(
@@ -589,7 +667,7 @@ class DockerAdapter(SandboxAdapter):
                 if exc.kind != "image":
                     raise
                 cls._ensure_image(engine, image)
-                container_id = cls._start_container(engine, image, sandbox_id, config, docker)
+                container_id = cls._start_container(engine, image, sandbox_id, config, docker, None, owned)
             return cls(engine, container_id, sandbox_id, cls._cwd_of(config), config, backend.settings)
         except BaseException:
             with contextlib.suppress(Exception):  # volumes made for a sandbox that never came to be
@@ -597,14 +675,16 @@ class DockerAdapter(SandboxAdapter):
             raise
 
     @classmethod
-    def _create_named_volumes(cls, engine: _Engine, sandbox_id: str, options: DockerConfig) -> None:
+    def _create_named_volumes(
+        cls, engine: _Engine, sandbox_id: str, options: DockerConfig, owned: dict[str, str]
+    ) -> None:
         """Create the named volumes that do not exist yet, labelled as this sandbox's (close removes them)."""
         volumes = run_blocking(dk.parse_volumes, options.volumes)  # host directories are checked
         for name in volumes.named:
             try:
                 engine.request("GET", f"/volumes/{name}", "inspect volume")
             except dk.EngineNotFoundError:
-                labels = {dk.LABEL: "1", dk.LABEL_SANDBOX: sandbox_id}
+                labels = {dk.LABEL: "1", dk.LABEL_SANDBOX: sandbox_id, **owned}
                 engine.request(
                     "POST", "/volumes/create", "create volume", json={"Name": name, "Labels": labels}
                 )
@@ -634,23 +714,50 @@ class DockerAdapter(SandboxAdapter):
         found = cls._find(engine, sandbox_id)
         if not found:
             raise SandboxNotFoundError(f"no docker sandbox with id {sandbox_id!r}", provider=dk.PROVIDER)
-        container = found[0]
+        container = cls._settle_swap(engine, sandbox_id, found)
         labels = container.get("Labels") or {}
         stored = (
             SandboxConfig.model_validate_json(labels[dk.LABEL_CONFIG])
             if dk.LABEL_CONFIG in labels
             else config
         )
-        if container.get("State") != "running":
-            engine.request("POST", f"/containers/{container['Id']}/start", "start container")
+        _make_running(engine, str(container["Id"]), str(container.get("State")))
         adapter = cls(engine, str(container["Id"]), sandbox_id, cls._cwd_of(stored), stored, backend.settings)
         # the sandbox's own options (the facade sets them again from `stored` when it takes the adapter)
         adapter.options = parse_options(backend.provider, backend.settings, stored.provider_config)
+        run_blocking(_owners.record_owner, backend.settings.state_dir, sandbox_id, True)  # ours now
         return adapter
+
+    @classmethod
+    def _settle_swap(cls, engine: _Engine, sandbox_id: str, found: list[dict[str, Any]]) -> dict[str, Any]:
+        """The sandbox's container among `found` (its containers); a restore's swap that a dead client left
+        between its renames is finished (or rolled back) first, and its outgoing container removed."""
+        container, rename = dk.pick_container(sandbox_id, found)
+        if container is None:
+            raise SandboxNotFoundError(f"no docker sandbox with id {sandbox_id!r}", provider=dk.PROVIDER)
+        if rename:
+            engine.request(
+                "POST",
+                f"/containers/{container['Id']}/rename",
+                "rename container",
+                params={"name": sandbox_id},
+            )
+        for other in found:  # an outgoing container is the old state of a swap that has been decided
+            if other is not container and dk.container_name(other) == sandbox_id + dk.OUTGOING:
+                _remove(engine, str(other["Id"]))
+        return container
 
     @classmethod
     def list_sandboxes(cls, backend: Backend) -> list[SandboxInfo]:
         found = cls._find(_shared(backend).open_engine(), None)
+        by_sandbox: dict[str, list[dict[str, Any]]] = {}
+        for c in found:
+            by_sandbox.setdefault(c["Labels"][dk.LABEL_SANDBOX], []).append(c)
+        # one entry per sandbox: the container that is the sandbox (a restore may have left a second)
+        picked = [
+            dk.pick_container(sandbox_id, containers)[0] for sandbox_id, containers in by_sandbox.items()
+        ]
+        found = [c for c in picked if c is not None]
         return [
             SandboxInfo(
                 sandbox_id=c["Labels"][dk.LABEL_SANDBOX],
@@ -660,6 +767,8 @@ class DockerAdapter(SandboxAdapter):
                 metadata={"container_id": str(c["Id"]), "image": str(c.get("Image", ""))},
             )
             for c in found
+            # this namespace's only (one made before namespaces: the default namespace's)
+            if ownership.belongs((c.get("Labels") or {}).get(_owners.LABEL_NAMESPACE), backend.settings)
         ]
 
     def _prune_deleted_snapshots(self) -> None:
@@ -673,15 +782,15 @@ class DockerAdapter(SandboxAdapter):
         try:
             self._handles.kill_all()
             if self.config.auto_cleanup:
-                with contextlib.suppress(SandboxNotFoundError):
-                    self._engine.request(
-                        "DELETE",
-                        f"/containers/{self._container}",
-                        "remove container",
-                        params={"force": "1", "v": "1"},
-                    )
+                # every container of the sandbox: a restore interrupted by a dead client may have left two
+                containers = {self._container} | {
+                    str(c["Id"]) for c in self._find(self._engine, self.sandbox_id)
+                }
+                for container in containers:
+                    _remove(self._engine, container)
                 self._remove_volumes_of(self._engine, self.sandbox_id)
                 self._prune_deleted_snapshots()
+                run_blocking(_owners.forget_owner, self.settings.state_dir, self.sandbox_id)
             else:
                 with contextlib.suppress(SandboxNotFoundError):
                     self._engine.request(
@@ -692,6 +801,8 @@ class DockerAdapter(SandboxAdapter):
 
     def detach(self) -> None:
         self.status = SandboxStatus.running
+        # nobody owns it now: `grainchain cleanup` leaves it alone (connect() takes it again)
+        run_blocking(_owners.record_owner, self.settings.state_dir, self.sandbox_id, False)
 
     # -- commands -------------------------------------------------------------------------------------
 
@@ -857,26 +968,53 @@ class DockerAdapter(SandboxAdapter):
         )
 
     def _put(self, directory: str, name: str, data: bytes, permissions: int = 0o644) -> None:
-        archive = _sized(len(data), dk.tar_one_file, name, data, permissions)
+        size, pieces = dk.tar_one_file(name, data, permissions)
+        # small: one buffer, which httpx sends in one write (see _replace); big: streamed, in pieces
+        body = b"".join(pieces) if size <= _INLINE_BYTES else _body(pieces)
         try:
             self._engine.request(
                 "PUT",
                 f"/containers/{self._container}/archive",
                 "upload file",
                 params={"path": directory},
-                content=archive,
-                headers={"Content-Type": "application/x-tar"},
-                timeout=600,
+                content=body,
+                headers={"Content-Type": "application/x-tar", "Content-Length": str(size)},
+                timeout=_BIG_TIMEOUT,
             )
         except dk.EngineNotFoundError as exc:  # the directory went away meanwhile
             if exc.kind != "path":
                 raise
             raise FileNotFoundInSandboxError(directory, provider=dk.PROVIDER) from exc
 
+    def _replace(self, directory: str, name: str, data: bytes, permissions: int) -> None:
+        """Write directory/name atomically: a big archive goes to a hidden file beside it, which is then
+        renamed over it, so that a client killed midway leaves the old content or the new, never neither
+        (the engine's archive upload removes the file it replaces before writing the new one)."""
+        if len(data) + 1024 <= _INLINE_BYTES:
+            # A small archive goes in one write, which the socket takes whole: a client killed after it
+            # leaves the engine the whole archive, and one killed before, none (an exec saved: ~90 ms).
+            self._put(directory, name, data, permissions)
+            return
+        temporary = posixpath.join(directory, f"{dk.UPLOAD_PREFIX}{uuid.uuid4().hex}")
+        target = posixpath.join(directory, name)
+        try:
+            self._put(directory, posixpath.basename(temporary), data, permissions)
+            code, _ = self._script(dk.REPLACE_SCRIPT, temporary, target)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._script(dk.DELETE_SCRIPT, temporary)
+            raise
+        if code == dk.IS_A_DIRECTORY:
+            raise InvalidArgumentError(f"{target} is a directory", argument="path", provider=dk.PROVIDER)
+        if code != 0:
+            raise ProviderError(
+                f"renaming the upload into {target} failed (exit {code})", provider=dk.PROVIDER
+            )
+
     def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
-        target = self._path(path)
+        # a symlink is followed, as writing into it would: the file it leads to gets the content
+        target, stat = self._follow(self._path(path))
         data = self.content_bytes(content)
-        stat = self._stat(target)
         if stat is not None and stat.is_directory:
             raise InvalidArgumentError(f"{target} is a directory", argument="path", provider=dk.PROVIDER)
         if mode.startswith("a") and stat is not None:
@@ -890,9 +1028,9 @@ class DockerAdapter(SandboxAdapter):
                 raise InvalidArgumentError(
                     f"{directory} is not a directory", argument="path", provider=dk.PROVIDER
                 )
-        # the archive replaces the file: give it back the mode that writing into it would have kept
-        permissions = stat.permissions if stat is not None and not stat.is_symlink else 0o644
-        self._put(directory, name, data, permissions)
+        # a new file replaces the old one: give it the mode that writing into the old one would have kept
+        permissions = stat.permissions if stat is not None else 0o644
+        self._replace(directory, name, data, permissions)
 
     def download_file(self, path: str) -> bytes:
         target, stat = self._follow(self._path(path))
@@ -901,18 +1039,30 @@ class DockerAdapter(SandboxAdapter):
         if stat.is_directory:
             raise InvalidArgumentError(f"{target} is a directory", argument="path", provider=dk.PROVIDER)
         try:
-            response = self._engine.request(
-                "GET",
+            response = self._engine.open_stream(
                 f"/containers/{self._container}/archive",
                 "download file",
+                _BIG_TIMEOUT,
+                method="GET",
                 params={"path": target},
-                timeout=600,
+                # the engine gzips archives for clients that accept it: CPU on both sides for nothing here
+                headers={"Accept-Encoding": "identity"},
             )
         except dk.EngineNotFoundError as exc:  # deleted since the stat
             if exc.kind != "path":
                 raise
             raise FileNotFoundInSandboxError(target, provider=dk.PROVIDER) from exc
-        data = _sized(len(response.content), dk.untar_first_file, response.content)
+        reader = dk.FirstFileReader()  # the archive is read as it arrives: no second copy of it
+        try:
+            for chunk in response.iter_bytes():
+                reader.feed(chunk)
+                if reader.regular is False:
+                    break
+        except httpx.HTTPError as exc:
+            raise dk.transport_error(self._engine.endpoint, "download file", exc) from exc
+        finally:
+            response.close()
+        data = reader.content()
         if data is None:
             raise InvalidArgumentError(
                 f"{target} is not a regular file", argument="path", provider=dk.PROVIDER
@@ -974,6 +1124,7 @@ class DockerAdapter(SandboxAdapter):
             dk.LABEL_KIND: kind.value,
             # always written: a commit inherits the image's labels, and an image may carry any
             dk.LABEL_CHECKPOINT: "",
+            **_owners.snapshot_labels(self.settings),  # namespace, expiry
         }
         if kind is SnapshotKind.filesystem:
             self._commit(tag, labels, pause=True)
@@ -1091,16 +1242,46 @@ class DockerAdapter(SandboxAdapter):
             )
         checkpoint = run_blocking(self._saved_checkpoint, snapshot_id, labels)  # realpath, isdir
         self._handles.kill_all()
+        # The new container replaces the old by renames (dk.pick_container): at every point a dead client
+        # leaves one container that is the sandbox. First, what a swap that died before its renames left.
+        incoming, outgoing = self.sandbox_id + dk.INCOMING, self.sandbox_id + dk.OUTGOING
+        self._remove_container(incoming)
         new = self._start_container(
-            self._engine, snapshot_id, self.sandbox_id, self.config, _docker_options(self.options), checkpoint
+            self._engine,
+            snapshot_id,
+            self.sandbox_id,
+            self.config,
+            _docker_options(self.options),
+            checkpoint,
+            _owners.owner_labels(self.settings),  # (else the snapshot's, inherited: its maker's)
+            name=incoming,
         )
-        old, self._container = self._container, new
+        old = self._container
+        try:
+            self._rename(old, outgoing)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._remove_container(new)
+            raise
+        try:
+            self._rename(new, self.sandbox_id)
+        except BaseException:
+            with contextlib.suppress(Exception):  # the old one is the sandbox again
+                self._rename(old, self.sandbox_id)
+                self._remove_container(new)
+            raise
+        self._container = new
         self._oom_seen = 0
-        with contextlib.suppress(SandboxNotFoundError):
-            self._engine.request(
-                "DELETE", f"/containers/{old}", "remove container", params={"force": "1", "v": "1"}
-            )
+        self._remove_container(old)
         self._prune_deleted_snapshots()
+
+    def _rename(self, container: str, name: str) -> None:
+        self._engine.request(
+            "POST", f"/containers/{container}/rename", "rename container", params={"name": name}
+        )
+
+    def _remove_container(self, container: str) -> None:
+        _remove(self._engine, container)
 
     def list_snapshots(self) -> list[SnapshotInfo]:
         filters = json.dumps({"label": [f"{dk.LABEL_SNAPSHOT}=1"]})
@@ -1108,6 +1289,8 @@ class DockerAdapter(SandboxAdapter):
         snapshots = []
         for image in images:
             labels = image.get("Labels") or {}
+            if not ownership.belongs(labels.get(_owners.LABEL_NAMESPACE), self.settings):
+                continue  # another namespace's (one made before namespaces: the default namespace's)
             for ref in image.get("RepoTags") or []:
                 if ref.startswith(dk.SNAPSHOT_REPO + ":"):
                     snapshots.append(
@@ -1124,6 +1307,8 @@ class DockerAdapter(SandboxAdapter):
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         labels = self._snapshot_image(snapshot_id)
+        if not ownership.belongs(labels.get(_owners.LABEL_NAMESPACE), self.settings):
+            raise SnapshotNotFoundError(snapshot_id, provider=dk.PROVIDER)  # another namespace's
         try:
             self._engine.request("DELETE", f"/images/{snapshot_id}", "delete snapshot", params={"force": "1"})
         except dk.EngineNotFoundError:
@@ -1146,7 +1331,8 @@ class DockerAdapter(SandboxAdapter):
         if snapshot_id is not None:
             self.restore_snapshot(snapshot_id)
         elif self.status is SandboxStatus.terminated:
-            self._engine.request("POST", f"/containers/{self._container}/start", "start container")
+            info = self._engine.json("GET", f"/containers/{self._container}/json", "inspect container")
+            _make_running(self._engine, self._container, str((info.get("State") or {}).get("Status")))
         self.status = SandboxStatus.running
 
     # -- ports ----------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any, Literal, Self
 import e2b
 import stamina
 
+from grainchain._checks import start_directory
 from grainchain._commands import EXEC_MARKER, KILL_MARKED_SCRIPT, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
@@ -267,7 +268,7 @@ class E2bAdapter(SandboxAdapter):
         super().__init__(sandbox_id, config, settings, options)
         self._sbx = sandbox
         self._e2b = options
-        self._cwd = posixpath.normpath(posixpath.join(_sdk.HOME, config.working_directory or "."))
+        self._cwd = start_directory(_sdk.HOME, config.working_directory, "e2b")
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -323,6 +324,7 @@ class E2bAdapter(SandboxAdapter):
     @classmethod
     def create(cls, backend: Backend, config: SandboxConfig, options: ProviderConfig) -> Self:
         e2b_options = _options(options)
+        start_directory(_sdk.HOME, config.working_directory, "e2b")  # refused before anything is made
         sandbox_id = "e2b-" + uuid.uuid4().hex[:20]
         sbx = cls._new_e2b_sandbox(cls._template(config, e2b_options), sandbox_id, config, e2b_options)
         adapter = cls(sbx, sandbox_id, config, backend.settings, e2b_options)

@@ -16,15 +16,20 @@ paths. Blocking disk work lives in grainchain/providers/local/_localfs.py.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import os
 import shutil
+import signal
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from grainchain import _ownership as ownership
 from grainchain._acompat import run_blocking, run_in, run_to_end
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
@@ -159,6 +164,15 @@ def _mount_first_stack(state_dir: Path, box: fs.SandboxDir, stack: layers.Stack)
     layers.mount_stack(state, box.data, box.workspace, stack)
 
 
+def _snapshot_fields(settings: Settings) -> dict[str, Any]:
+    """What a snapshot records besides its SnapshotInfo: its namespace and expiry (grainchain/_ownership.py)."""
+    expires = ownership.expiry(settings)
+    return {
+        "namespace": ownership.namespace_of(settings),
+        "expires_at": None if expires is None else expires.isoformat(),
+    }
+
+
 def _limits(config: SandboxConfig, options: iso.Options) -> cg.Limits:
     memory = None if config.memory_limit is None else int(config.memory_limit)
     return cg.Limits(memory=memory, cpu=config.cpu_limit, pids=options.pids_limit, cpu_group=True)
@@ -168,6 +182,59 @@ def _kill_abandoned(child: HostProcess) -> None:
     """A command that started after its caller stopped waiting (a cancelled execute): nobody will read it."""
     child.kill_tree()
     child.close()
+
+
+_FROZEN = "frozen"  # in a sandbox's directory while its processes are stopped for a snapshot
+
+
+def _state(pid: int) -> str:
+    """The one-letter state of a process (T stopped, D uninterruptible ...), "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def _stopped(pid: int) -> bool:
+    return _state(pid) in ("T", "t")
+
+
+def _stop_for_copy(find: Callable[[], list[int]], within: float = 5.0) -> set[int]:
+    """SIGSTOP every process find() lists, round after round until none is new (as _hostproc.stop_all),
+    except that a process in uninterruptible sleep counts as held: it stops, its SIGSTOP pending, before it
+    runs code of its own again, and it may never leave that sleep while we wait (a shell in vfork() whose
+    child we stopped before it exec'd). A second quiet round catches a child it may still have forked."""
+    deadline = time.monotonic() + within
+    stopped: set[int] = set()
+    quiet = 0
+    while time.monotonic() < deadline:
+        settled = all(_state(pid) in ("T", "t", "D", "Z", "X", "") for pid in stopped)
+        fresh = [pid for pid in find() if pid not in stopped]
+        for pid in fresh:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGSTOP)
+            stopped.add(pid)
+        quiet = quiet + 1 if settled and not fresh else 0
+        if quiet >= 2:
+            break
+        if not fresh:
+            time.sleep(0.001)
+    return stopped
+
+
+def _continue(pids: set[int], within: float = 0.5) -> None:
+    """SIGCONT them, and again while one stops anew: nsenter mirrors its child's stop (util-linux
+    continue_as_child), so one continued before it had seen its child stop stops itself again."""
+    deadline = time.monotonic() + within
+    pending, quiet = set(pids), 0
+    while quiet < 3 and time.monotonic() < deadline:
+        for pid in pending:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGCONT)
+        time.sleep(0.002)
+        pending = {pid for pid in pids if _stopped(pid)}
+        quiet = 0 if pending else quiet + 1
 
 
 def _sandbox_pid(host_pid: int) -> int:
@@ -191,6 +258,7 @@ class LocalAdapter(SandboxAdapter):
         super().__init__(box.sandbox_id, config, settings)
         runtime = box.runtime() if runtime is None else runtime
         self._box = box
+        box.snapshot_fields = functools.partial(_snapshot_fields, settings)
         self._state_dir = settings.state_dir.resolve()
         self._options = iso.Options(**runtime["options"])
         self._isolated = self._options.isolation == "namespaces"
@@ -304,6 +372,7 @@ class LocalAdapter(SandboxAdapter):
             cgroup, launcher = run_blocking(cls._make_limits, box.sandbox_id, limits)
             runtime |= {"cgroup": None if cgroup is None else cgroup.stored(), "launcher": launcher}
         adapter = run_blocking(cls, box, stored, settings, runtime)  # it resolves paths
+        run_blocking(adapter._thaw)  # its last client was killed while it had them stopped
         run_blocking(box.mount_disk)  # mounts do not survive a reboot
         if adapter._stack is None:
             run_blocking(box.recover)  # a restore its last owner did not finish (crash)
@@ -336,6 +405,8 @@ class LocalAdapter(SandboxAdapter):
     def detach(self) -> None:
         run_to_end(self._stop_spawner)
         super().detach()
+        # nobody owns it now: `grainchain cleanup` leaves it alone (connect() takes it again)
+        run_blocking(lambda: self._box.save(self.status, self.config, None, self._runtime(), owned=False))
 
     def _materialize(self) -> None:
         """Turn a layered workspace into a plain directory (a closed, kept sandbox leaves no mount behind);
@@ -374,8 +445,15 @@ class LocalAdapter(SandboxAdapter):
             layers.collect_garbage(self._state_dir)
 
     def _mount_stack(self) -> None:
+        """Mount the workspace (connect: after a reboot, or a client killed mid-snapshot or mid-restore,
+        whose unfinished move into layers/ is finished first and whose leftover upper layers go)."""
         assert self._stack is not None
-        layers.mount_stack(self._state_dir, self._box.data, self._box.workspace, self._stack)
+        state, box = self._state_dir, self._box
+        if layers.is_mounted(box.workspace):
+            return
+        with layers.locked(state):
+            self._stack = self._stack.recover(state, box.data)
+            layers.mount_stack(state, box.data, box.workspace, self._stack)
 
     # -- namespaces -----------------------------------------------------------------------------------
 
@@ -399,6 +477,13 @@ class LocalAdapter(SandboxAdapter):
     def _ensure_holder(self) -> iso.Holder:
         """The holder, started again when it is gone (a restore, a command that killed every process of the
         sandbox, a reboot since the sandbox was kept)."""
+        holder = self._holder
+        if holder is not None and holder.alive() and not os.path.exists(holder.dev_null()):
+            # dying: killed by a client (a restore, a snapshot) that was killed itself before it saved
+            # that; its pid namespace is still being torn down (its root is gone already)
+            holder.kill()
+            holder.wait_gone()
+            self._holder = None
         if self._holder is None or not self._holder.alive():
             self._start_holder()
             self._box.save(SandboxStatus.running, self.config, None, self._runtime())
@@ -468,7 +553,9 @@ class LocalAdapter(SandboxAdapter):
                 retryable=True,
             )
         prefix = [*launcher, *holder.enter_argv(cwd)]
-        return spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
+        child = spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
+        child.reaps_its_child = True
+        return child
 
     def _start_command(
         self, command: str, working_dir: str | None, environment: dict[str, str] | None
@@ -563,12 +650,61 @@ class LocalAdapter(SandboxAdapter):
         )
         return any(pid not in holder for pid in [*marked, *inside])
 
+    def _sandbox_pids(self) -> list[int]:
+        """Every process of the sandbox (the holder's and what a memory snapshot brought back included)."""
+        holder = self._holder
+        inside = criu.tree(holder.pid) if holder is not None and holder.alive() else []
+        marked = (
+            marked_pids(f"{SANDBOX_MARKER}={self.sandbox_id}")
+            if self._cgroup is None
+            else self._cgroup.pids()
+        )
+        return sorted({*marked, *inside})
+
+    @contextlib.contextmanager
+    def _frozen(self) -> Iterator[None]:
+        """The sandbox's processes stopped (SIGSTOP, round after round until none is new: see
+        _hostproc.stop_all) while a live tree is copied, so that a snapshot of a busy sandbox is one
+        moment's state, and continued after (not those that were stopped already). A marker file says so
+        meanwhile: a client killed in between leaves it, and connect() continues them (_thaw)."""
+        marker = self._box.root / _FROZEN
+        marker.write_text(str(os.getpid()))
+        before: set[int] = set()
+        seen: set[int] = set()
+
+        def find() -> list[int]:
+            pids = self._sandbox_pids()
+            for pid in pids:
+                if pid not in seen:
+                    seen.add(pid)
+                    if _stopped(pid):
+                        before.add(pid)
+            return pids
+
+        held: set[int] = set()
+        try:
+            held = _stop_for_copy(find)
+            yield
+        finally:
+            _continue(held - before)
+            marker.unlink(missing_ok=True)
+
+    def _thaw(self) -> None:
+        """Continue the processes that a client killed while it had them stopped (see _frozen)."""
+        marker = self._box.root / _FROZEN
+        if marker.exists():
+            _continue(set(self._sandbox_pids()))
+            marker.unlink(missing_ok=True)
+
+    def _copy_snapshot(self) -> str:
+        with self._frozen():
+            return fs.create_snapshot(self._state_dir, self._box).snapshot_id
+
     def create_snapshot(self, kind: SnapshotKind = SnapshotKind.filesystem) -> str:
         if kind is SnapshotKind.memory:
             return run_blocking(self._memory_snapshot)
         if self._stack is None:
-            info = run_blocking(fs.create_snapshot, self._state_dir, self._box)
-            return info.snapshot_id
+            return run_blocking(self._copy_snapshot)
         # with a disk the upper layer lives on another filesystem than the layers: copied, never renamed
         if self._options.disk_limit is not None or run_blocking(self._busy):
             return run_blocking(self._snapshot_busy_layers)
@@ -586,14 +722,20 @@ class LocalAdapter(SandboxAdapter):
                     state, box, lowers, layers.stack_size(state, lowers)
                 ).snapshot_id
             layers.unmount(box.workspace)
-            stack = layers.freeze(state, box.data, self._stack)
+            old, layer_id = self._stack, layers.new_layer_id()
+            # The intent first: from this save on, a client killed before the upper layer is renamed into
+            # layers/ leaves a meta naming the new stack and the move still owed (connect() finishes it)
+            self._stack = layers.Stack([layer_id, *old.lowers], pending=(old.upper, layer_id))
+            self._save()
+            layers.adopt(state, box.data, old.upper, layer_id)
+            stack = layers.Stack(self._stack.lowers, self._stack.upper)
             if len(stack.lowers) > layers.MAX_DEPTH:
-                stack = layers.Stack([layers.flatten(state, stack.lowers)])
+                stack = layers.Stack([layers.flatten(state, stack.lowers)], stack.upper)
+            self._stack = stack
+            self._save()
             info = fs.create_layered_snapshot(
                 state, box, stack.lowers, layers.stack_size(state, stack.lowers)
             )
-            self._stack = stack
-            self._save()
             layers.mount_stack(state, box.data, box.workspace, stack)
         return info.snapshot_id
 
@@ -601,7 +743,8 @@ class LocalAdapter(SandboxAdapter):
         assert self._stack is not None
         state, box = self._state_dir, self._box
         with layers.locked(state):
-            layer_id = layers.copy_upper(state, box.data, self._stack)
+            with self._frozen():  # only what changed since the last freeze is copied: a short stop
+                layer_id = layers.copy_upper(state, box.data, self._stack)
             lowers = [layer_id, *self._stack.lowers]
             if len(lowers) > layers.MAX_DEPTH:
                 lowers = [layers.flatten(state, lowers)]
@@ -708,10 +851,13 @@ class LocalAdapter(SandboxAdapter):
             layers.drop_upper(box.data, old)
             layers.collect_garbage(state)
 
+    def _in_namespace(self, recorded: str | None) -> bool:
+        return ownership.belongs(recorded, self.settings)
+
     def list_snapshots(self) -> list[SnapshotInfo]:
-        found = run_blocking(fs.list_snapshots, self._state_dir)
+        found = run_blocking(fs.list_snapshots, self._state_dir, self._in_namespace)
         return [i.model_copy(update={"provider": self.provider_name}) for i in found]
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        run_blocking(fs.delete_snapshot, self._state_dir, snapshot_id)
+        run_blocking(fs.delete_snapshot, self._state_dir, snapshot_id, self._in_namespace)
         run_blocking(self._collect_garbage)  # its layers, once nothing else uses them

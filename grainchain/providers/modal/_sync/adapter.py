@@ -31,6 +31,7 @@ import modal
 import stamina
 
 from grainchain._acompat import Event, Task, start_task
+from grainchain._checks import start_directory
 from grainchain._commands import EXEC_MARKER, KILL_MARKED_SCRIPT, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
@@ -275,7 +276,7 @@ class ModalAdapter(SandboxAdapter):
         self._sb = sandbox
         self._modal = options
         self._shared = backend
-        self._cwd = posixpath.normpath(posixpath.join(WORKSPACE, config.working_directory or "."))
+        self._cwd = start_directory(WORKSPACE, config.working_directory, "modal")
         # whether grainchain's state may hold this sandbox as terminated (close then removes the entry)
         self._terminated_entry = sandbox is None
 
@@ -344,6 +345,7 @@ class ModalAdapter(SandboxAdapter):
     @classmethod
     def create(cls, backend: Backend, config: SandboxConfig, options: ProviderConfig) -> Self:
         shared, modal_options = _shared(backend), _options(options)
+        start_directory(WORKSPACE, config.working_directory, "modal")  # refused before anything is made
         sandbox_id = "modal-" + uuid.uuid4().hex[:20]
         tags = cls._tags(sandbox_id, config, modal_options)
         sb = cls._new_modal_sandbox(

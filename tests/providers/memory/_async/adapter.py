@@ -15,6 +15,7 @@ from typing import Self
 
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.backend import AsyncBackend
+from grainchain._checks import start_directory
 from grainchain._generated.features import Feature
 from grainchain._provider_config import ProviderConfig
 from grainchain._types import OutputCallback
@@ -67,7 +68,7 @@ class AsyncMemoryAdapter(AsyncSandboxAdapter):
     def __init__(self, box_id: str, config: SandboxConfig, settings: Settings) -> None:
         super().__init__(box_id, config, settings)
         self._sdk = memsdk.Client()
-        self._start = posixpath.normpath(posixpath.join(WORKSPACE, config.working_directory or "."))
+        self._start = start_directory(WORKSPACE, config.working_directory, "memory")
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -80,7 +81,7 @@ class AsyncMemoryAdapter(AsyncSandboxAdapter):
 
     @classmethod
     async def create(cls, backend: AsyncBackend, config: SandboxConfig, options: ProviderConfig) -> Self:
-        start = posixpath.join(WORKSPACE, config.working_directory or ".")
+        start = start_directory(WORKSPACE, config.working_directory, "memory")
         # the box keeps the config it was made with: connect() gives it back
         box_id = await memsdk.Client().create_box.aio(start, {"config": config.model_dump_json()})
         return cls(box_id, config, backend.settings)

@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from typing import Self
 
+from grainchain._checks import start_directory
 from grainchain._generated.features import Feature
 from grainchain._provider_config import ProviderConfig
 from grainchain._sync.adapter import SandboxAdapter
@@ -69,7 +70,7 @@ class MemoryAdapter(SandboxAdapter):
     def __init__(self, box_id: str, config: SandboxConfig, settings: Settings) -> None:
         super().__init__(box_id, config, settings)
         self._sdk = memsdk.Client()
-        self._start = posixpath.normpath(posixpath.join(WORKSPACE, config.working_directory or "."))
+        self._start = start_directory(WORKSPACE, config.working_directory, "memory")
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -82,7 +83,7 @@ class MemoryAdapter(SandboxAdapter):
 
     @classmethod
     def create(cls, backend: Backend, config: SandboxConfig, options: ProviderConfig) -> Self:
-        start = posixpath.join(WORKSPACE, config.working_directory or ".")
+        start = start_directory(WORKSPACE, config.working_directory, "memory")
         # the box keeps the config it was made with: connect() gives it back
         box_id = memsdk.Client().create_box(start, {"config": config.model_dump_json()})
         return cls(box_id, config, backend.settings)
