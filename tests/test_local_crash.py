@@ -296,3 +296,41 @@ def test_a_killed_create_leaves_no_sandbox_or_a_working_one(isolation: str, stat
     _reliability.record("local", leftovers=left)
     _assert_no_loss(counts)
     assert left == 0, "grainchain cleanup left something of the killed creates"
+
+
+KEPT_CLOSE = """
+sb = connect()
+started()
+sb.close()
+done()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="layered workspaces need root")
+@pytest.mark.parametrize("isolation", MODES)
+def test_a_killed_kept_close_loses_nothing(isolation: str) -> None:
+    """A close with auto_cleanup=False turns a layered workspace into a plain directory (no mount stays
+    behind): a client killed midway must leave the workspace whole, layered or plain."""
+    config = SandboxConfig(
+        auto_cleanup=False,
+        provider_config={"isolation": isolation, "snapshots": "layers", "disk_limit": None},
+    )
+
+    def setup(i: int) -> dict[str, Any]:
+        box = Sandbox("local", config).start()
+        _text(box, f"mkdir d && for j in $(seq 200); do echo {i} > d/f$j; done; echo {i} > v")
+        box.detach()
+        return {"sandbox_id": box.sandbox_id, "value": str(i)}
+
+    def check(context: dict[str, Any]) -> str:
+        sandbox_id = context["sandbox_id"]
+        [info] = [i for i in Sandbox.list_sandboxes("local") if i.sandbox_id == sandbox_id]
+        box = Sandbox.connect(sandbox_id, "local", SandboxConfig(auto_cleanup=True))
+        try:
+            assert _text(box, "cat v") == context["value"], "the workspace lost its last change"
+            assert _text(box, "ls d | wc -l") == "200", "the workspace is incomplete"
+        finally:
+            box.close()  # (removed: this connection cleans up)
+        return NEW if info.status.value == "closed" else OLD
+
+    _assert_no_loss(crash_runs("local", setup, KEPT_CLOSE, check, runs=RUNS, seed=5))

@@ -180,7 +180,7 @@ def _spared(spare: int | None, stopped: set[int]) -> set[int]:
     return {spare} if spare is not None and spare in stopped and children(spare) else set()
 
 
-def _continue(pids: Iterable[int], *, within: float = 1.0) -> None:
+def continue_all(pids: Iterable[int], *, within: float = 1.0) -> None:
     """SIGCONT each process, then once more each nsenter until it waits again: nsenter waits for its child
     with WUNTRACED and, told that the child was stopped (by the SIGSTOP of a kill or a freeze), stops itself,
     continuing the child only once continued again. Left stopped, it would never reap its child, and the
@@ -193,7 +193,7 @@ def _continue(pids: Iterable[int], *, within: float = 1.0) -> None:
     deadline = time.monotonic() + within
     while launchers and time.monotonic() < deadline:
         for pid in list(launchers):
-            state = _state(pid)
+            state = process_state(pid)
             if state in ("T", "t"):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGCONT)
@@ -224,7 +224,7 @@ def _release(spared: Iterable[int], *, within: float = 1.0) -> None:
     """Continue each spared launcher (see _continue) so that it reaps its killed child and exits; one that
     has not reaped it once continued is killed after all."""
     spared = list(spared)
-    _continue(spared)
+    continue_all(spared)
     deadline = time.monotonic() + within
     for pid in spared:
         while children(pid):  # the killed child exits, then nsenter reaps it
@@ -235,7 +235,7 @@ def _release(spared: Iterable[int], *, within: float = 1.0) -> None:
             time.sleep(0.0005)
 
 
-def _state(pid: int) -> str:
+def process_state(pid: int) -> str:
     """The one-letter state of a process (T stopped, Z zombie ...), "" once it is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -250,17 +250,22 @@ def stop_all(find: Candidates, *, within: float = 5.0) -> set[int]:
     still finish it, hence the wait for the stop itself); the pids stopped."""
     deadline = time.monotonic() + within
     stopped: set[int] = set()
+    quiet = 0
     while time.monotonic() < deadline:
         # Whether all have stopped is read before the listing: a process signalled in the middle of a fork
         # stops only once its child exists, so a listing taken after all have stopped shows every child.
-        # (Read after the listing, a child born in between would be missed and go on forking.)
-        settled = all(_state(pid) in ("T", "t", "Z", "X", "") for pid in stopped)
+        # (Read after the listing, a child born in between would be missed and go on forking.) A process in
+        # uninterruptible sleep counts as held: it stops before it runs code of its own again, and it may
+        # never leave that sleep while we wait (a shell in vfork() whose child was stopped before its exec);
+        # a second quiet round catches a child it may still have forked.
+        settled = all(process_state(pid) in ("T", "t", "D", "Z", "X", "") for pid in stopped)
         fresh = [pid for pid in find() if pid not in stopped]
         for pid in fresh:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGSTOP)
             stopped.add(pid)
-        if settled and not fresh:
+        quiet = quiet + 1 if settled and not fresh else 0
+        if quiet >= 2:
             break
         if not fresh:
             time.sleep(0.001)
@@ -288,5 +293,5 @@ def kill_marked(
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
     finally:
-        _continue(held - doomed - spared)
+        continue_all(held - doomed - spared)
         _release(spared)

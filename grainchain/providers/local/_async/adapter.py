@@ -20,10 +20,8 @@ import functools
 import json
 import os
 import shutil
-import signal
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -60,11 +58,14 @@ from grainchain.providers.local._async.hostexec import HostRun
 from grainchain.providers.local._hostproc import (
     STATE_MARKER,
     HostProcess,
+    continue_all,
     kill_marked,
     marked_pids,
+    process_state,
     scrubbed_environment,
     spawn,
     state_tag,
+    stop_all,
 )
 from grainchain.providers.local._spawner import Spawner, SpawnerSlot
 from grainchain.settings import Settings
@@ -182,57 +183,8 @@ def _kill_abandoned(child: HostProcess) -> None:
     child.close()
 
 
+_MATERIALIZING = ".materializing-"  # beside a workspace: its plain copy while a kept close makes it
 _FROZEN = "frozen"  # in a sandbox's directory while its processes are stopped for a snapshot
-
-
-def _state(pid: int) -> str:
-    """The one-letter state of a process (T stopped, D uninterruptible ...), "" once it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return ""
-
-
-def _stopped(pid: int) -> bool:
-    return _state(pid) in ("T", "t")
-
-
-def _stop_for_copy(find: Callable[[], list[int]], within: float = 5.0) -> set[int]:
-    """SIGSTOP every process find() lists, round after round until none is new (as _hostproc.stop_all),
-    except that a process in uninterruptible sleep counts as held: it stops, its SIGSTOP pending, before it
-    runs code of its own again, and it may never leave that sleep while we wait (a shell in vfork() whose
-    child we stopped before it exec'd). A second quiet round catches a child it may still have forked."""
-    deadline = time.monotonic() + within
-    stopped: set[int] = set()
-    quiet = 0
-    while time.monotonic() < deadline:
-        settled = all(_state(pid) in ("T", "t", "D", "Z", "X", "") for pid in stopped)
-        fresh = [pid for pid in find() if pid not in stopped]
-        for pid in fresh:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGSTOP)
-            stopped.add(pid)
-        quiet = quiet + 1 if settled and not fresh else 0
-        if quiet >= 2:
-            break
-        if not fresh:
-            time.sleep(0.001)
-    return stopped
-
-
-def _continue(pids: set[int], within: float = 0.5) -> None:
-    """SIGCONT them, and again while one stops anew: nsenter mirrors its child's stop (util-linux
-    continue_as_child), so one continued before it had seen its child stop stops itself again."""
-    deadline = time.monotonic() + within
-    pending, quiet = set(pids), 0
-    while quiet < 3 and time.monotonic() < deadline:
-        for pid in pending:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGCONT)
-        time.sleep(0.002)
-        pending = {pid for pid in pids if _stopped(pid)}
-        quiet = 0 if pending else quiet + 1
 
 
 def _sandbox_pid(host_pid: int) -> int:
@@ -414,16 +366,25 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         """Turn a layered workspace into a plain directory (a closed, kept sandbox leaves no mount behind);
         the sandbox takes copy snapshots from then on."""
         assert self._stack is not None
-        state, box = self._state_dir, self._box
+        state, box, stack = self._state_dir, self._box, self._stack
+        # The plain copy is made beside the workspace, renamed onto it (an empty mount point) and saved;
+        # only then does the upper layer go. A client killed at any point leaves the layered workspace
+        # (connect drops a copy the meta does not name yet: _mount_stack) or the plain one.
+        plain = box.workspace.parent / f"{_MATERIALIZING}{uuid.uuid4().hex}"
         with layers.locked(state):
             layers.unmount(box.workspace)
-            lowers = [layers.copy_upper(state, box.data, self._stack), *self._stack.lowers]
-            layers.drop_upper(box.data, self._stack)
-            with layers.merged_view(state, lowers) as merged:
-                layers.copy_into(merged, box.workspace)
+            lowers = [layers.copy_upper(state, box.data, stack), *stack.lowers]
+            try:
+                with layers.merged_view(state, lowers) as merged:
+                    layers.copy_into_new(merged, plain)
+                plain.rename(box.workspace)
+            except BaseException:
+                fs.remove_tree(plain)
+                raise
             self._stack = None
             self._options = dataclasses.replace(self._options, snapshots="copy")
             self._save(SandboxStatus.closed)
+            layers.drop_upper(box.data, stack)
             layers.collect_garbage(state)
 
     async def _kill_all(self) -> None:
@@ -455,6 +416,15 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             return
         with layers.locked(state):
             self._stack = self._stack.recover(state, box.data)
+            for stray in box.workspace.parent.glob(
+                f"{_MATERIALIZING}*"
+            ):  # a kept close, killed (_materialize)
+                fs.remove_tree(stray)
+            if any(
+                box.workspace.iterdir()
+            ):  # its plain copy, renamed in but not saved: the layers still rule
+                fs.remove_tree(box.workspace)
+                box.workspace.mkdir(mode=0o700)
             layers.mount_stack(state, box.data, box.workspace, self._stack)
 
     # -- namespaces -----------------------------------------------------------------------------------
@@ -679,23 +649,23 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
             for pid in pids:
                 if pid not in seen:
                     seen.add(pid)
-                    if _stopped(pid):
+                    if process_state(pid) in ("T", "t"):
                         before.add(pid)
             return pids
 
         held: set[int] = set()
         try:
-            held = _stop_for_copy(find)
+            held = stop_all(find)
             yield
         finally:
-            _continue(held - before)
+            continue_all(held - before)
             marker.unlink(missing_ok=True)
 
     def _thaw(self) -> None:
         """Continue the processes that a client killed while it had them stopped (see _frozen)."""
         marker = self._box.root / _FROZEN
         if marker.exists():
-            _continue(set(self._sandbox_pids()))
+            continue_all(self._sandbox_pids())
             marker.unlink(missing_ok=True)
 
     def _copy_snapshot(self) -> str:
