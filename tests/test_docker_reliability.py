@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import _reliability
-import httpx
 import pytest
+from test_docker import (  # the engine check runs on import: skipped (failed in CI) without one
+    IMAGE,
+    _engine_client,
+)
 
 from grainchain import SandboxConfig
 from grainchain.errors import CapabilityError, GrainchainError, ProviderError
@@ -33,35 +36,7 @@ from grainchain.providers.docker import _engine as dk
 from grainchain.providers.docker._sync import adapter as docker_adapter  # the sync client's
 from grainchain.sync import Sandbox
 
-IMAGE = "grainchain-test/busybox:latest"
 MiB = 1 << 20
-
-
-def _engine_client(timeout: float = 30) -> httpx.Client:
-    """A plain client of the engine: what a test does to the engine without grainchain."""
-    endpoint = dk.engine_endpoint()
-    transport = httpx.HTTPTransport(uds=endpoint.uds) if endpoint.uds else None
-    return httpx.Client(transport=transport, base_url=endpoint.base_url, timeout=timeout)
-
-
-def _engine_error() -> str | None:
-    endpoint = dk.engine_endpoint()
-    if endpoint.uds and not os.path.exists(endpoint.uds):
-        return f"no docker engine: {endpoint.describe()} does not exist; run .ci/docker-up"
-    try:
-        with _engine_client(timeout=5) as client:
-            if client.get(f"/images/{IMAGE}/json").status_code != 200:
-                return f"the docker engine has no image {IMAGE} (run .ci/docker-up)"
-    except (httpx.HTTPError, OSError) as exc:
-        return f"no docker engine at {endpoint.describe()} ({exc}); run .ci/docker-up"
-    return None
-
-
-_REASON = _engine_error()
-if _REASON is not None:
-    if os.environ.get("GRAINCHAIN_REQUIRE_DOCKER") == "1":
-        raise RuntimeError(f"GRAINCHAIN_REQUIRE_DOCKER=1 but {_REASON}")
-    pytest.skip(_REASON, allow_module_level=True)
 
 
 def config(**fields: Any) -> SandboxConfig:
