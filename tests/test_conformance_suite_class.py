@@ -199,8 +199,9 @@ def test_the_suite_judges_a_provider_by_its_narrowed_capabilities(tmp_path: Path
     assert len(tables) == 2, proc.stdout  # the options' run and the class's
     for table in tables:
         assert [
-            line.split()[:2] for line in table.splitlines() if line.startswith("snapshot.filesystem")
-        ] == [["snapshot.filesystem", "unsupported"]]
+            line.split()[:3] for line in table.splitlines() if line.startswith("snapshot.filesystem")
+        ] == [["snapshot.filesystem", "native", "unsupported"]], "declared, then here"
+        assert "unsupported here: snapshot.filesystem (" in table
 
 
 def test_the_whole_suite_is_inherited() -> None:

@@ -9,31 +9,28 @@ import hashlib
 import io
 import json
 import os
-import random
-import select
-import signal
 import subprocess
-import sys
 import tarfile
-import textwrap
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import _reliability
 import pytest
+from crash_harness import NEW, OLD, CrashCounts, crash_runs
 from test_docker import (  # the engine check runs on import: skipped (failed in CI) without one
     IMAGE,
     _engine_client,
 )
 
 from grainchain import SandboxConfig
-from grainchain.errors import CapabilityError, GrainchainError, ProviderError
+from grainchain.errors import CapabilityError, ProviderError
 from grainchain.providers import _criu as criu_probe
+from grainchain.providers.docker import _cleanup as docker_cleanup
 from grainchain.providers.docker import _engine as dk
 from grainchain.providers.docker._sync import adapter as docker_adapter  # the sync client's
+from grainchain.settings import load_settings
 from grainchain.sync import Sandbox
 
 MiB = 1 << 20
@@ -270,151 +267,182 @@ def test_an_old_criu_on_the_engines_path_narrows_memory_snapshots(
 
 # -- clients killed midway -----------------------------------------------------------------------------
 
-# The client the crash test kills: connects, says so, then runs one operation.
-_CHILD = textwrap.dedent(
-    """
-    import sys
-    from grainchain import SandboxConfig
-    from grainchain.sync import Sandbox
-
-    sandbox_id, op, arg = sys.argv[1:4]
-    sandbox = Sandbox.connect(sandbox_id, provider="docker", config=SandboxConfig(keep_alive=True))
-    data = open(arg, "rb").read() if op == "upload" else b""
-    print("ready", flush=True)
-    if op == "upload":
-        sandbox.upload_file("big", data)
-    elif op == "snapshot":
-        sandbox.create_snapshot()
-    elif op == "restore":
-        sandbox.restore_snapshot(arg)
-    sandbox.detach()
-    print("done", flush=True)
-    """
-)
-KILLS_PER_OP = 10
+# Each operation runs in a client forked by tests/crash_harness.py and SIGKILLed at a random moment of it.
+RUNS = int(os.environ.get("GRAINCHAIN_CRASH_RUNS", "10"))  # per operation (more: `thorough` runs)
 CONTENT_SIZE = 24 * MiB  # big enough that the kills land inside the transfer, small enough to be quick
 
-
-class _Crashes:
-    def __init__(self, sandbox_id: str, workdir: Path) -> None:
-        self.sandbox_id = sandbox_id
-        self.workdir = workdir
-        self.runs: dict[str, int] = {}
-        self.killed: dict[str, int] = {}
-        self.failures: list[str] = []
-        self.untyped = 0  # errors outside grainchain's tree while checking
-
-    def run_child(self, op: str, arg: str, kill_after: float | None) -> float:
-        """Run one client through `op`; SIGKILL it `kill_after` seconds after it connected (None: let it
-        finish). How long the operation ran."""
-        with subprocess.Popen(
-            [sys.executable, "-c", _CHILD, self.sandbox_id, op, arg],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        ) as child:
-            assert child.stdout is not None
-            assert child.stderr is not None
-            try:
-                ready, _, _ = select.select([child.stdout], [], [], 60)
-                line = child.stdout.readline() if ready else b""
-                assert line == b"ready\n", f"the client did not connect: {line!r} {child.stderr.read()!r}"
-                started = time.monotonic()
-                if kill_after is None:
-                    _, errors = child.communicate(timeout=120)
-                    assert child.returncode == 0, errors
-                    return time.monotonic() - started
-                time.sleep(kill_after)
-                finished = child.poll() is not None
-                child.send_signal(signal.SIGKILL)
-                child.wait(30)
-                self.runs[op] = self.runs.get(op, 0) + 1
-                if not finished:
-                    self.killed[op] = self.killed.get(op, 0) + 1
-                return time.monotonic() - started
-            finally:
-                if child.poll() is None:
-                    child.kill()
-
-    def check(self, op: str, allowed: dict[str, str]) -> str | None:
-        """A fresh client connects, the sandbox works, its one container is the sandbox, and `big` is one
-        of the allowed contents (digest -> name), never a mix: which one (None: the check failed)."""
-        try:
-            listed = [s for s in Sandbox.list_sandboxes("docker") if s.sandbox_id == self.sandbox_id]
-            assert len(listed) == 1, f"listed {len(listed)} times"
-            with _connect(self.sandbox_id) as sandbox:
-                assert sandbox.execute("echo ok").stdout == "ok\n", "the sandbox does not run commands"
-                digest = _digest(sandbox, "big")
-                assert digest in allowed, "the file is neither the old nor the new content"
-                # a killed upload's hidden file stays until an upload there finds it old (15 min): not
-                # here, or every snapshot after would carry them
-                sandbox.execute(f"rm -f {dk.UPLOAD_PREFIX}*")
-                return allowed[digest]
-        except Exception as exc:  # counted: the summary says how many runs failed and how
-            self.failures.append(f"{op}: {type(exc).__name__}: {exc}")
-            self.untyped += not isinstance(exc, GrainchainError | AssertionError)
-            return None
+UPLOAD = """
+sb = connect()
+data = open(CONTEXT["file"], "rb").read()
+started()
+sb.upload_file("big", data)
+done()
+"""
+SNAPSHOT = """
+sb = connect()
+started()
+sb.create_snapshot()
+done()
+"""
+RESTORE = """
+sb = connect()
+started()
+sb.restore_snapshot(CONTEXT["snapshot"])
+done()
+"""
+CREATE = """
+started()
+Sandbox("docker", SandboxConfig(image=CONTEXT["image"])).start()
+done()
+"""
 
 
-def test_clients_killed_midway_leave_a_working_sandbox_with_old_or_new_content(
-    kept: Sandbox, tmp_path: Path
-) -> None:
-    """SIGKILL a client at random points of an upload over an existing file, a snapshot and a restore; a
-    fresh client then connects, commands run, the sandbox is one container, and the file is the old or the
-    new content."""
+def _assert_no_loss(counts: CrashCounts, leftovers: int = 0) -> None:
+    print(counts.summary())
+    _reliability.record(
+        "docker", faults=counts.runs, lost=counts.lost, untyped=counts.untyped, leftovers=leftovers
+    )
+    assert counts.landed >= counts.runs // 3, f"too few kills landed mid-operation: {counts.summary()}"
+    assert counts.lost == 0, "\n".join([counts.summary(), *counts.problems])
+    assert counts.untyped == 0, "\n".join([counts.summary(), *counts.problems])
+
+
+def _one_sandbox_with(sandbox_id: str, digests: dict[str, str]) -> str:
+    """A fresh client connects, commands run, the sandbox is one container, and `big` is one of the
+    contents (digest -> OLD/NEW), never a mix."""
+    listed = [s for s in Sandbox.list_sandboxes("docker") if s.sandbox_id == sandbox_id]
+    assert len(listed) == 1, f"the sandbox is listed {len(listed)} times"
+    with _connect(sandbox_id) as sandbox:
+        assert sandbox.execute("echo ok").stdout == "ok\n", "the sandbox does not run commands"
+        digest = _digest(sandbox, "big")
+        # a killed upload's hidden file stays until an upload there finds it old (15 min): not here, or
+        # every later snapshot would carry them
+        sandbox.execute(f"rm -f {dk.UPLOAD_PREFIX}*")
+    assert digest in digests, "the file is neither the old nor the new content"
+    return digests[digest]
+
+
+@pytest.fixture
+def contents(tmp_path: Path) -> dict[str, Path]:
+    files = {}
+    for name, byte in (("a", 0x61), ("b", 0x62)):
+        files[name] = tmp_path / name
+        files[name].write_bytes(bytes([byte]) * CONTENT_SIZE)
+    return files
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_killed_upload_leaves_the_old_or_the_new_file(kept: Sandbox, contents: dict[str, Path]) -> None:
     sandbox_id = kept.sandbox_id
     assert sandbox_id is not None
-    rng = random.Random(os.environ.get("GRAINCHAIN_CRASH_SEED", uuid.uuid4().hex))
-    contents = {name: bytes([byte]) * CONTENT_SIZE for name, byte in (("a", 0x61), ("b", 0x62))}
-    digests = {hashlib.sha256(data).hexdigest(): name for name, data in contents.items()}
-    files = {}
-    for name, data in contents.items():
-        files[name] = tmp_path / name
-        files[name].write_bytes(data)
-    crashes = _Crashes(sandbox_id, tmp_path)
-    snapshots: list[str] = []
     with _connect(sandbox_id) as sandbox:
-        sandbox.upload_file("big", contents["a"])
-        snapshot_a = sandbox.create_snapshot()
-        snapshots.append(snapshot_a)
-    try:
-        # how long each operation takes when it is left alone: the kills are spread over that
-        took = {
-            "upload": crashes.run_child("upload", str(files["b"]), None),
-            "snapshot": crashes.run_child("snapshot", "", None),
-            "restore": crashes.run_child("restore", snapshot_a, None),
-        }
-        current: str | None = "a"  # restored
-        for _ in range(KILLS_PER_OP):
-            new = "b" if current == "a" else "a"
-            crashes.run_child("upload", str(files[new]), rng.uniform(0, took["upload"] * 1.1))
-            current = crashes.check("upload", digests)
-            crashes.run_child("snapshot", "", rng.uniform(0, took["snapshot"] * 1.1))
-            current = crashes.check("snapshot", digests)
-            if current != "b":  # so that the restore (to "a") changes the content
-                with _connect(sandbox_id) as sandbox:
-                    sandbox.upload_file("big", contents["b"])
-            crashes.run_child("restore", snapshot_a, rng.uniform(0, took["restore"] * 1.1))
-            current = crashes.check("restore", digests)
+        sandbox.upload_file("big", contents["a"].read_bytes())
+    current = {"name": "a"}
+
+    def setup(i: int) -> dict[str, Any]:
+        new = "b" if current["name"] == "a" else "a"
+        return {"sandbox_id": sandbox_id, "file": str(contents[new]), "old": current["name"], "new": new}
+
+    def check(context: dict[str, Any]) -> str:
+        found = _one_sandbox_with(
+            sandbox_id, {_sha(contents[context["old"]]): OLD, _sha(contents[context["new"]]): NEW}
+        )
+        if found == NEW:
+            current["name"] = context["new"]
+        return found
+
+    _assert_no_loss(crash_runs("docker", setup, UPLOAD, check, runs=RUNS, seed=11))
+
+
+def test_a_killed_snapshot_leaves_a_working_sandbox_and_whole_snapshots(
+    kept: Sandbox, contents: dict[str, Path]
+) -> None:
+    sandbox_id = kept.sandbox_id
+    assert sandbox_id is not None
+    with _connect(sandbox_id) as sandbox:
+        sandbox.upload_file("big", contents["a"].read_bytes())
+        before = {s.snapshot_id for s in sandbox.list_snapshots()}
+    digest = {_sha(contents["a"]): OLD}
+    made: set[str] = set()
+
+    def setup(i: int) -> dict[str, Any]:
+        return {"sandbox_id": sandbox_id}
+
+    def check(context: dict[str, Any]) -> str:
+        _one_sandbox_with(sandbox_id, digest)  # the sandbox runs on, unpaused, its file whole
         with _connect(sandbox_id) as sandbox:
-            snapshots += [
-                s.snapshot_id for s in sandbox.list_snapshots() if s.source_sandbox_id == sandbox_id
-            ]
+            fresh = {s.snapshot_id for s in sandbox.list_snapshots()} - before - made
+        made.update(fresh)
+        return NEW if fresh else OLD
+
+    try:
+        counts = crash_runs("docker", setup, SNAPSHOT, check, runs=RUNS, seed=12)
+        with _connect(sandbox_id) as sandbox:  # every snapshot that appeared restores the whole file
+            sandbox.upload_file("big", contents["b"].read_bytes())
+            for snapshot in made:
+                sandbox.restore_snapshot(snapshot)
+                assert _digest(sandbox, "big") == _sha(contents["a"]), f"{snapshot} is not whole"
     finally:
-        with _engine_client() as client:
-            for snapshot in set(snapshots):
-                client.delete(f"/images/{snapshot}", params={"force": "1"})
-    summary = ", ".join(
-        f"{op}: {crashes.runs.get(op, 0)} runs, {crashes.killed.get(op, 0)} killed midway" for op in took
-    )
-    print(f"\ncrash test (docker): {summary}; {len(crashes.failures)} failures")
-    _reliability.record(
-        "docker",
-        faults=sum(crashes.runs.values()),
-        lost=sum("neither the old nor the new" in f for f in crashes.failures),
-        leftovers=sum("listed" in f for f in crashes.failures),
-        untyped=crashes.untyped,
-    )
-    assert not crashes.failures, "\n".join(crashes.failures)
-    assert sum(crashes.killed.values()) >= KILLS_PER_OP, (
-        f"too few kills landed inside an operation: {summary}"
-    )
+        _delete_images(made)
+    _assert_no_loss(counts)
+
+
+def test_a_killed_restore_leaves_one_working_container_with_either_content(
+    kept: Sandbox, contents: dict[str, Path]
+) -> None:
+    sandbox_id = kept.sandbox_id
+    assert sandbox_id is not None
+    with _connect(sandbox_id) as sandbox:
+        sandbox.upload_file("big", contents["a"].read_bytes())
+        snapshot = sandbox.create_snapshot()
+    digests = {_sha(contents["b"]): OLD, _sha(contents["a"]): NEW}
+
+    def setup(i: int) -> dict[str, Any]:
+        with _connect(sandbox_id) as sandbox:
+            sandbox.upload_file("big", contents["b"].read_bytes())  # so that the restore changes it
+        return {"sandbox_id": sandbox_id, "snapshot": snapshot}
+
+    def check(context: dict[str, Any]) -> str:
+        return _one_sandbox_with(sandbox_id, digests)
+
+    try:
+        counts = crash_runs("docker", setup, RESTORE, check, runs=RUNS, seed=13)
+    finally:
+        _delete_images({snapshot})
+    _assert_no_loss(counts)
+
+
+def test_a_killed_create_leaves_a_working_sandbox_or_one_cleanup_removes() -> None:
+    """A client killed while it creates a sandbox: what appeared works, and `grainchain cleanup` removes
+    whatever it left (its owner is dead), so that nothing of it stays behind."""
+    settings = load_settings()
+    seen: set[str] = {s.sandbox_id for s in Sandbox.list_sandboxes("docker")}
+
+    def setup(i: int) -> dict[str, Any]:
+        return {"image": IMAGE}
+
+    def check(context: dict[str, Any]) -> str:
+        fresh = [s.sandbox_id for s in Sandbox.list_sandboxes("docker") if s.sandbox_id not in seen]
+        seen.update(fresh)
+        for sandbox_id in fresh:
+            with _connect(sandbox_id) as sandbox:
+                assert sandbox.execute("echo ok").stdout == "ok\n"
+        return NEW if fresh else OLD
+
+    counts = crash_runs("docker", setup, CREATE, check, runs=RUNS, seed=14)
+    found = [f"{o.kind} {o.name}" for o in docker_cleanup.leftovers(settings) if o.kind != "record"]
+    for leftover in docker_cleanup.leftovers(settings):
+        leftover.remove()
+    left = [f"{o.kind} {o.name}: {o.why}" for o in docker_cleanup.leftovers(settings)]
+    print(f"cleanup after the killed creates removed {len(found)}: {found}")
+    _assert_no_loss(counts, leftovers=len(left))
+    assert not left, f"grainchain cleanup left {left}"
+
+
+def _delete_images(snapshots: set[str]) -> None:
+    with _engine_client() as client:
+        for snapshot in snapshots:
+            client.delete(f"/images/{snapshot}", params={"force": "1"})

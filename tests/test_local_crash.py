@@ -25,7 +25,7 @@ from grainchain.settings import load_settings
 from grainchain.sync import Sandbox
 
 MODES = ["none"] + ([] if namespaces_unavailable() else ["namespaces"])
-RUNS = 15
+RUNS = int(os.environ.get("GRAINCHAIN_CRASH_RUNS", "15"))  # per operation and mode (more: thorough runs)
 BIG = 32 << 20  # bytes of the uploaded file
 
 
@@ -98,6 +98,7 @@ def test_a_killed_upload_leaves_the_old_or_the_new_file(isolation: str) -> None:
             _text(first, "chmod 640 big.bin")
         current = {"byte": ord("a")}
         expected: dict[str, Any] = {"size": BIG}
+        temps_left: list[str] = []
 
         def setup(i: int) -> dict[str, Any]:
             if expected.get("broken"):  # a mix was found: back to a known file, so runs stay independent
@@ -121,10 +122,17 @@ def test_a_killed_upload_leaves_the_old_or_the_new_file(isolation: str) -> None:
             with _attached(sandbox_id) as box:
                 data = box.download_file("big.bin")
                 mode = box.get_file_info("big.bin").mode
-                leftovers = _text(box, "ls -A | grep -v '^big.bin$' || true")
+                leftovers = _text(box, "ls -A | grep -v '^big.bin$' || true").split()
+                # a kill between naming the finished temporary file and renaming it over big.bin leaves
+                # it (a window of two syscalls): counted as a leftover, not as data lost
+                strays = [n for n in leftovers if n.startswith(".grainchain-upload-")]
+                if strays:
+                    temps_left.extend(strays)
+                    _text(box, "rm -f .grainchain-upload-*")
             expected["broken"] = True  # until proven otherwise
             assert mode == 0o640, f"mode {mode:o}"
-            assert not leftovers, f"left in the workspace: {leftovers}"
+            others = sorted(set(leftovers) - set(strays))
+            assert not others, f"left in the workspace: {others}"
             old, new = expected["old"], expected["new"]
             if len(data) == expected["old_size"] and data == old * len(data):
                 expected["broken"] = False
@@ -141,7 +149,10 @@ def test_a_killed_upload_leaves_the_old_or_the_new_file(isolation: str) -> None:
                 return NEW
             return f"a mix: {len(data)} bytes, starting {data[:4]!r}, ending {data[-4:]!r}"
 
-        _assert_no_loss(crash_runs("local", setup, UPLOAD, check, runs=RUNS, seed=1))
+        counts = crash_runs("local", setup, UPLOAD, check, runs=RUNS, seed=1)
+        print(f"temporary files left by killed uploads: {len(temps_left)}")
+        _reliability.record("local", leftovers=len(temps_left))
+        _assert_no_loss(counts)
 
 
 SNAPSHOT = """

@@ -417,4 +417,4 @@ def _table(
             f"{counts['skipped']:>7}"
         )
     for feature, reason in target.missing.items():
-        write(f"{feature.value} is unsupported here: {reason}")
+        write(f"unsupported here: {feature.value} ({reason})")

@@ -414,7 +414,8 @@ def start_holder(
         userns = use_userns()
         rootfs = log_file.parent / "rootfs" if rootfs is None else rootfs
         shutil.rmtree(rootfs, ignore_errors=True)  # bwrap makes its mount points and links there afresh
-        rootfs.mkdir(mode=0o755)
+        # (exist_ok: a holder a killed client was starting may still be making them: the same ones)
+        rootfs.mkdir(mode=0o755, exist_ok=True)
         args = holder_args(workspace, tmp, rootfs, network=network, userns=userns, seccomp_fd=filter_r)
         payload = "\0".join(["--info-fd", str(info_w), *args]) + "\0"
         os.write(filter_w, seccomp.program())  # a few KiB: fits the pipe's buffer

@@ -146,6 +146,7 @@ class SandboxDir:
             # `creating` until the adapter saves what it made (its runtime): a creator killed before that
             # leaves a sandbox that open() does not find, never one that connects half-made
             box.save(SandboxStatus.running, config, created_at=datetime.now(UTC), runtime={CREATING: True})
+            (box.root / OWNER_FILE).unlink()  # meta.json names the owner from now on
         except BaseException:
             box.remove()  # nothing half-made stays behind
             raise

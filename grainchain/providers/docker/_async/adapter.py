@@ -71,6 +71,9 @@ _BIG_TIMEOUT = 600.0  # commits, checkpoints, restores and uploads of big things
 _BUILD_TIMEOUT = 3600.0  # image pulls and builds (the read timeout: between two progress lines)
 _STREAMS = {1: Stream.STDOUT, 2: Stream.STDERR}
 _KILL_TIMEOUT = 30.0
+# a start's answers: 304 when it runs already (another client, or a dead one's request, started it first)
+_STARTED = (204, 304)
+_UNPAUSE_WAIT = 10.0  # seconds a paused container is given to be unpaused by the commit that paused it
 # Work in proportion to a size (listings) is done on the event loop up to this many bytes
 # (microseconds), in a worker thread beyond (a big listing would stall every other sandbox).
 _INLINE_BYTES = 64 * 1024
@@ -349,7 +352,7 @@ async def _make_running(engine: _Engine, container_id: str, state: str) -> None:
             if "is not paused" not in exc.message:
                 raise
     elif state != "running":
-        await engine.request("POST", f"/containers/{container_id}/start", "start container")
+        await engine.request("POST", f"/containers/{container_id}/start", "start container", ok=_STARTED)
 
 
 async def _remove(engine: _Engine, container: str) -> None:
@@ -602,7 +605,9 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         container_id = str(created["Id"])
         try:
             if checkpoint is None:
-                await engine.request("POST", f"/containers/{container_id}/start", "start container")
+                await engine.request(
+                    "POST", f"/containers/{container_id}/start", "start container", ok=_STARTED
+                )
             else:
                 await _resume(engine, container_id, *checkpoint)
         except BaseException as exc:
@@ -830,9 +835,17 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             "Env": [f"{k}={v}" for k, v in env.items()],
             "WorkingDir": self._cwd if working_dir is None else dk.resolve(self._cwd, working_dir),
         }
-        created = await self._engine.json(
-            "POST", f"/containers/{self._container}/exec", "create exec", json=body
-        )
+        try:
+            created = await self._engine.json(
+                "POST", f"/containers/{self._container}/exec", "create exec", json=body
+            )
+        except ProviderError as exc:
+            if "is paused" not in exc.message:
+                raise
+            await self._unpaused()
+            created = await self._engine.json(
+                "POST", f"/containers/{self._container}/exec", "create exec", json=body
+            )
         exec_id = str(created["Id"])
         response = await self._engine.open_stream(
             f"/exec/{exec_id}/start",
@@ -945,6 +958,18 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
         run = await self._start_exec(["sh", "-c", script, "sh", *args], "/", None, started + dk.API_TIMEOUT)
         result = await run_to_completion(run, "helper", output, dk.API_TIMEOUT, started)
         return result.return_code, bytes(output._data[Stream.STDOUT])
+
+    async def _unpaused(self) -> None:
+        """Wait until a commit that paused the container (a snapshot by another client, or by a dead one
+        whose request the engine still carries out) has unpaused it; if it stays paused, the commit's
+        client died and left it so: unpause it."""
+        deadline = time.monotonic() + _UNPAUSE_WAIT
+        while time.monotonic() < deadline:
+            inspected = await self._engine.json("GET", f"/containers/{self._container}/json", "inspect")
+            if not (inspected.get("State") or {}).get("Paused"):
+                return
+            await asleep(0.05)
+        await _make_running(self._engine, self._container, "paused")
 
     # -- files ----------------------------------------------------------------------------------------
 
@@ -1195,7 +1220,9 @@ class AsyncDockerAdapter(AsyncSandboxAdapter):
             await _resume(self._engine, self._container, name, None)
         except GrainchainError as exc:
             with contextlib.suppress(GrainchainError):
-                await self._engine.request("POST", f"/containers/{self._container}/start", "start container")
+                await self._engine.request(
+                    "POST", f"/containers/{self._container}/start", "start container", ok=_STARTED
+                )
             raise ProviderError(
                 f"the sandbox's processes could not be resumed after the checkpoint ({exc.message}); "
                 "the container was restarted without them",
