@@ -5,6 +5,7 @@ offline by .ci/docker-up); skips without one, unless GRAINCHAIN_REQUIRE_DOCKER=1
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -25,7 +26,7 @@ from test_docker import (  # the engine check runs on import: skipped (failed in
 )
 
 from grainchain import SandboxConfig
-from grainchain.errors import CapabilityError, ProviderError
+from grainchain.errors import CapabilityError, GrainchainError, ProviderError
 from grainchain.providers import _criu as criu_probe
 from grainchain.providers.docker import _cleanup as docker_cleanup
 from grainchain.providers.docker import _engine as dk
@@ -419,27 +420,36 @@ def test_a_killed_create_leaves_a_working_sandbox_or_one_cleanup_removes() -> No
     """A client killed while it creates a sandbox: what appeared works, and `grainchain cleanup` removes
     whatever it left (its owner is dead), so that nothing of it stays behind."""
     settings = load_settings()
-    seen: set[str] = {s.sandbox_id for s in Sandbox.list_sandboxes("docker")}
+    before = {s.sandbox_id for s in Sandbox.list_sandboxes("docker")}
+    seen = set(before)
 
     def setup(i: int) -> dict[str, Any]:
         return {"image": IMAGE}
 
     def check(context: dict[str, Any]) -> str:
+        # listed now: it works, and it is left as its dead client left it (for the cleanup below)
         fresh = [s.sandbox_id for s in Sandbox.list_sandboxes("docker") if s.sandbox_id not in seen]
         seen.update(fresh)
         for sandbox_id in fresh:
-            with _connect(sandbox_id) as sandbox:
+            with Sandbox.connect(sandbox_id, provider="docker") as sandbox:
                 assert sandbox.execute("echo ok").stdout == "ok\n"
+                sandbox.detach()  # (and owned by nobody: a detached sandbox is never reaped) ...
         return NEW if fresh else OLD
 
-    counts = crash_runs("docker", setup, CREATE, check, runs=RUNS, seed=14)
-    found = [f"{o.kind} {o.name}" for o in docker_cleanup.leftovers(settings) if o.kind != "record"]
-    for leftover in docker_cleanup.leftovers(settings):
-        leftover.remove()
-    left = [f"{o.kind} {o.name}: {o.why}" for o in docker_cleanup.leftovers(settings)]
-    print(f"cleanup after the killed creates removed {len(found)}: {found}")
+    try:
+        counts = crash_runs("docker", setup, CREATE, check, runs=RUNS, seed=14)
+        found = [f"{o.kind} {o.name}" for o in docker_cleanup.leftovers(settings) if o.kind != "record"]
+        for leftover in docker_cleanup.leftovers(settings):
+            leftover.remove()
+        print(f"cleanup after the killed creates removed {len(found)}: {found}")
+    finally:
+        # ... so the ones checked go here; what else is left of the killed creates is a leftover
+        for sandbox_id in seen - before:
+            with contextlib.suppress(GrainchainError):
+                Sandbox.connect(sandbox_id, provider="docker").close()
+    left = [s.sandbox_id for s in Sandbox.list_sandboxes("docker") if s.sandbox_id not in before]
     _assert_no_loss(counts, leftovers=len(left))
-    assert not left, f"grainchain cleanup left {left}"
+    assert not left, f"sandboxes of killed creates left behind: {left}"
 
 
 def _delete_images(snapshots: set[str]) -> None:
