@@ -221,7 +221,7 @@ def children(pid: int) -> list[int]:
 
 
 def _release(spared: Iterable[int], *, within: float = 1.0) -> None:
-    """Continue each spared launcher (see _continue) so that it reaps its killed child and exits; one that
+    """Continue each spared launcher (see continue_all) so that it reaps its killed child and exits; one that
     has not reaped it once continued is killed after all."""
     spared = list(spared)
     continue_all(spared)

@@ -36,7 +36,7 @@ from typing import Any, Literal, cast
 
 from grainchain.errors import ConfigurationError, ProviderError, ProviderUnavailableError
 from grainchain.providers.local import _seccomp as seccomp
-from grainchain.providers.local._hostproc import children
+from grainchain.providers.local._hostproc import children, process_state
 
 PROVIDER = "local"
 WORKSPACE = "/workspace"  # the workspace as sandboxed commands see it
@@ -384,11 +384,7 @@ class Holder:
 
 def _alive(pid: int) -> bool:
     """Running, not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] not in (b"Z", b"X")
-    except OSError:
-        return False
+    return process_state(pid) not in ("Z", "X", "")
 
 
 def start_holder(

@@ -1015,7 +1015,7 @@ class DockerAdapter(SandboxAdapter):
         """Write directory/name atomically: a big archive goes to a hidden file beside it, which is then
         renamed over it, so that a client killed midway leaves the old content or the new, never neither
         (the engine's archive upload removes the file it replaces before writing the new one)."""
-        if len(data) + 1024 <= _INLINE_BYTES:
+        if dk.tar_one_file(name, data, permissions)[0] <= _INLINE_BYTES:  # (the measure _put goes by)
             # A small archive goes in one write, which the socket takes whole: a client killed after it
             # leaves the engine the whole archive, and one killed before, none (an exec saved: ~90 ms).
             self._put(directory, name, data, permissions)
