@@ -122,6 +122,10 @@ _CHECK_FUNCTIONS = {
         "content",
         "env_names",
         "write_mode",
+        "if_running",
+        "optional_content",
+        "flag",
+        "local_path",
     )
 }
 
@@ -174,7 +178,8 @@ def _requirement_lines(op_name: str, op: dict[str, Any]) -> list[str]:
             ((param, value),) = req["when_equals"].items()
             kind = op["params"][param]["type"]
             expected = f"{kind}.{value}" if kind == "SnapshotKind" else repr(value)
-            lines += [f"        if {param} == {expected}:", f"            features.append({member})"]
+            same = "is" if isinstance(value, bool) else "=="  # a flag (checked to be a bool): no E712
+            lines += [f"        if {param} {same} {expected}:", f"            features.append({member})"]
     lines.append(f"        adapter = self._gate({op_name!r}, *features)")
     return lines
 
@@ -218,7 +223,7 @@ def render_facade(spec: dict[str, Any]) -> str:
         *(f"    {function}," for function in _used_checks(spec)),
         ")",
         "from grainchain._generated.features import Feature",
-        "from grainchain._types import OutputCallback",
+        "from grainchain._types import IfProcessesRunning, LocalPath, OutputCallback",
         "from grainchain.models import ExecutionResult, FileInfo, SnapshotInfo, SnapshotKind",
         "",
         "",

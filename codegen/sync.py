@@ -17,6 +17,7 @@ REPLACEMENTS = {
     "_async": "_sync",
     # _acompat primitives
     "aselect": "select",
+    "awritable": "writable",
     "astart_task": "start_task",
     "AsyncTask": "Task",
     "arun_blocking": "run_blocking",
@@ -26,6 +27,7 @@ REPLACEMENTS = {
     "ascope": "scope",
     "asleep": "sleep",
     "AsyncEvent": "Event",
+    "AsyncLock": "Lock",
     "afail_after": "fail_after",
     # facade and adapters
     "AsyncSandbox": "Sandbox",

@@ -32,6 +32,8 @@ from grainchain.errors import (
     NotFoundError,
     OutputLimitExceededError,
     PathOutsideSandboxError,
+    PermissionDeniedError,
+    ProcessesRunningError,
     ProviderError,
     ProviderNotFoundError,
     ProviderUnavailableError,
@@ -40,6 +42,7 @@ from grainchain.errors import (
     SandboxNotFoundError,
     SandboxNotRunningError,
     SnapshotNotFoundError,
+    StdinClosedError,
 )
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time __getattr__ below imports these on first use
@@ -121,6 +124,8 @@ __all__ = [
     "NotFoundError",
     "OutputLimitExceededError",
     "PathOutsideSandboxError",
+    "PermissionDeniedError",
+    "ProcessesRunningError",
     "ProviderError",
     "ProviderInfo",
     "ProviderNotFoundError",
@@ -136,5 +141,6 @@ __all__ = [
     "SnapshotInfo",
     "SnapshotKind",
     "SnapshotNotFoundError",
+    "StdinClosedError",
     "SupportLevel",
 ]

@@ -104,6 +104,46 @@ async def aselect(fds: Iterable[int], timeout: float | None) -> list[int]:
     return sorted(ready)
 
 
+async def awritable(fd: int, timeout: float | None) -> bool:
+    """Whether `fd` can be written (or its reader is gone: the write then fails), waiting at most `timeout`."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    timer = None if timeout is None else loop.call_later(max(0.0, timeout), wake)
+    writable = False
+
+    def on_writable() -> None:
+        nonlocal writable
+        writable = True
+        wake()
+
+    try:
+        loop.add_writer(fd, on_writable)
+        await ready
+    finally:
+        if timer is not None:
+            timer.cancel()
+        loop.remove_writer(fd)
+    return writable
+
+
+class AsyncLock:
+    """Mutual exclusion between tasks (asyncio.Lock); `async with lock:`."""
+
+    def __init__(self) -> None:
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> None:
+        await self._lock.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class AsyncTask:
     """A function running concurrently as an asyncio task."""
 
@@ -236,6 +276,26 @@ def select(fds: Iterable[int], timeout: float | None) -> list[int]:
     return sorted({fd for fd, _ in events})
 
 
+def writable(fd: int, timeout: float | None) -> bool:
+    """Whether `fd` can be written (or its reader is gone: the write then fails), waiting at most `timeout`."""
+    poller = _select.poll()
+    poller.register(fd, _select.POLLOUT)
+    return bool(poller.poll(None if timeout is None else max(0.0, timeout) * 1000))
+
+
+class Lock:
+    """Mutual exclusion between threads (threading.Lock); `with lock:`."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
 class Task:
     """A function running concurrently in a daemon thread."""
 
@@ -317,9 +377,11 @@ __all__ = [
     "AFLAVOUR",
     "FLAVOUR",
     "AsyncEvent",
+    "AsyncLock",
     "AsyncTask",
     "Deadline",
     "Event",
+    "Lock",
     "Runner",
     "Task",
     "afail_after",
@@ -329,6 +391,7 @@ __all__ = [
     "aselect",
     "asleep",
     "astart_task",
+    "awritable",
     "fail_after",
     "run_blocking",
     "run_in",
@@ -336,4 +399,5 @@ __all__ = [
     "select",
     "sleep",
     "start_task",
+    "writable",
 ]

@@ -17,6 +17,7 @@ is accepted; SandboxConfig turns it into a ConfigurationError. The limits:
 from __future__ import annotations
 
 import math
+import os
 import posixpath
 import re
 from collections.abc import Callable, Mapping
@@ -27,11 +28,13 @@ from grainchain.errors import InvalidArgumentError, PathOutsideSandboxError
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 WRITE_MODES = ("w", "wb", "a", "ab")
+IF_PROCESSES_RUNNING = ("kill", "refuse")  # grainchain._types.IfProcessesRunning
 MAX_COMMAND_BYTES = 60 * 1024
 MAX_ARGUMENT_BYTES = 120 * 1024
 MAX_ENVIRONMENT_BYTES = 512 * 1024
 MAX_PATH_BYTES = 4095
 MAX_NAME_BYTES = 255
+MAX_CPUS = 4096  # what any SandboxConfig.cpu_limit may ask; each provider refuses more than it has at create
 MAX_TIMEOUT = 7 * 24 * 3600.0  # a week; longer waits overflow some platforms' clocks and poll()
 E = TypeVar("E", bound=Enum)
 
@@ -137,6 +140,16 @@ def check_positive(operation: str, name: str, value: object) -> None:
         raise _refuse(operation, name, value, accepted)
 
 
+def check_cpu_limit(operation: str, name: str, value: object) -> None:
+    """A number of cores: more than 0, at most MAX_CPUS."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not 0 < value <= MAX_CPUS  # (nan is not > 0)
+    ):
+        raise _refuse(operation, name, value, f"a number of cores more than 0 and at most {MAX_CPUS}")
+
+
 def no_limit(timeout: float | None) -> float | None:
     """A checked timeout as waits take it: math.inf is None (no limit)."""
     return None if timeout is None or math.isinf(timeout) else timeout
@@ -152,6 +165,26 @@ def check_content(operation: str, name: str, value: object) -> None:
         raise _refuse(operation, name, value, "str (written as UTF-8) or bytes")
     if isinstance(value, str):
         _unicode(operation, name, value)
+
+
+def check_optional_content(operation: str, name: str, value: object) -> None:
+    if value is not None:
+        check_content(operation, name, value)
+
+
+def check_flag(operation: str, name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise _refuse(operation, name, value, "True or False")
+
+
+def check_local_path(operation: str, name: str, value: object) -> None:
+    """A path of the client's machine: a non-empty str or os.PathLike of str, without NUL."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise _refuse(operation, name, value, "a path of this machine (a non-empty str or os.PathLike)")
+    if "\0" in value:
+        raise _refuse(operation, name, value, "a path without NUL characters")
 
 
 def check_env_names(operation: str, name: str, value: object) -> None:
@@ -192,6 +225,11 @@ def check_write_mode(operation: str, name: str, value: object) -> None:
         raise _refuse(operation, name, value, f"one of {', '.join(map(repr, WRITE_MODES))}")
 
 
+def check_if_running(operation: str, name: str, value: object) -> None:
+    if value not in IF_PROCESSES_RUNNING:
+        raise _refuse(operation, name, value, f"one of {', '.join(map(repr, IF_PROCESSES_RUNNING))}")
+
+
 def as_enum(operation: str, name: str, enum: type[E], value: object) -> E:
     """The enum member a value names ("memory" or SnapshotKind.memory), so adapters only see members."""
     try:
@@ -229,5 +267,7 @@ CHECKS: dict[str, Callable[[str, str, object], None]] = {
     "content": check_content,
     "env_names": check_env_names,
     "write_mode": check_write_mode,
+    "if_running": check_if_running,
+    "local_path": check_local_path,
 }
 """The spec's check names and their functions (codegen calls them by name)."""

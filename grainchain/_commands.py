@@ -32,6 +32,32 @@ for round in 1 2 3 4 5; do
 done
 """
 
+# For the same providers: `sh -c SCRIPT sh SANDBOX_LINE` prints "pid<TAB>command line" for every live process
+# of the sandbox (SANDBOX_LINE: `GRAINCHAIN_SANDBOX_ID=<id>`) that a command started (it carries an exec
+# marker; the helper itself and its children carry none): what restore_snapshot(if_processes_running=
+# "refuse") reports. A zombie's environ reads empty: only processes that still run are listed.
+LIST_MARKED_SCRIPT = r"""
+for d in /proc/[0-9]*; do
+  p=${d#/proc/}
+  [ "$p" = "$$" ] && continue
+  env=$(tr '\0' '\n' 2>/dev/null <"$d/environ") || continue
+  printf '%s\n' "$env" | grep -qxF -e "$1" || continue
+  printf '%s\n' "$env" | grep -q '^GRAINCHAIN_EXEC_ID=' || continue
+  printf '%s\t%s\n' "$p" "$(tr '\0' ' ' 2>/dev/null <"$d/cmdline")"
+done
+exit 0
+"""
+
+
+def listed_processes(output: str) -> list[str]:
+    """LIST_MARKED_SCRIPT's output as restore_snapshot's ProcessesRunningError shows it: "pid N: command"."""
+    found = []
+    for line in output.splitlines():
+        pid, _, args = line.partition("\t")
+        if pid.strip().isdigit():
+            found.append(f"pid {pid.strip()}: {args.strip() or '?'}")
+    return found
+
 
 def settle(
     command: str,

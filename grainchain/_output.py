@@ -1,5 +1,8 @@
 """Collects a command's stdout/stderr: keeps the bytes, decodes them incrementally for callbacks, enforces a cap.
 
+One copy of the output: the bytes, in a BytesIO whose getvalue() hands over its buffer without copying
+(a later write copies it); the text is decoded from them when asked for (once, for a finished command).
+
 Shared by every adapter; thread-safe because the sync client drains background processes in a thread while
 the caller reads the output so far.
 """
@@ -7,8 +10,10 @@ the caller reads the output so far.
 from __future__ import annotations
 
 import codecs
+import io
 import threading
 from enum import Enum
+from typing import NamedTuple
 
 from grainchain._types import OutputCallback
 from grainchain.errors import CommandTimeoutError, MemoryLimitExceededError, OutputLimitExceededError
@@ -20,6 +25,13 @@ class Stream(Enum):
     STDERR = "stderr"
 
 
+class Output(NamedTuple):
+    stdout: str
+    stderr: str
+    stdout_bytes: bytes | None
+    stderr_bytes: bytes | None
+
+
 class OutputCollector:
     def __init__(
         self,
@@ -27,17 +39,23 @@ class OutputCollector:
         limit: int,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        raw: bool = True,
     ) -> None:
         self.limit = limit
         self.overflowed = False
-        self._data = {Stream.STDOUT: bytearray(), Stream.STDERR: bytearray()}
+        # False: the provider's SDK hands over decoded text only, fed here re-encoded (for the cap and the
+        # text); those bytes are not what the command wrote, so stdout_bytes/stderr_bytes say None
+        self.raw = raw
+        self._data = {stream: io.BytesIO() for stream in Stream}
+        self._total = 0
         self._callbacks = {Stream.STDOUT: on_stdout, Stream.STDERR: on_stderr}
         self._decoders = {s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in Stream}
         self._lock = threading.Lock()
 
     @property
     def total(self) -> int:
-        return len(self._data[Stream.STDOUT]) + len(self._data[Stream.STDERR])
+        """Bytes kept, stdout plus stderr: what the limit counts."""
+        return self._total
 
     def feed(self, stream: Stream, data: bytes) -> None:
         """Add a chunk; past the limit, keep what fits and mark the collector overflowed."""
@@ -46,7 +64,8 @@ class OutputCollector:
             if len(data) > room:
                 data = data[: max(room, 0)]
                 self.overflowed = True
-            self._data[stream] += data
+            self._data[stream].write(data)
+            self._total += len(data)
             callback = self._callbacks[stream]
             text = self._decoders[stream].decode(data) if callback else ""
         if text and callback:
@@ -59,9 +78,16 @@ class OutputCollector:
             if callback and (rest := self._decoders[stream].decode(b"", final=True)):
                 callback(rest)
 
-    def text(self, stream: Stream) -> str:
+    def _bytes(self, stream: Stream) -> bytes:
         with self._lock:
-            return self._data[stream].decode("utf-8", errors="replace")
+            return self._data[stream].getvalue()
+
+    def text(self, stream: Stream) -> str:
+        return self._bytes(stream).decode("utf-8", errors="replace")
+
+    def raw_bytes(self, stream: Stream) -> bytes | None:
+        """The bytes the command wrote so far; None when the provider handed over decoded text only."""
+        return self._bytes(stream) if self.raw else None
 
     @property
     def stdout(self) -> str:
@@ -71,15 +97,24 @@ class OutputCollector:
     def stderr(self) -> str:
         return self.text(Stream.STDERR)
 
+    def _both(self, stream: Stream) -> tuple[str, bytes | None]:
+        data = self._bytes(stream)
+        return data.decode("utf-8", errors="replace"), data if self.raw else None
+
+    def output(self) -> Output:
+        """stdout, stderr and their bytes, as the result and the errors take them (each decoded once)."""
+        stdout, stdout_bytes = self._both(Stream.STDOUT)
+        stderr, stderr_bytes = self._both(Stream.STDERR)
+        return Output(stdout, stderr, stdout_bytes, stderr_bytes)
+
     # -- what a finished, timed-out or overflowing command becomes (same words for every provider) -------
 
     def result(self, command: str, return_code: int, elapsed: float) -> ExecutionResult:
         return ExecutionResult(
             command=command,
             return_code=return_code,
-            stdout=self.stdout,
-            stderr=self.stderr,
             execution_time=elapsed,
+            **self.output()._asdict(),
         )
 
     def overflow_error(self, command: str) -> OutputLimitExceededError:
@@ -87,8 +122,7 @@ class OutputCollector:
             f"command {command!r} wrote more than {self.limit} bytes of output; it was killed "
             "(raise SandboxConfig.output_limit, or redirect the output to a file)",
             limit=self.limit,
-            stdout=self.stdout,
-            stderr=self.stderr,
+            **self.output()._asdict(),
         )
 
     def timeout_error(self, command: str, timeout: float) -> CommandTimeoutError:
@@ -96,8 +130,7 @@ class OutputCollector:
             f"command {command!r} timed out after {timeout:g}s; it was killed with all its processes",
             command=command,
             timeout=timeout,
-            stdout=self.stdout,
-            stderr=self.stderr,
+            **self.output()._asdict(),
         )
 
     def still_running_error(self, command: str, waited: float) -> CommandTimeoutError:
@@ -106,8 +139,7 @@ class OutputCollector:
             "it was not killed (call kill())",
             command=command,
             timeout=waited,
-            stdout=self.stdout,
-            stderr=self.stderr,
+            **self.output()._asdict(),
         )
 
 
@@ -122,5 +154,7 @@ def memory_limit_error(result: ExecutionResult, limit: int, provider: str) -> Me
         return_code=result.return_code,
         stdout=result.stdout,
         stderr=result.stderr,
+        stdout_bytes=result.stdout_bytes,
+        stderr_bytes=result.stderr_bytes,
         provider=provider,
     )

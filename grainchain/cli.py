@@ -1,6 +1,7 @@
 """The `grainchain` command.
 
-    grainchain run [--provider P] [--timeout S] [--workdir DIR] [--env KEY=VALUE ...] -- CMD [ARGS]...
+    grainchain run [--provider P] [--image IMG] [--config JSON] [--timeout S] [--workdir DIR]
+                   [--env KEY=VALUE ...] [--env-file FILE ...] -- CMD [ARGS]...
     grainchain providers [--json]
     grainchain conformance PROVIDER [--thorough] [--config JSON] [-- PYTEST ARGS...]
     grainchain spec show
@@ -27,10 +28,9 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
-import math
 import os
-import re
 import shlex
 import signal
 import subprocess
@@ -50,9 +50,16 @@ from rich.table import Table
 from rich.text import Text
 
 from grainchain import __version__
+from grainchain._checks import check_env_names, check_positive
 from grainchain._generated.features import Feature
 from grainchain._provider_info import ProviderInfo
-from grainchain.errors import CommandTimeoutError, ConfigurationError, GrainchainError, ProviderNotFoundError
+from grainchain.errors import (
+    CommandTimeoutError,
+    ConfigurationError,
+    GrainchainError,
+    InvalidArgumentError,
+    ProviderNotFoundError,
+)
 from grainchain.models import SandboxConfig, SupportLevel
 from grainchain.registry import all_providers, get_provider
 from grainchain.settings import ENV_PREFIX, Settings, config_file_path, load_settings, validate_config
@@ -67,7 +74,6 @@ EXIT_USAGE = 2
 EXIT_TIMEOUT = 124  # coreutils `timeout`
 EXIT_INTERRUPTED = 130  # 128 + SIGINT
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 app = typer.Typer(
     name=PROG_NAME,
@@ -210,8 +216,10 @@ def _provider_names() -> list[str]:
 
 
 def _check_timeout(value: float | None) -> float | None:
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise typer.BadParameter(f"must be a positive number of seconds, got {value:g}")
+    try:  # the API's rule (execute's timeout), not one of the CLI's own
+        check_positive("run", "--timeout", value)
+    except InvalidArgumentError as exc:
+        raise typer.BadParameter(exc.message.removeprefix("--timeout ")) from None
     return value
 
 
@@ -221,15 +229,75 @@ def _parse_env(values: list[str] | None) -> dict[str, str]:
         name, sep, value = item.partition("=")
         if not sep:
             raise typer.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="'--env'")
-        if not _ENV_NAME.match(name):
-            raise typer.BadParameter(
-                f"{name!r} is not a valid variable name (letters, digits and _, not starting with a digit)",
-                param_hint="'--env'",
-            )
-        if "\0" in value:
-            raise typer.BadParameter(f"the value of {name} contains a NUL character", param_hint="'--env'")
+        _check_variable(name, value, "'--env'", "")
         environment[name] = value
     return environment
+
+
+def _check_variable(name: str, value: str, hint: str, where: str) -> None:
+    """A variable as execute's `environment` takes it (the API's check), else a usage error."""
+    try:
+        check_env_names("run", "environment", {name: value})
+    except InvalidArgumentError as exc:
+        raise typer.BadParameter(where + exc.message.removeprefix("environment: "), param_hint=hint) from None
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as python-dotenv reads them (comments, blank lines, `export`, quotes, ${VAR} from earlier
+    lines or the environment); a line it cannot read, a bad name or a name without a value is a usage error
+    naming the file and the line."""
+    from dotenv import dotenv_values  # (python-dotenv: a dependency of pydantic-settings)
+    from dotenv.parser import parse_stream
+
+    hint = "'--env-file'"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {path}: {exc}", param_hint=hint) from None
+    for binding in parse_stream(io.StringIO(text)):
+        text_of = binding.original.string  # (it starts with the blank lines before it)
+        skipped = text_of[: len(text_of) - len(text_of.lstrip())].count("\n")
+        where = f"{path}, line {binding.original.line + skipped}"
+        if binding.error:
+            line = text_of.strip()
+            raise typer.BadParameter(f"{where}: expected KEY=VALUE, got {line!r}", param_hint=hint)
+        if binding.key is None:
+            continue  # a comment or a blank line
+        if binding.value is not None:
+            _check_variable(binding.key, binding.value, hint, f"{where}: ")
+        else:
+            raise typer.BadParameter(
+                f"{where}: {binding.key} has no value (write {binding.key}= for an empty one)",
+                param_hint=hint,
+            )
+    values = dotenv_values(stream=io.StringIO(text))
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _run_config(config: str | None, image: str | None) -> SandboxConfig | None:
+    """--config JSON (SandboxConfig's fields) with --image over it, checked as SandboxConfig checks them."""
+    data: dict[str, Any] = {}
+    if config is not None:
+        try:
+            data = json.loads(config)
+        except json.JSONDecodeError as exc:
+            raise typer.BadParameter(f"not valid JSON: {exc}", param_hint="'--config'") from None
+        if not isinstance(data, dict):
+            raise typer.BadParameter(
+                f"expected a JSON object of SandboxConfig fields, got {config!r}", param_hint="'--config'"
+            )
+    if image is not None:
+        data["image"] = image
+    if not data:
+        return None
+    try:
+        return validate_config(data)
+    except ConfigurationError as exc:
+        source = "--config" if config is not None else "--image"
+        raise typer.BadParameter(
+            exc.message.replace("invalid settings in SandboxConfig:", "invalid SandboxConfig:", 1),
+            param_hint=f"'{source}'",
+        ) from None
 
 
 def _resolve_provider(name: str | None, settings: Settings) -> ProviderInfo:
@@ -281,13 +349,35 @@ def run(
             show_default=False,
         ),
     ] = None,
+    image: Annotated[
+        str | None,
+        typer.Option(
+            "--image",
+            "-i",
+            metavar="IMG",
+            help="Image the sandbox starts from (SandboxConfig.image; the provider must support images).",
+            show_default=False,
+        ),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            "--config",
+            "-c",
+            metavar="JSON",
+            help='SandboxConfig of the sandbox as a JSON object, e.g. \'{"memory_limit": "512m", '
+            '"provider_config": {"isolation": "none"}}\'; --image and the other options win over it.',
+            show_default=False,
+        ),
+    ] = None,
     workdir: Annotated[
         str | None,
         typer.Option(
             "--workdir",
             "-w",
             metavar="DIR",
-            help="Directory to run in, relative to the sandbox's workspace (created if missing).",
+            help="Directory to run in, as execute's working_dir: absolute, or relative to the sandbox's "
+            "working directory; created if missing, where the sandbox's path rules allow.",
             show_default=False,
         ),
     ] = None,
@@ -297,7 +387,17 @@ def run(
             "--env",
             "-e",
             metavar="KEY=VALUE",
-            help="Set an environment variable of the command; repeat for more.",
+            help="Set an environment variable of the command; repeat for more (wins over --env-file).",
+            show_default=False,
+        ),
+    ] = None,
+    env_file: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--env-file",
+            metavar="FILE",
+            help="Read environment variables from a dotenv file (KEY=VALUE lines, # comments, quotes); "
+            "repeat for more, later files win.",
             show_default=False,
         ),
     ] = None,
@@ -306,16 +406,22 @@ def run(
 
     Example: grainchain run --timeout 60 -- python3 -c 'print(6*7)'
     """
-    environment = _parse_env(env)
+    environment: dict[str, str] = {}
+    for path in env_file or []:
+        environment.update(_read_env_file(path))
+    environment.update(_parse_env(env))
+    sandbox_config = _run_config(config, image)
     settings = load_settings()  # ConfigurationError: main() reports it in one line
     info = _resolve_provider(provider, settings)
-    config = validate_config({"working_directory": workdir}) if workdir is not None else None
     line = shlex.join(command)
     try:
-        with Sandbox(info.name, config, settings=settings) as sandbox, _signals_unwind():
+        with Sandbox(info.name, sandbox_config, settings=settings) as sandbox, _signals_unwind():
+            if workdir is not None and sandbox.supports(Feature.FILES):
+                sandbox.make_directory(workdir)  # the API's path rules: what it refuses, execute would too
             result = sandbox.execute(
                 line,
                 timeout=timeout,
+                working_dir=workdir,
                 environment=environment or None,
                 on_stdout=_RawWriter(sys.stdout),
                 on_stderr=_RawWriter(sys.stderr),

@@ -1,7 +1,8 @@
 """Every error grainchain raises.
 
     GrainchainError
-    ├── ConfigurationError            bad SandboxConfig / settings / config file; an image it cannot get
+    ├── ConfigurationError            bad SandboxConfig / settings / config file; an image it cannot get;
+    │                                 a limit the provider cannot honour (also a ValueError)
     ├── InvalidArgumentError          bad argument to an operation (also a ValueError)
     ├── ProviderNotFoundError         unknown provider name (lists the known ones)
     ├── ProviderUnavailableError      provider's SDK or backend is missing (says what to install)
@@ -12,8 +13,13 @@
     │   ├── SnapshotNotFoundError
     │   └── FileNotFoundInSandboxError    (also a FileNotFoundError)
     ├── SandboxNotRunningError        closed or terminated sandbox
+    ├── ProcessesRunningError         restore_snapshot(..., if_processes_running="refuse") with processes
+    │                                 running (lists them; nothing was changed)
+    ├── StdinClosedError              a process's stdin is not open (started without it, closed, or it ended)
     ├── PathOutsideSandboxError       escapes the sandbox by `..` or a symlink (also a PermissionError)
-    ├── CommandError                  a command did not end normally; carries its stdout/stderr so far
+    ├── PermissionDeniedError         the sandbox refuses the access, as it would a command's: a read-only
+    │                                 mount, file permissions (also a PermissionError)
+    ├── CommandError                  a command did not end normally; carries its output so far (text, bytes)
     │   ├── CommandTimeoutError           ran past its timeout (also a TimeoutError)
     │   ├── OutputLimitExceededError      output over SandboxConfig.output_limit
     │   └── MemoryLimitExceededError      killed for going over SandboxConfig.memory_limit
@@ -73,8 +79,9 @@ class GrainchainError(Exception):
         return f"{self.message} [{where}]" if where else self.message
 
 
-class ConfigurationError(GrainchainError):
-    """The configuration (SandboxConfig, environment, config file) is invalid."""
+class ConfigurationError(GrainchainError, ValueError):
+    """The configuration (SandboxConfig, environment, config file) is invalid, or asks what the provider cannot
+    honour here. Also a ValueError, as pydantic's ValidationError was before SandboxConfig raised this."""
 
     retryable = False
 
@@ -160,12 +167,41 @@ class SandboxNotRunningError(GrainchainError):
     retryable = False
 
 
+class ProcessesRunningError(GrainchainError):
+    """restore_snapshot(..., if_processes_running="refuse") found processes running in the sandbox, which a
+    restore would end; nothing was changed. `processes` describes them (e.g. "pid 12: sleep 100")."""
+
+    retryable = False
+
+    def __init__(self, processes: Iterable[str], **context: Unpack[ErrorContext]) -> None:
+        self.processes = list(processes)
+        shown = "; ".join(self.processes[:10]) + ("; ..." if len(self.processes) > 10 else "")
+        super().__init__(
+            f"{len(self.processes)} process(es) run in the sandbox and a restore would end them: {shown} "
+            '(kill them first, or pass if_processes_running="kill")',
+            **context,
+        )
+
+
+class StdinClosedError(GrainchainError):
+    """A background process's standard input cannot be written: the process was started without
+    `stdin=True`, close_stdin() closed it, or the process ended (or closed its stdin)."""
+
+    retryable = False
+
+    def __init__(self, message: str, **context: Unpack[ErrorContext]) -> None:
+        super().__init__(message, **context)
+
+
 class CommandError(GrainchainError):
     """A command did not end normally: it ran past its timeout, wrote too much or went over the memory
-    limit. Carries what it wrote so far as `stdout` and `stderr`."""
+    limit. Carries what it wrote so far as text (`stdout`, `stderr`) and as bytes (`stdout_bytes`,
+    `stderr_bytes`: None only from a provider whose SDK hands over decoded text only)."""
 
     stdout: str = ""
     stderr: str = ""
+    stdout_bytes: bytes | None = None
+    stderr_bytes: bytes | None = None
 
 
 class CommandTimeoutError(CommandError, TimeoutError):
@@ -181,6 +217,8 @@ class CommandTimeoutError(CommandError, TimeoutError):
         timeout: float,
         stdout: str = "",
         stderr: str = "",
+        stdout_bytes: bytes | None = None,
+        stderr_bytes: bytes | None = None,
         **context: Unpack[ErrorContext],
     ) -> None:
         super().__init__(message, **context)
@@ -188,6 +226,8 @@ class CommandTimeoutError(CommandError, TimeoutError):
         self.timeout = timeout
         self.stdout = stdout
         self.stderr = stderr
+        self.stdout_bytes = stdout_bytes
+        self.stderr_bytes = stderr_bytes
 
 
 class OutputLimitExceededError(CommandError):
@@ -202,12 +242,16 @@ class OutputLimitExceededError(CommandError):
         limit: int,
         stdout: str = "",
         stderr: str = "",
+        stdout_bytes: bytes | None = None,
+        stderr_bytes: bytes | None = None,
         **context: Unpack[ErrorContext],
     ) -> None:
         super().__init__(message, **context)
         self.limit = limit
         self.stdout = stdout
         self.stderr = stderr
+        self.stdout_bytes = stdout_bytes
+        self.stderr_bytes = stderr_bytes
 
 
 class MemoryLimitExceededError(CommandError):
@@ -225,6 +269,8 @@ class MemoryLimitExceededError(CommandError):
         return_code: int,
         stdout: str = "",
         stderr: str = "",
+        stdout_bytes: bytes | None = None,
+        stderr_bytes: bytes | None = None,
         **context: Unpack[ErrorContext],
     ) -> None:
         super().__init__(message, **context)
@@ -233,6 +279,8 @@ class MemoryLimitExceededError(CommandError):
         self.return_code = return_code
         self.stdout = stdout
         self.stderr = stderr
+        self.stdout_bytes = stdout_bytes
+        self.stderr_bytes = stderr_bytes
 
 
 class FileNotFoundInSandboxError(NotFoundError, FileNotFoundError):
@@ -253,6 +301,19 @@ class PathOutsideSandboxError(GrainchainError, PermissionError):
     def __init__(self, path: str, reason: str, **context: Unpack[ErrorContext]) -> None:
         super().__init__(f"path {path!r} is outside the sandbox: {reason}", **context)
         self.path = path
+
+
+class PermissionDeniedError(GrainchainError, PermissionError):
+    """The path is in the sandbox, but the sandbox refuses this access to it, as it would refuse a command's:
+    a read-only mount (EROFS), file permissions, a file the kernel will not let anyone write. `reason` is
+    what the backend said."""
+
+    retryable = False
+
+    def __init__(self, path: str, reason: str, **context: Unpack[ErrorContext]) -> None:
+        super().__init__(f"permission denied in the sandbox for {path!r}: {reason}", **context)
+        self.path = path
+        self.reason = reason
 
 
 class SnapshotNotFoundError(NotFoundError):
@@ -312,6 +373,8 @@ __all__ = [
     "NotFoundError",
     "OutputLimitExceededError",
     "PathOutsideSandboxError",
+    "PermissionDeniedError",
+    "ProcessesRunningError",
     "ProviderError",
     "ProviderNotFoundError",
     "ProviderUnavailableError",
@@ -320,4 +383,5 @@ __all__ = [
     "SandboxNotFoundError",
     "SandboxNotRunningError",
     "SnapshotNotFoundError",
+    "StdinClosedError",
 ]

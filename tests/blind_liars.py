@@ -33,7 +33,7 @@ BLIND_LIARS: list[BlindLiar] = [
             "shell's 126 (not executable) and 127 (command not found) into a generic 1"
         ),
         methods=r"""
-    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
         result = await super().execute(
             command=command, timeout=timeout, working_dir=working_dir, environment=environment,
             on_stdout=on_stdout, on_stderr=on_stderr,
@@ -58,7 +58,7 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             "subprocess.Popen does, as -N"
         ),
         methods=r"""
-    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
         result = await super().execute(
             command=command, timeout=timeout, working_dir=working_dir, environment=environment,
             on_stdout=on_stdout, on_stderr=on_stderr,
@@ -80,7 +80,7 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             "decodes with errors='ignore', silently dropping them"
         ),
         methods=r"""
-    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
         result = await super().execute(
             command=command, timeout=timeout, working_dir=working_dir, environment=environment,
             on_stdout=on_stdout, on_stderr=on_stderr,
@@ -128,7 +128,7 @@ with Sandbox(name, SandboxConfig(timeout=3, provider_config={"isolation": "none"
             "empty) while its sync twin is right"
         ),
         methods=r"""
-    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
         result = await super().execute(
             command=command, timeout=timeout, working_dir=working_dir, environment=environment,
             on_stdout=on_stdout, on_stderr=on_stderr,
@@ -158,7 +158,7 @@ return asyncio.run(main())
             "which goes anywhere on the host"
         ),
         methods=r"""
-    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
         if working_dir is None:
             return await super().execute(
                 command=command, timeout=timeout, environment=environment, on_stdout=on_stdout,
@@ -189,7 +189,7 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             "call's value wins; this adapter applies the config last, so the config's value wins"
         ),
         methods=r"""
-    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
         merged = dict(environment or {})
         merged.update(self.config.environment_vars)  # the sandbox's settings are authoritative
         return await super().execute(
@@ -213,7 +213,7 @@ with Sandbox(name, cfg) as s:
             "or keeps the config's value"
         ),
         methods=r"""
-    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
         cleaned = {key: value for key, value in (environment or {}).items() if value}
         return await super().execute(
             command=command, timeout=timeout, working_dir=working_dir, environment=cleaned,
@@ -237,7 +237,7 @@ with Sandbox(name, cfg) as s:
             "of bytes on its own, so a character split across blocks reaches the callback as U+FFFD"
         ),
         methods=r"""
-    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
         def blockwise(callback):
             if callback is None:
                 return None
@@ -279,7 +279,7 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             "the process itself, so its children (`cmd &`) keep running"
         ),
         methods=r"""
-    async def start_process(self, command, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def start_process(self, command, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=False):
         handle = await super().start_process(
             command=command, working_dir=working_dir, environment=environment, on_stdout=on_stdout,
             on_stderr=on_stderr,
@@ -324,7 +324,7 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             "once the process has exited (empty while it runs)"
         ),
         methods=r"""
-    async def start_process(self, command, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def start_process(self, command, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=False):
         handle = await super().start_process(
             command=command, working_dir=working_dir, environment=environment, on_stdout=on_stdout,
             on_stderr=on_stderr,
@@ -365,7 +365,7 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             "adapter falls back to the sandbox's working directory and starts the command there"
         ),
         methods=r"""
-    async def start_process(self, command, working_dir=None, environment=None, on_stdout=None, on_stderr=None):
+    async def start_process(self, command, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=False):
         if working_dir is not None and not await self.file_exists(path=working_dir):
             working_dir = None  # "best effort": run where we can
         return await super().start_process(
@@ -569,16 +569,16 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
     BlindLiar(
         name="upload_symlink_escape",
         lie=(
-            "a file operation never reaches outside the sandbox (PathOutsideSandboxError); this adapter's "
-            "upload_file checks the path only lexically, then writes by host path, following a symlink "
-            "that leads out of the workspace"
+            "a file operation reaches exactly what the sandbox's commands reach, never the client's host "
+            "beyond it; this isolated adapter's upload_file checks the path only lexically, then writes by "
+            "host path below the workspace, following on the host a symlink that leads out of it"
         ),
         methods=r"""
     async def upload_file(self, path, content, mode="w"):
         root = self._view_root.rstrip("/")
         shown = posixpath.normpath(posixpath.join(self._cwd, path))
         if shown != root and not shown.startswith(root + "/"):
-            await super().upload_file(path=path, content=content, mode=mode)  # raises
+            await super().upload_file(path=path, content=content, mode=mode)
             return
         host = os.path.join(str(self._box.workspace), posixpath.relpath(shown, root))
         os.makedirs(os.path.dirname(host), exist_ok=True)
@@ -589,19 +589,16 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
         probe=r"""
 import os, shutil, tempfile
 from grainchain import SandboxConfig
-from grainchain.errors import PathOutsideSandboxError
 outside = tempfile.mkdtemp(prefix="blind-outside-")
 try:
-    with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
-        s.execute(f"ln -s '{outside}' out")
-        try:
-            s.upload_file("out/pwned.txt", "escaped")
-        except PathOutsideSandboxError:
-            pass
+    with Sandbox(name, SandboxConfig(provider_config={"isolation": "namespaces"})) as s:
+        s.execute(f"ln -s '{outside}' out")  # (commands see the sandbox's own /tmp there)
+        s.upload_file("out/pwned.txt", "escaped")
     return os.path.exists(os.path.join(outside, "pwned.txt"))
 finally:
     shutil.rmtree(outside, ignore_errors=True)
 """,
+        config='{"provider_config": {"isolation": "namespaces"}}',
     ),
     # -------------------------------------------------------------------------------------- snapshots
     BlindLiar(
@@ -611,8 +608,8 @@ finally:
             "restores the top level like `cp -a snapshot/* workspace/`, losing hidden entries there"
         ),
         methods=r"""
-    async def restore_snapshot(self, snapshot_id):
-        await super().restore_snapshot(snapshot_id=snapshot_id)
+    async def _restore_snapshot(self, snapshot_id):
+        await super()._restore_snapshot(snapshot_id=snapshot_id)
         top = str(self._box.workspace)
         for entry in os.listdir(top):
             if entry.startswith("."):
@@ -642,8 +639,8 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             "restores files with mode & 0o666, so execute bits are lost"
         ),
         methods=r"""
-    async def restore_snapshot(self, snapshot_id):
-        await super().restore_snapshot(snapshot_id=snapshot_id)
+    async def _restore_snapshot(self, snapshot_id):
+        await super()._restore_snapshot(snapshot_id=snapshot_id)
         for top, _dirs, files in os.walk(str(self._box.workspace)):
             for name in files:
                 target = os.path.join(top, name)
@@ -669,8 +666,8 @@ with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
             "restores only directories that hold something"
         ),
         methods=r"""
-    async def restore_snapshot(self, snapshot_id):
-        await super().restore_snapshot(snapshot_id=snapshot_id)
+    async def _restore_snapshot(self, snapshot_id):
+        await super()._restore_snapshot(snapshot_id=snapshot_id)
         root = str(self._box.workspace)
         keep = {root, os.path.normpath(str(self._cwd))}
         for top, _dirs, _files in os.walk(root, topdown=False):

@@ -7,21 +7,30 @@ comment says why: `/workspace` (a path of container providers; on local it is a 
 sandbox) becomes the workspace-relative `workspace`, and commands that need the network or root
 (apt-get, pip install, git clone, npm) become harmless commands with the same shape.
 
-The examples call `python`; where the host has only `python3`, the settings file gives every sandbox a PATH
-with a `python` link (the examples themselves are untouched). That link is a host path, so these sandboxes
-run with isolation="none"; tests/test_local_isolation.py runs the `/workspace` examples verbatim isolated.
+The examples call `python` and `pip` as written: a local sandbox's Python is the interpreter running the
+tests, in a virtual environment of its own (grainchain/providers/local/_python.py). Every test runs in both
+isolation modes (the settings file's [providers.local] isolation); tests/test_local_isolation.py runs the
+`/workspace` examples verbatim isolated. The document's `pip install requests beautifulsoup4` runs verbatim
+twice: against a package index on 127.0.0.1 serving wheels the test writes (offline), and against the real
+index when it is reachable.
 """
 
 from __future__ import annotations
 
 import asyncio
+import configparser
+import functools
+import http.server
 import json
-import shutil
+import threading
 import time
+import urllib.request
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _wheels import wheel
 
 from grainchain import (
     CapabilityError,
@@ -30,7 +39,7 @@ from grainchain import (
     SandboxConfig,
     SandboxStatus,
 )
-from grainchain.providers.local._hostproc import MINIMAL_PATH
+from grainchain.providers.local._isolation import namespaces_unavailable
 
 SCRIPT = """\
 import os, sys
@@ -41,29 +50,33 @@ print("a warning", file=sys.stderr)
 """
 
 
-@pytest.fixture(autouse=True)
-def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The user's current directory (the examples open "data.zip" there) and a settings file that makes
-    `python` available to sandboxes of a host that has only python3."""
+ISOLATIONS = [
+    pytest.param(
+        "namespaces",
+        marks=pytest.mark.skipif(namespaces_unavailable() is not None, reason=f"{namespaces_unavailable()}"),
+    ),
+    "none",
+]
+
+
+def write_settings(tmp_path: Path, isolation: str, sandbox: str = "") -> None:
+    """The config file every Sandbox() of the test reads: the isolation mode, and [sandbox] defaults."""
+    settings = tmp_path / "config.toml"
+    settings.write_text(f'[sandbox]\n{sandbox}[providers.local]\nisolation = "{isolation}"\n')
+
+
+@pytest.fixture(autouse=True, params=ISOLATIONS)
+def isolation(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The isolation mode of every local sandbox of the test, and the user's current directory (the
+    examples open "data.zip" there)."""
     cwd = tmp_path / "host"
     cwd.mkdir()
     with zipfile.ZipFile(cwd / "data.zip", "w") as archive:
         archive.writestr("inside.txt", "zipped")
     monkeypatch.chdir(cwd)
-    # unisolated: the `python` link below lives on the host; tests/test_local_isolation.py runs the
-    # document's /workspace examples verbatim in isolated sandboxes
-    sandbox_defaults = ""
-    if shutil.which("python", path=MINIMAL_PATH) is None:
-        python3 = shutil.which("python3", path=MINIMAL_PATH)
-        assert python3, "the examples need a Python on the host"
-        shim = tmp_path / "shim"
-        shim.mkdir()
-        (shim / "python").symlink_to(python3)
-        sandbox_defaults += f'environment_vars = {{ PATH = "{shim}:{MINIMAL_PATH}" }}\n'
-    settings = tmp_path / "config.toml"
-    settings.write_text(f'[sandbox]\n{sandbox_defaults}[providers.local]\nisolation = "none"\n')
-    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(settings))
-    return cwd
+    write_settings(tmp_path, request.param)
+    monkeypatch.setenv("GRAINCHAIN_CONFIG", str(tmp_path / "config.toml"))
+    return str(request.param)
 
 
 # -- async: `from grainchain import Sandbox` ---------------------------------------------------------------
@@ -99,7 +112,7 @@ async def test_advanced_configuration_refuses_limits_e2b_does_not_enforce() -> N
     assert config.memory_limit == 4_000_000_000
 
 
-async def test_command_execution(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_command_execution(capsys: pytest.CaptureFixture[str], isolation: str) -> None:
     from grainchain import Sandbox
 
     async with Sandbox() as sandbox:
@@ -119,9 +132,9 @@ async def test_command_execution(capsys: pytest.CaptureFixture[str]) -> None:
         print(f"Errors: {result.stderr}")
         print(f"Duration: {result.execution_time}s")
 
-        # the path exactly as in the document is refused, not run somewhere on the host
-        with pytest.raises(PathOutsideSandboxError):
-            await sandbox.execute("python script.py --verbose", working_dir="/workspace")
+        if isolation == "none":  # the path exactly as in the document is refused, not run on the host
+            with pytest.raises(PathOutsideSandboxError):
+                await sandbox.execute("python script.py --verbose", working_dir="/workspace")
 
     out = capsys.readouterr().out
     assert out.startswith(
@@ -293,22 +306,69 @@ async def test_multi_provider_comparison(capsys: pytest.CaptureFixture[str]) -> 
     assert capsys.readouterr().out.startswith("local: {'success': True")
 
 
-def test_basic_execution_workflow_with_asyncio_run(capsys: pytest.CaptureFixture[str]) -> None:
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def local_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """An HTTP server on 127.0.0.1 (a sandbox with the host network reaches it) serving a directory: its
+    URL and the directory. Stands in for https://httpbin.org and, offline, for the package index."""
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "json").write_text(json.dumps({"slideshow": {"title": "Sample"}}))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served))
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", served
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+# What the document's scraper needs of requests and bs4, as wheels (the offline test's package index).
+FAKE_REQUESTS = """\
+import json
+import urllib.request
+
+
+class Response:
+    def __init__(self, status_code, body):
+        self.status_code, self._body = status_code, body
+
+    def json(self):
+        return json.loads(self._body)
+
+
+def get(url):
+    with urllib.request.urlopen(url) as answer:
+        return Response(answer.status, answer.read())
+"""
+
+
+def run_basic_workflow(httpbin: str) -> None:
+    """The document's basic execution workflow as written (the scraper's https://httpbin.org/json
+    replaced by `httpbin`)."""
     from grainchain import Sandbox
 
     async def basic_workflow():  # type: ignore[no-untyped-def]
         async with Sandbox() as sandbox:
-            # Install dependencies (the document: pip install requests beautifulsoup4; no network here)
-            await sandbox.execute("python -c 'import json, html.parser'")
+            # Install dependencies
+            await sandbox.execute("pip install requests beautifulsoup4")
 
-            # Upload script (the document's scraper fetches https://httpbin.org/json)
+            # Upload script
             script = """
-import json
+import requests
+from bs4 import BeautifulSoup
 
-response = {"status_code": 200, "json": {"slideshow": {"title": "Sample"}}}
-print(f"Status: {response['status_code']}")
-print(f"Data: {response['json']}")
+response = requests.get('https://httpbin.org/json')
+print(f"Status: {response.status_code}")
+print(f"Data: {response.json()}")
 """
+            script = script.replace("https://httpbin.org/json", httpbin)  # (not in the document)
             await sandbox.upload_file("scraper.py", script)
 
             # Execute script
@@ -317,7 +377,89 @@ print(f"Data: {response['json']}")
 
     asyncio.run(basic_workflow())
 
-    assert capsys.readouterr().out == "Status: 200\nData: {'slideshow': {'title': 'Sample'}}\n\n"
+
+WORKFLOW_OUTPUT = "Status: 200\nData: {'slideshow': {'title': 'Sample'}}\n\n"
+
+
+def test_basic_execution_workflow_with_asyncio_run(
+    capsys: pytest.CaptureFixture[str], isolation: str, tmp_path: Path, local_server: tuple[str, Path]
+) -> None:
+    """Offline: the settings file points the sandbox's pip at wheels on a local server (PIP_NO_INDEX,
+    PIP_FIND_LINKS); the example's code is unchanged."""
+    url, served = local_server
+    (served / "wheels").mkdir()
+    for name, data in (
+        wheel("requests", "2.99.0", {"requests/__init__.py": FAKE_REQUESTS}),
+        wheel("beautifulsoup4", "4.99.0", {"bs4/__init__.py": "class BeautifulSoup:\n    pass\n"}),
+    ):
+        (served / "wheels" / name).write_bytes(data)
+    pip_settings = f'PIP_NO_INDEX = "1", PIP_FIND_LINKS = "{url}/wheels/"'
+    write_settings(tmp_path, isolation, f"environment_vars = {{ {pip_settings} }}\n")
+
+    run_basic_workflow(f"{url}/json")
+
+    assert capsys.readouterr().out == WORKFLOW_OUTPUT
+
+
+@functools.cache
+def index_unreachable() -> str | None:
+    """Why a sandbox's pip cannot reach its package index (None when it can): the index pip's
+    system-wide configuration names (a sandbox reads /etc, with no PIP_* variables and no proxy), else
+    PyPI."""
+    index = "https://pypi.org/simple"
+    for path in ("/etc/xdg/pip/pip.conf", "/etc/pip.conf"):  # pip's order: the later one wins
+        parser = configparser.ConfigParser()
+        parser.read(path)
+        index = parser.get("global", "index-url", fallback=index)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        opener.open(f"{index.rstrip('/')}/requests/", timeout=10).close()
+    except OSError as exc:
+        return f"the package index {index} is not reachable from here: {exc}"
+    return None
+
+
+@pytest.mark.slow
+def test_basic_execution_workflow_against_the_package_index(
+    capsys: pytest.CaptureFixture[str], local_server: tuple[str, Path]
+) -> None:
+    """The document's workflow with the real requests and beautifulsoup4 from the package index (only
+    the scraper's URL is local)."""
+    if reason := index_unreachable():
+        pytest.skip(reason)
+    url, _ = local_server
+
+    run_basic_workflow(f"{url}/json")
+
+    assert capsys.readouterr().out == WORKFLOW_OUTPUT
+
+
+async def test_a_long_running_python_process_in_the_background() -> None:
+    """The start of the document's memory snapshot example (`provider="morph"` there; the local provider
+    runs the command the same way): `python long_computation.py &` returns at once, the process runs on."""
+    from grainchain import Sandbox
+
+    computation = (
+        "import time\nfor i in range(600):\n    open('progress', 'w').write(str(i))\n    time.sleep(0.05)\n"
+    )
+    async with Sandbox() as sandbox:
+        await sandbox.upload_file("long_computation.py", computation)  # (not in the document)
+
+        # Start a long-running process
+        started = await sandbox.execute("python long_computation.py &")
+
+        progress = b""
+        for _ in range(400):  # (not in the document: it runs on)
+            progress = (
+                await sandbox.download_file("progress") if await sandbox.file_exists("progress") else b""
+            )
+            if progress and int(progress) >= 3:
+                break
+            await asyncio.sleep(0.05)
+
+    assert started.return_code == 0
+    assert started.execution_time < 10
+    assert int(progress) >= 3
 
 
 async def test_development_environment_configuration() -> None:

@@ -146,6 +146,27 @@ def _config(**fields: Any) -> Op:
     return op
 
 
+def _dict_config(config: Any) -> Op:
+    """Sandbox(provider, config) with a config that is not a SandboxConfig (a dict of its fields: allowed)."""
+
+    async def op(c: Client) -> Any:
+        sandbox: Any
+        config_given = {**c.base, **config} if isinstance(config, dict) else config  # (docker: its image)
+        if c.flavour == "async":
+            sandbox = await AsyncSandbox(c.provider, config_given).start()
+            sandbox.flavour = "async"
+        else:
+            sandbox = AwaitableSync(SyncSandbox(c.provider, config_given).start())
+        try:
+            result = await sandbox.execute("echo ok")
+            assert result.stdout == "ok\n", result
+            return result
+        finally:
+            await c.close(sandbox)
+
+    return op
+
+
 async def _at_the_limits(c: Client) -> Any:
     """Everything at its limit together (SandboxConfig and call environments, the command) runs."""
     value = "v" * (120 * 1024 - 3)  # NAME=value: 120 KiB
@@ -226,6 +247,11 @@ ROWS = [
     Row("execute on_stdout=123", _ex(on_stdout=123), IA),
     Row("execute on_stderr='x'", _ex(on_stderr="x"), IA),
     Row("start_process on_stdout=123", _start(on_stdout=123), IA),
+    Row("execute stdin=123", _ex(stdin=123), IA),
+    Row("execute stdin list", _ex(stdin=["a"]), IA),
+    Row("execute stdin str with a lone surrogate", _ex(stdin="\udcff"), IA),
+    Row("start_process stdin='yes'", _start(stdin="yes"), IA),
+    Row("start_process stdin=1", _start(stdin=1), IA),
     # files
     Row("upload_file content None", _call("upload_file", "gc-up", None), IA),
     Row("upload_file content 123", _call("upload_file", "gc-up", 123), IA),
@@ -296,6 +322,19 @@ ROWS = [
     Row("config cpu_limit 1e9", _config(cpu_limit=1e9), CONF),
     Row("config cpu_limit nan", _config(cpu_limit=math.nan), CONF),
     Row("config unknown field", _config(memory_limt="1GB"), CONF),
+    Row("config timeout True", _config(timeout=True), CONF),
+    Row("config cpu_limit True", _config(cpu_limit=True), CONF),
+    Row("config image ''", _config(image=""), CONF),
+    Row("config ports [0]", _config(ports=[0]), CONF),
+    Row("config ports ['80']", _config(ports=["80"]), CONF),
+    Row("config as a dict (allowed)", _dict_config({"timeout": 30}), None),
+    Row("config as a dict, timeout -1", _dict_config({"timeout": -1}), CONF),
+    Row("config as a str", _dict_config("timeout=5"), CONF),
+    # limits the provider cannot honour here: refused before anything is made, not a backend's error
+    Row("config memory_limit 1 byte", _config(memory_limit=1), CONF, frozenset({"local", "docker"})),
+    Row("config memory_limit 5m (5 MiB)", _config(memory_limit="5m"), CONF, frozenset({"local", "docker"})),
+    Row("config memory_limit 6m (allowed)", _config(memory_limit="6m"), None, frozenset({"local", "docker"})),
+    Row("config cpu_limit 4096 cores", _config(cpu_limit=4096), CONF, frozenset({"local", "docker"})),
     Row(
         "docker pids_limit -1",
         _config(provider_config={"pids_limit": -1}),

@@ -80,6 +80,63 @@ def test_run_sets_environment_and_working_directory() -> None:
     assert cwd.endswith("/sub/dir")
 
 
+def test_run_takes_a_config_as_json_and_an_env_file(tmp_path: Path) -> None:
+    env_file = tmp_path / "app.env"
+    env_file.write_text(
+        "# a comment, then a blank line\n\n"
+        "PLAIN=one\n"
+        'export QUOTED="two words"  # trailing comment\n'
+        "SINGLE='$NOT_EXPANDED'\n"
+        "EXPANDED=${PLAIN}-x\n"
+        "OVERRIDDEN=from the file\n"
+        "EMPTY=\n"
+    )
+    config = {"environment_vars": {"FROM_CONFIG": "c", "PLAIN": "loses"}, "working_directory": "proj"}
+    result = grainchain_cli(
+        "run", "--config", json.dumps(config), "--env-file", str(env_file), "-e", "OVERRIDDEN=from --env",
+        "--", "sh", "-c", 'echo "$FROM_CONFIG|$PLAIN|$QUOTED|$SINGLE|$EXPANDED|$OVERRIDDEN|${EMPTY-unset}"; pwd',
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    values, cwd = result.stdout.splitlines()
+    assert values == "c|one|two words|$NOT_EXPANDED|one-x|from --env|"
+    assert cwd.endswith("/proj")  # the config's working_directory
+
+
+def test_run_image_is_the_sandbox_config_image() -> None:
+    # local has no images: the refusal proves --image reached SandboxConfig.image
+    line = assert_one_line_error(grainchain_cli("run", "--image", "alpine:3", "--", "true"), 1)
+    assert "image.custom" in line
+    assert "SandboxConfig.image" in line
+
+
+def test_run_image_on_docker() -> None:
+    from tests.test_docker import IMAGE  # skips this test without an engine
+
+    result = grainchain_cli("run", "-p", "docker", "--image", IMAGE, "--", "sh", "-c", "busybox | head -1")
+    assert (result.returncode, result.stderr) == (0, ""), result
+    assert result.stdout.startswith("BusyBox")
+
+
+@pytest.mark.parametrize("workdir", ["/tmp", "/workspace/abs/dir", "rel/dir", "..", "/etc/no-such-dir"])
+def test_run_workdir_follows_the_api_s_path_rules(workdir: str) -> None:
+    """--workdir is execute's working_dir (made first with make_directory): the CLI succeeds where the API
+    does, and fails with the API's own error where it refuses."""
+    from grainchain.sync import Sandbox
+
+    try:
+        with Sandbox("local") as sandbox:
+            sandbox.make_directory(workdir)
+            expected: str | None = sandbox.execute("pwd", working_dir=workdir).stdout
+    except grainchain.GrainchainError as exc:
+        expected, error = None, exc.message
+    result = grainchain_cli("run", "--workdir", workdir, "--", "pwd")
+    if expected is None:
+        line = assert_one_line_error(result, 1)
+        assert error in line
+    else:
+        assert (result.returncode, result.stdout) == (0, expected), result
+
+
 def test_run_streams_output_while_the_command_runs() -> None:
     with subprocess.Popen(
         [grainchain_script(), "run", "--", "sh", "-c", "echo first; sleep 1; echo second"],
@@ -176,12 +233,35 @@ def test_planned_provider_says_it_has_no_adapter() -> None:
         (["run", "--env", "1BAD=x", "--", "true"], "'1BAD' is not a valid variable name"),
         (["run", "--timeout", "0", "--", "true"], "must be a positive number"),
         (["run", "--timeout", "soon", "--", "true"], "--timeout"),
+        (["run", "--timeout", "1e10", "--", "true"], "up to 604800"),  # execute's own rule
         (["run", "--bogus", "--", "true"], "No such option: --bogus"),
+        (["run", "--config", "{", "--", "true"], "'--config': not valid JSON"),
+        (["run", "--config", "[1]", "--", "true"], "expected a JSON object of SandboxConfig fields"),
+        (["run", "--config", '{"timeout": -1}', "--", "true"], "timeout: timeout must be a positive"),
+        (["run", "--config", '{"memory_limit": "lots"}', "--", "true"], "memory_limit: cannot read 'lots'"),
+        (["run", "--config", '{"nope": 1}', "--", "true"], "nope: Extra inputs are not permitted"),
+        (["run", "--image", "", "--", "true"], "image must be a non-empty string"),
+        (["run", "--env-file", "/no/such/file.env", "--", "true"], "cannot read /no/such/file.env"),
         (["launch"], "No such command 'launch'"),
     ],
 )
 def test_usage_errors_are_one_line_with_exit_code_2(args: list[str], expected: str) -> None:
     assert expected in assert_one_line_error(grainchain_cli(*args), 2)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("A=1\nnot a pair\n", "line 2: expected KEY=VALUE, got 'not a pair'"),
+        ("# ok\n1BAD=x\n", "line 2: '1BAD' is not a valid variable name"),
+        ("A=1\n\nLONELY\n", "line 3: LONELY has no value (write LONELY= for an empty one)"),
+    ],
+)
+def test_env_file_errors_name_the_file_and_line(tmp_path: Path, content: str, expected: str) -> None:
+    env_file = tmp_path / "bad.env"
+    env_file.write_text(content)
+    line = assert_one_line_error(grainchain_cli("run", "--env-file", str(env_file), "--", "true"), 2)
+    assert f"{env_file}, {expected}" in line
 
 
 # -- providers --------------------------------------------------------------------------------------------

@@ -87,6 +87,55 @@ def test_a_timeout_or_an_overflow_wins_over_oom_evidence() -> None:
         settle("o", collected(b"xx", limit=1), exit_code=137, elapsed=1.0, oom_killed=True)
 
 
+RAW = b"\xff\xfeabc\x00x"
+
+
+def test_the_result_and_every_error_carry_the_bytes_and_their_text() -> None:
+    result = settle("cmd", collected(RAW, b"e\xc3"), exit_code=0, elapsed=0.1)
+    assert (result.stdout_bytes, result.stderr_bytes) == (RAW, b"e\xc3")
+    assert (result.stdout, result.stderr) == ("\ufffd\ufffdabc\x00x", "e\ufffd")
+    with pytest.raises(CommandTimeoutError) as timeout:
+        settle("t", collected(RAW, RAW), exit_code=None, elapsed=1.0, timeout=1.0)
+    with pytest.raises(OutputLimitExceededError) as overflow:
+        settle("o", collected(RAW, RAW, limit=10), exit_code=137, elapsed=1.0)
+    with pytest.raises(MemoryLimitExceededError) as oom:
+        settle("m", collected(RAW, RAW), exit_code=137, elapsed=1.0, oom_killed=True, memory_limit=1)
+    assert (timeout.value.stdout_bytes, timeout.value.stderr_bytes) == (RAW, RAW)
+    assert (overflow.value.stdout_bytes, overflow.value.stderr_bytes) == (RAW, RAW[:3])
+    assert (oom.value.stdout_bytes, oom.value.stderr_bytes) == (RAW, RAW)
+
+
+def test_one_copy_of_the_output_and_what_was_handed_out_never_changes() -> None:
+    """The result's bytes are the collector's buffer (no second copy of a big output); a later chunk does
+    not change bytes handed out before (a background handle's output so far)."""
+    output = collected(b"a" * 1000, limit=1 << 20)
+    so_far = output.raw_bytes(Stream.STDOUT)
+    output.feed(Stream.STDOUT, b"b")
+    assert so_far == b"a" * 1000
+    result = settle("cmd", output, exit_code=0, elapsed=0.1)
+    assert result.stdout_bytes is output.raw_bytes(Stream.STDOUT)
+    assert result.stdout_bytes == b"a" * 1000 + b"b"
+
+
+def test_a_character_split_across_chunks_is_decoded_whole() -> None:
+    chunks: list[str] = []
+    output = OutputCollector(limit=100, on_stdout=chunks.append)
+    for piece in (b"x\xc3", b"\xa9y\xe2\x82", b"\xac", b"\xc3"):
+        output.feed(Stream.STDOUT, piece)
+    output.finish()
+    assert "".join(chunks) == output.stdout == "x\u00e9y\u20ac\ufffd"
+    assert output.total == 8, "the cap counts bytes, once"
+
+
+def test_text_only_output_says_none_for_the_bytes() -> None:
+    """A provider whose SDK hands over decoded text feeds it re-encoded (for the cap and the text); those
+    are not the bytes the command wrote, so none are claimed."""
+    output = OutputCollector(limit=100, raw=False)
+    output.feed(Stream.STDOUT, "\ufffdok".encode())
+    result = settle("cmd", output, exit_code=0, elapsed=0.1)
+    assert (result.stdout, result.stdout_bytes, result.stderr_bytes) == ("\ufffdok", None, None)
+
+
 def test_no_exit_code_and_no_timeout_is_a_plumbing_bug() -> None:
     with pytest.raises(ValueError, match="neither an exit code nor a timeout"):
         settle("cmd", collected(), exit_code=None, elapsed=1.0)

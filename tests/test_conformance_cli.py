@@ -120,7 +120,7 @@ def test_failing_suite_exits_one_and_lists_the_failed_tests() -> None:
     assert "Traceback" not in result.stderr
     rows = _table_rows(result.stdout)
     # declared, promises, passed, failed, skipped (each test once per client), result
-    assert rows["(general)"] == ["-", "14/14", "4", "2", "0", "FAILED"]
+    assert rows["(general)"] == ["-", "16/16", "4", "2", "0", "FAILED"]
     assert rows["snapshot.filesystem"][:2] == ["not", "declared"]
     assert rows["exec"][1] == "native"
     failed = result.stdout.split("failed tests (2):", 1)[1].split()

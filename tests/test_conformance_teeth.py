@@ -99,7 +99,7 @@ LIARS = [
         "restore_noop",
         "restore_snapshot returns without restoring (an unknown id still raises SnapshotNotFoundError)",
         """
-        async def restore_snapshot(self, snapshot_id):
+        async def _restore_snapshot(self, snapshot_id):
             fs.snapshot_tree(self._state_dir, snapshot_id)
         """,
         caught_by=_by("test_snapshots::test_restore_brings_back_exactly_the_tree"),
@@ -340,6 +340,34 @@ LIARS = [
         caught_by=_by("test_exec::test_the_output_limit_counts_stdout_plus_stderr"),
     ),
     Liar(
+        "output_bytes_from_text",
+        "stdout_bytes/stderr_bytes are the decoded text encoded again, not the bytes the command wrote",
+        """
+        async def execute(self, **kwargs):
+            result = await super().execute(**kwargs)
+            return result.model_copy(
+                update={"stdout_bytes": result.stdout.encode(), "stderr_bytes": result.stderr.encode()}
+            )
+        """,
+        caught_by=_by("test_exec::test_output_is_the_bytes_written_and_their_text"),
+    ),
+    Liar(
+        "output_limit_counts_text",
+        "output_limit counts the UTF-8 of the decoded text (3 bytes for each invalid byte), not the bytes",
+        """
+        def _collector(self, on_stdout, on_stderr):
+            output = OutputCollector(limit=self.config.output_limit, on_stdout=on_stdout, on_stderr=on_stderr)
+            feed = output.feed
+            def by_text(stream, data):
+                output._total += len(data.decode("utf-8", "replace").encode()) - len(data)
+                feed(stream, data)
+            output.feed = by_text
+            return output
+        """,
+        imports="from grainchain._output import OutputCollector",
+        caught_by=_by("test_exec::test_the_output_limit_counts_the_bytes_once"),
+    ),
+    Liar(
         "call_timeout_capped_by_config",
         "a call's timeout cannot exceed SandboxConfig.timeout (the smaller one wins)",
         """
@@ -439,11 +467,21 @@ LIARS = [
         caught_by=_by("test_files::test_file_info_matches_what_commands_see"),
     ),
     Liar(
+        "refuse_sees_only_handles",
+        "restore_snapshot(if_processes_running='refuse') counts only processes with a handle, not what "
+        "`cmd &` left running (which the restore then kills)",
+        """
+        async def _running_processes(self):
+            return [handle.command for handle in self._handles.running()]
+        """,
+        caught_by=_by("test_snapshots::test_restore_ends_running_processes_or_refuses_and_changes_nothing"),
+    ),
+    Liar(
         "restore_resets_modes",
         "after a restore every file has mode 0o644 (the snapshot kept no permission bits)",
         """
-        async def restore_snapshot(self, snapshot_id):
-            await super().restore_snapshot(snapshot_id)
+        async def _restore_snapshot(self, snapshot_id):
+            await super()._restore_snapshot(snapshot_id)
             await super().execute(command="find . -type f -exec chmod 644 {} +")
         """,
         caught_by=_by("test_snapshots::test_restore_brings_back_exactly_the_tree"),

@@ -431,3 +431,27 @@ async def test_dropped_stream_is_a_connection_error_and_the_command_is_killed(
         await sandbox.execute("echo first; sleep 1; touch after-drop; sleep 30", timeout=10)
     await asyncio.sleep(1.5)
     assert not await sandbox.file_exists("after-drop"), "the command ran on after its stream was lost"
+
+
+def test_raw_output_is_taken_before_the_sdk_decodes_it_or_not_claimed() -> None:
+    """The SDK hands over decoded text only; tee_raw_output swaps the handle's two decoders for ones that pass
+    envd's chunks on as bytes. An SDK without those decoders is left alone (False: the output's bytes then
+    say None, never a re-encoding of the text)."""
+    import codecs
+
+    from grainchain.providers.e2b import _sdk
+
+    class Handle:
+        def __init__(self) -> None:
+            self._stdout_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            self._stderr_decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    out: list[bytes] = []
+    err: list[bytes] = []
+    handle = Handle()
+    assert _sdk.tee_raw_output(handle, out.append, err.append)  # type: ignore[arg-type]
+    assert handle._stdout_decoder.decode(b"\xff\xc3") == ""  # the SDK gets no text: the collector decodes
+    assert handle._stdout_decoder.decode(b"", final=True) == ""
+    handle._stderr_decoder.decode(b"\x00x")
+    assert (out, err) == ([b"\xff\xc3"], [b"\x00x"])
+    assert not _sdk.tee_raw_output(object(), out.append, err.append)  # type: ignore[arg-type]

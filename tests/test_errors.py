@@ -23,6 +23,7 @@ from grainchain.errors import (
     NotFoundError,
     OutputLimitExceededError,
     PathOutsideSandboxError,
+    PermissionDeniedError,
     ProviderError,
     ProviderNotFoundError,
     RateLimitError,
@@ -35,7 +36,16 @@ from grainchain.errors import (
 def test_every_public_error_is_a_grainchain_error() -> None:
     classes = [getattr(errors, name) for name in errors.__all__]
     assert all(inspect.isclass(c) and issubclass(c, GrainchainError) for c in classes)
-    assert len(classes) == 22
+    assert len(classes) == 25
+
+
+def test_processes_running_error_lists_what_runs() -> None:
+    error = errors.ProcessesRunningError([f"pid {n}: sleep 100" for n in range(12)], provider="local")
+    assert error.processes == [f"pid {n}: sleep 100" for n in range(12)]
+    assert "12 process(es)" in str(error)
+    assert "pid 9: sleep 100; ..." in str(error)  # the first ten, then "..."
+    assert 'if_processes_running="kill"' in str(error)
+    assert error.retryable is False
 
 
 def test_every_public_error_is_exported_by_the_package() -> None:
@@ -142,6 +152,7 @@ def test_errors_fit_builtin_exceptions() -> None:
     assert issubclass(CommandTimeoutError, TimeoutError)
     assert issubclass(InvalidArgumentError, ValueError)
     assert issubclass(PathOutsideSandboxError, PermissionError)
+    assert issubclass(PermissionDeniedError, PermissionError)
     assert issubclass(BackendConnectionError, ConnectionError)
     assert issubclass(BackendTimeoutError, TimeoutError)
 

@@ -38,15 +38,18 @@ import asyncio
 import collections
 import contextlib
 import gc
+import itertools
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import httpx
@@ -71,6 +74,12 @@ DOCKER_IMAGE = (
     "grainchain-test/busybox:latest"  # built offline by .ci/docker-up, as tests/test_docker.py uses
 )
 PAYLOAD = bytes(range(256)) * 16  # 4 KiB
+# a small tree for upload_directory / download_directory (made at import, never on the loop)
+TREE = Path(tempfile.mkdtemp(prefix="grainchain-loop-tree-"))
+(TREE / "source" / "sub").mkdir(parents=True)
+(TREE / "source" / "big").write_bytes(PAYLOAD * 64)  # 256 KiB: a few pieces of the stream
+(TREE / "source" / "sub" / "small").write_bytes(b"x")
+BACKS = itertools.count()  # a fresh download target per call (attempts and parameters repeat i)
 
 
 # -- the heartbeat and its watchdog ----------------------------------------------------------------------
@@ -360,6 +369,10 @@ async def workflow(provider: str, config: SandboxConfig | None, i: int) -> None:
         await sandbox.upload_file("data/note.txt", f"note {i}")
         assert await sandbox.download_file("data/blob.bin") == PAYLOAD
         assert {f.name for f in await sandbox.list_files("data")} >= {"blob.bin", "note.txt"}
+        source, back = TREE / "source", TREE / f"back-{os.getpid()}-{next(BACKS)}"
+        await sandbox.upload_directory(source, "tree")  # a tar packed, sent and unpacked off the loop
+        await sandbox.download_directory("tree", back)
+        assert await asyncio.to_thread((back / "big").read_bytes) == PAYLOAD * 64
         snapshot = await sandbox.create_snapshot()
         try:
             await sandbox.upload_file("data/note.txt", "changed")

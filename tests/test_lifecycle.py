@@ -42,7 +42,7 @@ def sandbox_dirs(state_dir: Path) -> list[str]:
 
 async def test_status_and_id_through_the_lifecycle(flavour: str) -> None:
     sandbox = new_sandbox(flavour)
-    assert sandbox.status is SandboxStatus.creating
+    assert sandbox.status is SandboxStatus.not_started  # nothing is being created yet
     assert sandbox.provider_name == "local"
     with pytest.raises(SandboxNotRunningError):
         sandbox.sandbox_id  # noqa: B018 - the property raises before the sandbox exists
@@ -63,6 +63,54 @@ async def test_status_and_id_through_the_lifecycle(flavour: str) -> None:
     assert sandbox.status is SandboxStatus.closed
     assert sandbox.sandbox_id == sandbox_id  # still readable, e.g. for logs or connect()
     assert sandbox_id in repr(getattr(sandbox, "_target", sandbox))  # unwrapped: the client's own repr
+
+
+async def test_status_while_starting_and_after_a_failed_start(
+    flavour: str, state_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """creating only while start() runs; a failed start leaves not_started (nothing made), and start() may be
+    called again."""
+    from grainchain._async.backend import AsyncBackend
+    from grainchain._sync.backend import Backend
+
+    sandbox = new_sandbox(flavour)
+    seen: list[SandboxStatus] = []
+    failures = [RuntimeError("the first create fails")]
+
+    def check() -> None:
+        seen.append(sandbox.status)
+        if failures:
+            raise failures.pop()
+
+    original_async, original_sync = AsyncBackend.create, Backend.create
+
+    async def create_async(backend: Any, *args: Any) -> Any:
+        check()
+        return await original_async(backend, *args)
+
+    def create_sync(backend: Any, *args: Any) -> Any:
+        check()
+        return original_sync(backend, *args)
+
+    monkeypatch.setattr(AsyncBackend, "create", create_async)
+    monkeypatch.setattr(Backend, "create", create_sync)
+    with pytest.raises(RuntimeError):
+        await sandbox.start()
+    assert sandbox.status is SandboxStatus.not_started
+    assert sandbox_dirs(state_dir) == []
+    await sandbox.start()  # again, now that create works
+    try:
+        assert seen == [SandboxStatus.creating, SandboxStatus.creating]
+        assert sandbox.status is SandboxStatus.running
+    finally:
+        await close(sandbox)
+    assert sandbox.status is SandboxStatus.closed
+
+
+async def test_detach_of_a_sandbox_never_started_changes_nothing(flavour: str) -> None:
+    sandbox = new_sandbox(flavour)
+    await sandbox.detach()
+    assert sandbox.status is SandboxStatus.not_started
 
 
 async def test_every_operation_after_close_raises_not_running(sandbox: Any) -> None:
@@ -144,6 +192,15 @@ async def test_keep_alive_leaves_the_sandbox_for_connect(flavour: str, state_dir
         sandbox_id = sandbox.sandbox_id
 
     assert ws.is_dir()  # leaving `async with` did not remove it
+    assert sandbox.status is SandboxStatus.detached  # it runs on: not "closed"
+    with pytest.raises(SandboxNotRunningError) as caught:
+        await sandbox.execute("true")
+    assert "detached" in str(caught.value)
+    assert f"connect({sandbox_id!r})" in str(caught.value)
+    with pytest.raises(SandboxNotRunningError):
+        await sandbox.start()  # not a second sandbox under the same object
+    await close(sandbox)  # not this object's any more: closing it ends nothing
+    assert sandbox.status is SandboxStatus.detached
     listed = {info.sandbox_id: info for info in await list_sandboxes(flavour)}
     assert listed[sandbox_id].status is SandboxStatus.running
     assert listed[sandbox_id].provider == "local"
@@ -314,11 +371,62 @@ async def test_config_the_provider_cannot_honour_fails_at_creation(
     assert caught.value.hint is not None
     assert f"SandboxConfig.{field}" in caught.value.hint
     assert f"SandboxConfig.{field}" in str(caught.value)
-    assert sandbox.status is SandboxStatus.creating
+    assert sandbox.status is SandboxStatus.not_started  # nothing was made: start() may be tried again
     with pytest.raises(CapabilityError):
         async with opened(flavour, config=config):
             pass
     assert sandbox_dirs(state_dir) == []  # nothing was created
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"memory_limit": 1}, "memory_limit must be at least 6291456 bytes (6 MiB) on local, got 1: "),
+        ({"memory_limit": "5m"}, "memory_limit must be at least 6291456 bytes (6 MiB) on local, got 5242880"),
+        ({"cpu_limit": 1000}, "cpu_limit must be at most {cpus} on local here, got 1000: "),
+    ],
+)
+async def test_limits_the_machine_cannot_honour_are_refused_before_anything_is_made(
+    flavour: str, state_dir: Path, fields: dict[str, Any], expected: str
+) -> None:
+    import os
+
+    from grainchain import ConfigurationError
+
+    cpus = len(os.sched_getaffinity(0))  # (this test machine runs grainchain without a cgroup CPU quota)
+    sandbox = new_sandbox(flavour, "local", SandboxConfig(**fields))
+    with pytest.raises(ConfigurationError) as caught:
+        await sandbox.start()
+    assert expected.format(cpus=cpus) in str(caught.value)
+    assert (caught.value.provider, caught.value.operation) == ("local", "create")
+    assert "OOM killer" in str(caught.value) or f"{cpus} CPUs" in str(caught.value)  # the reason
+    assert sandbox.status is SandboxStatus.not_started
+    assert sandbox_dirs(state_dir) == []
+    async with opened(flavour, "local", SandboxConfig(memory_limit="6m", cpu_limit=cpus)) as fits:
+        assert (await run_ok(fits, "echo ok")).stdout == "ok\n"  # at the bounds: allowed
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"memory_limit": "1k"}, r"memory_limit must be at least 6291456 bytes \(6 MiB\) on docker, got 1024: "
+         r"the docker engine refuses less"),
+        ({"cpu_limit": 1000}, r"cpu_limit must be at most (\d+) on docker here, got 1000: the docker engine's "
+         r"machine has \1 CPUs \(NCPU of /info\)"),
+    ],
+)  # fmt: skip
+async def test_docker_refuses_limits_its_engine_cannot_honour(fields: dict[str, Any], expected: str) -> None:
+    from test_bad_input import DOCKER_IMAGE, _docker_reason
+
+    from grainchain import ConfigurationError
+
+    if reason := _docker_reason():
+        pytest.skip(reason)
+    sandbox = new_sandbox("async", "docker", SandboxConfig(image=DOCKER_IMAGE, **fields))
+    with pytest.raises(ConfigurationError) as caught:
+        await sandbox.start()
+    assert re.search(expected, str(caught.value)), caught.value
+    assert sandbox.status is SandboxStatus.not_started
 
 
 async def test_capabilities_of_the_local_provider(sandbox: Any) -> None:

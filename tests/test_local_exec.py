@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
 import tracemalloc
 from pathlib import Path
@@ -47,12 +48,20 @@ async def test_environment_is_scrubbed(make_sandbox: Any, monkeypatch: pytest.Mo
     env = env_of(result.stdout)
     assert "MY_SECRET" not in env
     assert "hunter2" not in result.stdout
-    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    assert env["LANG"] == "C.UTF-8"
     workspace = (await sandbox.execute("pwd -P")).stdout.strip()
+    # the sandbox's Python environment (made on first use), its shims, the minimal PATH
+    venv, shims, minimal = env["PATH"].split(":", 2)
+    assert (venv, env["VIRTUAL_ENV"]) == (f"{workspace}/.venv/bin", f"{workspace}/.venv")
+    assert shims.endswith("/bin")
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    assert sorted(os.listdir(shims)) == sorted(
+        f"{n}{v}" for n in ("pip", "python") for v in ("", "3", version)
+    )
+    assert minimal == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert env["LANG"] == "C.UTF-8"
     assert env["HOME"] == workspace
     # nothing else of the host leaks: only the minimal variables, the markers and what the shell adds
-    allowed = {"PATH", "LANG", "HOME", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_"}
+    allowed = {"PATH", "LANG", "HOME", "TMPDIR", "PWD", "OLDPWD", "SHLVL", "_", "VIRTUAL_ENV"}
     allowed |= {"GRAINCHAIN_SANDBOX_ID", "GRAINCHAIN_EXEC_ID", "GRAINCHAIN_STATE_TAG"}
     assert set(env) <= allowed, set(env) - allowed
     assert os.path.isdir(env["TMPDIR"])

@@ -7,6 +7,7 @@ it without isolation, so the check itself is known to work.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,8 +24,9 @@ from grainchain.errors import (
     CapabilityError,
     CommandTimeoutError,
     ConfigurationError,
-    PathOutsideSandboxError,
+    PermissionDeniedError,
 )
+from grainchain.providers.local import _isolation as iso
 from grainchain.providers.local._isolation import namespaces_unavailable
 from grainchain.sync import Sandbox
 
@@ -72,10 +75,14 @@ def test_the_workspace_is_at_slash_workspace_for_commands_and_files(isolated: Sa
     assert isolated.get_file_info("c.txt").path == "/workspace/c.txt"
     assert isolated.execute("pwd", working_dir="/workspace/d").stdout == "/workspace/d\n"
     isolated.execute("ln -s /etc/hostname out")
-    with pytest.raises(PathOutsideSandboxError):
-        isolated.download_file("out")  # commands may read it; file operations stay in the workspace
-    with pytest.raises(PathOutsideSandboxError):
+    # file operations see what commands see (convention:paths): the sandbox's /etc, read-only
+    assert isolated.download_file("out") == isolated.execute("cat /etc/hostname").stdout.encode()
+    with pytest.raises(PermissionDeniedError):
         isolated.upload_file("/etc/x", "no")
+    assert not Path("/etc/x").exists()
+    isolated.upload_file("/tmp/t.txt", "private tmp")
+    assert isolated.execute("cat /tmp/t.txt").stdout == "private tmp"
+    assert {f.name for f in isolated.list_files("/")} == set(isolated.execute("ls -A1 /").stdout.split())
 
 
 def test_host_home_root_and_tmp_are_invisible(isolated: Sandbox) -> None:
@@ -95,8 +102,10 @@ def test_host_home_root_and_tmp_are_invisible(isolated: Sandbox) -> None:
     finally:
         for path in planted:
             path.unlink()
+    # (and the top directory of the Python interpreter's prefix, bound read-only for `python`)
+    python_top = Path(os.path.realpath(sys.base_prefix)).parts[1]
     assert isolated.execute("ls /").stdout.split() == sorted(
-        {"bin", "dev", "etc", "lib", "lib64", "opt", "proc", "sbin", "tmp", "usr", "workspace"}
+        {"bin", "dev", "etc", "lib", "lib64", "opt", "proc", "sbin", "tmp", "usr", "workspace", python_top}
         & {*os.listdir("/"), "dev", "proc", "tmp", "workspace"}
     )
 
@@ -246,8 +255,7 @@ async def test_the_async_client_is_isolated_too() -> None:
 async def test_the_api_document_s_workspace_paths_work_as_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The document's execute() and file examples with their /workspace paths (`python3` for `python`: a
-    Debian host has only python3, and an isolated sandbox sees the host's /usr/bin)."""
+    """The document's execute() and file examples with their /workspace paths, as written."""
     from grainchain import Sandbox as DocumentSandbox
 
     monkeypatch.chdir(tmp_path)
@@ -256,7 +264,7 @@ async def test_the_api_document_s_workspace_paths_work_as_written(
         script = "import os; print('args', os.environ['LOG_LEVEL'], os.getcwd())"
         await sandbox.upload_file("script.py", script)
         result = await sandbox.execute(
-            "python3 script.py --verbose",
+            "python script.py --verbose",
             timeout=300,
             working_dir="/workspace",
             environment={"LOG_LEVEL": "DEBUG"},
@@ -265,7 +273,9 @@ async def test_the_api_document_s_workspace_paths_work_as_written(
         with open("data.zip", "rb") as f:
             await sandbox.upload_file("data.zip", f.read(), mode="wb")
         files = await sandbox.list_files("/workspace")
-        assert [(file.name, file.size) for file in files] == [("data.zip", 22), ("script.py", len(script))]
+        listed = [(file.name, file.size) for file in files if not file.is_directory]
+        assert listed == [("data.zip", 22), ("script.py", len(script))]
+        assert [file.name for file in files if file.is_directory] == [".venv"]  # `python`'s, made by it
 
 
 # -- falling back -----------------------------------------------------------------------------------------
@@ -382,3 +392,51 @@ def test_bad_provider_config_is_refused() -> None:
     for bad in ({"isolation": "vm"}, {"network": False}, {"pids_limit": 0}, {"colour": "red"}):
         with pytest.raises(ConfigurationError):
             Sandbox("local", SandboxConfig(provider_config=bad)).start()
+
+
+def _adapter(sandbox: Sandbox) -> Any:
+    return sandbox._adapter
+
+
+def test_a_reused_holder_pid_is_never_taken_for_the_sandbox(isolated: Sandbox) -> None:
+    """File operations walk /proc/<holder>/root; once the holder died its pid may name another process,
+    whose root (here this test's: the host's `/`) holds no /workspace of this sandbox: refused."""
+    isolated.upload_file("f", "x")
+    adapter = _adapter(isolated)
+    stranger = iso.Holder(pid=os.getpid(), target=os.getpid(), network="host", userns=False)
+    with pytest.raises(ProcessLookupError):
+        iso.HolderRoot(stranger, adapter._box.workspace)
+    root = iso.HolderRoot(adapter._ensure_holder(), adapter._box.workspace)
+    root.close()
+
+
+def test_file_operations_follow_the_holder_when_it_is_restarted(isolated: Sandbox) -> None:
+    """A holder that ended (a restore, terminate, a command that killed pid 1) is started again by the next
+    file operation, which then sees the sandbox's mounts (/tmp too); the old root's descriptors go (they
+    would pin the dead namespace's mounts)."""
+    isolated.execute("echo kept > /tmp/t")
+    assert isolated.download_file("/tmp/t") == b"kept\n"
+    adapter = _adapter(isolated)
+    fds = len(os.listdir("/proc/self/fd"))  # (the holder's root and pidfd among them)
+    for round_ in range(3):
+        holder = adapter._holder
+        holder.kill()
+        holder.wait_gone()
+        assert isolated.download_file("/tmp/t") == b"kept\n", round_
+        assert adapter._holder is not holder
+        assert adapter._holder.alive()
+        assert isolated.execute("cat /tmp/t").stdout == "kept\n"
+    assert len(os.listdir("/proc/self/fd")) <= fds  # the dead holders' descriptors were closed
+
+
+async def test_concurrent_file_operations_share_one_holder_root() -> None:
+    """The first file operations of a sandbox, all at once (a gather), and again after its holder ended:
+    every one succeeds (none closes the root another one walks)."""
+    async with AsyncSandbox("local", ISOLATED) as sandbox:
+        await sandbox.execute("for i in 1 2 3 4 5 6 7 8; do echo $i > /tmp/f$i; done")
+        for _ in range(2):
+            got = await asyncio.gather(*(sandbox.download_file(f"/tmp/f{i}") for i in range(1, 9)))
+            assert got == [f"{i}\n".encode() for i in range(1, 9)]
+            holder = sandbox._adapter._holder
+            holder.kill()
+            holder.wait_gone()

@@ -92,7 +92,8 @@ async def test_snapshot_of_a_workspace_holding_a_unix_socket(sandbox: Any) -> No
     snapshot_id = await sandbox.create_snapshot()
     await sandbox.restore_snapshot(snapshot_id)
 
-    assert sorted(f.name for f in await sandbox.list_files()) == ["data.txt"]
+    # (.venv: the sandbox's Python environment, made by `python3`)
+    assert sorted(f.name for f in await sandbox.list_files()) == [".venv", "data.txt"]
 
 
 async def test_snapshot_does_not_change_with_the_workspace(sandbox: Any) -> None:

@@ -18,7 +18,9 @@ from grainchain.settings import config_file_path, load_settings, validate_config
         ("4GB", 4_000_000_000),
         ("512MB", 512_000_000),
         ("1.5GiB", 1_610_612_736),
-        ("256m", 256_000_000),
+        ("256m", 256 * 2**20),  # docker's single letters: powers of 1024, as docker reads them
+        ("1G", 2**30),
+        ("4gb", 4_000_000_000),
         ("2 GiB", 2 * 1024**3),
         (1024, 1024),
     ],
@@ -46,6 +48,79 @@ def test_validate_config_raises_configuration_error_naming_field() -> None:
 def test_unknown_config_field_is_rejected() -> None:
     with pytest.raises(ConfigurationError, match="memory_limt"):
         SandboxConfig(memory_limt="4GB")  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "accepted"),
+    [
+        ("timeout", -1, "a positive number of seconds up to 604800"),
+        ("timeout", True, "a positive number of seconds"),
+        ("cpu_limit", 0, "a number of cores more than 0 and at most 4096"),
+        ("cpu_limit", "two", "a number of cores"),
+        ("memory_limit", "256 megs", "accepted: an integer number of bytes"),
+        ("output_limit", 0, "a size must be positive"),
+        ("environment_vars", {"1A": "x"}, "not a valid variable name (letters, digits, _"),
+        ("working_directory", "a\0b", "a string without NUL characters"),
+        ("image", "", "a non-empty string"),
+        ("ports", [70000], "a TCP port number (an int from 1 to 65535)"),
+        ("auto_cleanup", "perhaps", "a valid boolean"),
+        ("provider_config", 3, "a valid dictionary"),
+        ("memory_limt", "1GB", "the fields of SandboxConfig: timeout, working_directory"),
+    ],
+)
+def test_every_invalid_field_is_a_configuration_error_naming_field_value_and_what_is_accepted(
+    field: str, value: object, accepted: str
+) -> None:
+    for attempt in (
+        lambda: SandboxConfig(**{field: value}),
+        lambda: SandboxConfig.model_validate({field: value}),
+        lambda: validate_config({field: value}),
+        lambda: AsyncSandbox(config={field: value}),  # a dict config, checked the same way
+    ):
+        with pytest.raises(ConfigurationError) as info:
+            attempt()
+        message = str(info.value)
+        assert isinstance(info.value, ValueError)  # as pydantic's ValidationError was
+        assert not isinstance(info.value, ValidationError)
+        assert message.count("invalid settings") == 1, message  # not an error wrapped in an error
+        assert f"  {field}" in message, message
+        assert accepted in message, message
+        shown = value[0] if isinstance(value, list) else value  # (a list's bad item)
+        assert repr(shown)[:20] in message, message
+
+
+def test_assigning_an_invalid_field_is_refused_the_same_way() -> None:
+    config = SandboxConfig()
+    with pytest.raises(ConfigurationError, match="timeout must be a positive number"):
+        config.timeout = -1
+    assert config.timeout == 300
+    config.memory_limit = "1g"  # type: ignore[assignment]
+    assert config.memory_limit == 2**30
+
+
+def test_json_and_dict_configs_are_checked_as_objects_are() -> None:
+    with pytest.raises(ConfigurationError, match="timeout"):
+        SandboxConfig.model_validate_json('{"timeout": -5}')
+    with pytest.raises(ConfigurationError, match="a mapping of its fields"):
+        SandboxConfig.model_validate(["timeout", 5])
+    with pytest.raises(ConfigurationError, match="config must be a SandboxConfig, a mapping"):
+        AsyncSandbox(config="timeout=5")  # type: ignore[arg-type]
+    assert AsyncSandbox(config={"timeout": 5, "memory_limit": "1g"}).config == SandboxConfig(
+        timeout=5, memory_limit=2**30
+    )
+
+
+def test_config_and_execute_judge_environment_names_by_one_rule() -> None:
+    from grainchain._checks import check_env_names
+    from grainchain.errors import InvalidArgumentError
+
+    for names in ({"1A": "x"}, {"A-B": "x"}, {"": "x"}, {"A=B": "x"}):
+        with pytest.raises(InvalidArgumentError) as call:
+            check_env_names("execute", "environment", names)  # what execute(environment=...) runs
+        with pytest.raises(ConfigurationError) as config:
+            SandboxConfig(environment_vars=names)
+        assert call.value.message.split(": ", 1)[1] in config.value.message
+    SandboxConfig(environment_vars={"_A1": "x", "a": ""})
 
 
 def test_default_provider_is_local() -> None:

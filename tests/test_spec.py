@@ -128,7 +128,7 @@ def test_any_of_is_rendered_as_one_gate_of_alternatives() -> None:
 
 
 def _arguments(spec: dict[str, Any], operation: str) -> dict[str, Any]:
-    sample = {"str": "x", "int": 8080, "str | bytes": b"x"}
+    sample = {"str": "x", "int": 8080, "str | bytes": b"x", "LocalPath": "local-dir"}
     params = spec["operations"][operation]["params"]
     return {name: sample[p["type"]] for name, p in params.items() if "default" not in p}
 

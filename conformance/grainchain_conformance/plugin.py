@@ -221,7 +221,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     suite = [item for item in items if _in_suite(item)]
     if not suite:
         return
-    from grainchain._generated.features import Feature
+    from grainchain import Feature
 
     for item in suite:
         cls = suite_class(item)

@@ -7,8 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from grainchain._generated.features import INFORMATIONAL_FEATURES, Feature
-from grainchain._generated.spec import load_spec
+from grainchain.adapters import INFORMATIONAL_FEATURES, Feature, load_spec
 from grainchain.models import SnapshotKind
 from grainchain_conformance.promises import is_unconditional
 
@@ -16,8 +15,10 @@ from grainchain_conformance.promises import is_unconditional
 SANDBOX_PROBES: dict[Feature, Callable[[Any], Any]] = {  # on a sandbox of either client
     Feature.EXEC: lambda s: s.execute("true"),
     Feature.EXEC_STREAMING: lambda s: s.execute("true", on_stdout=lambda _: None),
+    Feature.EXEC_STDIN: lambda s: s.execute("true", stdin=b"x"),
     Feature.PROCESS_BACKGROUND: lambda s: s.start_process("true"),
     Feature.FILES: lambda s: s.upload_file("grainchain-probe", b"x"),
+    Feature.FILES_DIRECTORIES: lambda s: s.download_directory(".", "grainchain-probe-never-made"),
     Feature.SNAPSHOT_FILESYSTEM: lambda s: s.create_snapshot(),
     Feature.SNAPSHOT_MEMORY: lambda s: s.create_snapshot(kind=SnapshotKind.memory),
     Feature.LIFECYCLE_TERMINATE_WAKE: lambda s: s.terminate(),

@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from grainchain._generated.features import INFORMATIONAL_FEATURES
-from grainchain._generated.spec import load_spec
+from grainchain.adapters import INFORMATIONAL_FEATURES, load_spec
 
 SUITE_DIR = Path(__file__).parent
 ATTRIBUTE = "grainchain_promises"

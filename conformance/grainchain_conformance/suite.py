@@ -31,6 +31,7 @@ import pytest
 
 from grainchain_conformance import (
     test_declaration,
+    test_directories,
     test_examples,
     test_exec,
     test_files,
@@ -39,6 +40,7 @@ from grainchain_conformance import (
     test_processes,
     test_snapshots,
     test_state_machine,
+    test_stdin,
     test_unsupported,
 )
 
@@ -91,6 +93,11 @@ class FilesSuite(ProviderSuite):
     """File operations and FileInfo against what commands see (test_files.py)."""
 
 
+@_gather(test_directories)
+class DirectoriesSuite(ProviderSuite):
+    """Whole directories up and down, exactly, and nothing written outside the target (test_directories.py)."""
+
+
 @_gather(test_paths)
 class PathsSuite(ProviderSuite):
     """Paths leading out of the sandbox, towards a canary on the client's host (test_paths.py)."""
@@ -103,6 +110,11 @@ class PathsSuite(ProviderSuite):
 @_gather(test_processes)
 class ProcessesSuite(ProviderSuite):
     """Background processes (test_processes.py)."""
+
+
+@_gather(test_stdin)
+class StdinSuite(ProviderSuite):
+    """Standard input of commands and background processes (test_stdin.py)."""
 
 
 @_gather(test_lifecycle)
@@ -134,8 +146,10 @@ class ConformanceSuite(
     DeclarationSuite,
     ExecSuite,
     FilesSuite,
+    DirectoriesSuite,
     PathsSuite,
     ProcessesSuite,
+    StdinSuite,
     LifecycleSuite,
     SnapshotsSuite,
     ExamplesSuite,

@@ -10,8 +10,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, settings
 
-from grainchain._generated.features import Feature
-from grainchain._provider_info import ProviderInfo
+from grainchain.adapters import Feature, ProviderInfo
 from grainchain.models import SandboxConfig, SandboxInfo, SupportLevel
 from grainchain_conformance.clients import Blocking, call, sandbox_class
 

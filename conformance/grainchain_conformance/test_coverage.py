@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grainchain._generated.features import (
+from grainchain.adapters import (
     CONFIG_REQUIREMENTS,
     INFORMATIONAL_FEATURES,
     OPERATION_FEATURES,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from grainchain._generated.features import Feature
+from grainchain.adapters import Feature
 from grainchain.models import SupportLevel
 from grainchain_conformance.target import ConformanceTarget
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from grainchain._generated.features import Feature
+from grainchain.adapters import Feature
 from grainchain.errors import (
     CommandTimeoutError,
     InvalidArgumentError,
@@ -316,6 +316,7 @@ def test_command_over_the_memory_limit_is_reported(conformance: ConformanceTarge
         assert info.value.limit == 64_000_000
         assert info.value.return_code != 0
         assert info.value.stdout == "before\n"
+        assert info.value.stdout_bytes == b"before\n", "the error carries the bytes so far too"
         assert sandbox.execute("echo still usable").stdout == "still usable\n"
 
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from grainchain._generated.features import Feature
+from grainchain.adapters import Feature
 from grainchain.errors import (
     CommandTimeoutError,
     FileNotFoundInSandboxError,
@@ -147,3 +147,52 @@ def test_the_output_limit_counts_stdout_plus_stderr(conformance: ConformanceTarg
         with pytest.raises(OutputLimitExceededError):
             sandbox.execute("head -c 70000 /dev/zero >&2", timeout=30)
         assert sandbox.execute("echo usable").stdout == "usable\n"
+
+
+# bytes no text holds: invalid UTF-8 and a NUL (convention:output)
+BINARY = "printf '\\377\\376abc\\000x'"
+RAW = b"\xff\xfeabc\x00x"
+RAW_TEXT = "\ufffd\ufffdabc\x00x"
+
+
+@pytest.mark.feature("exec")
+@pytest.mark.promises(
+    "convention:output",
+    "field:ExecutionResult.stdout_bytes",
+    "field:ExecutionResult.stderr_bytes",
+    "raises:execute.CommandTimeoutError",
+)
+def test_output_is_the_bytes_written_and_their_text(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox() as sandbox:
+        result = sandbox.execute(f"{BINARY}; {BINARY} >&2; printf 'h\\303\\251'")
+        assert result.stdout_bytes == RAW + b"h\xc3\xa9", "stdout_bytes must be exactly what was written"
+        assert result.stderr_bytes == RAW, "stderr_bytes must be exactly what was written"
+        assert (result.stdout, result.stderr) == (RAW_TEXT + "h\u00e9", RAW_TEXT), "the text stays as it was"
+        # a character whose two bytes arrive in two chunks is decoded whole
+        split = sandbox.execute("printf '\\303'; sleep 0.3; printf '\\251'")
+        assert (split.stdout, split.stdout_bytes) == ("\u00e9", b"\xc3\xa9")
+        with pytest.raises(CommandTimeoutError) as info:
+            sandbox.execute(f"{BINARY}; {BINARY} >&2; sleep 10", timeout=1.5)
+        assert (info.value.stdout_bytes, info.value.stderr_bytes) == (RAW, RAW), "the bytes so far"
+        assert (info.value.stdout, info.value.stderr) == (RAW_TEXT, RAW_TEXT)
+
+
+@pytest.mark.feature("exec")
+@pytest.mark.promises("convention:output", "config:output_limit", "raises:execute.OutputLimitExceededError")
+def test_the_output_limit_counts_the_bytes_once(conformance: ConformanceTarget) -> None:
+    """600 bytes of 0xff are 600 bytes (decoded, 600 U+FFFD would be 1800 bytes of UTF-8; counted as bytes
+    and as text, 1200): they fit a 1000-byte cap; twice as much does not, and the error carries the bytes
+    that fitted. Written in 12 pieces, so that a cap counting wrongly sees its total before the end."""
+    ff = "for i in 1 2 3 4 5 6 7 8 9 10 11 12; do head -c 50 /dev/zero | tr '\\0' '\\377'; sleep 0.05; done"
+    with conformance.sandbox(output_limit=1000) as sandbox:
+        fits = sandbox.execute(ff)
+        assert fits.stdout_bytes == b"\xff" * 600
+        assert fits.stdout == "\ufffd" * 600
+        with pytest.raises(OutputLimitExceededError) as info:
+            sandbox.execute(f"{ff}; {ff} >&2; sleep 10", timeout=30)
+        out, err = info.value.stdout_bytes, info.value.stderr_bytes
+        assert out is not None, "the error carries the bytes that fitted"
+        assert err is not None, "the error carries the bytes that fitted"
+        assert 600 <= len(out) + len(err) <= 1000, (len(out), len(err))
+        assert set(out + err) == {0xFF}
+        assert info.value.stdout == out.decode(errors="replace")

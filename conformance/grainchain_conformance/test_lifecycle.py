@@ -9,10 +9,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from grainchain._generated.features import Feature
+from grainchain.adapters import Feature
 from grainchain.errors import SandboxNotFoundError, SandboxNotRunningError
 from grainchain.models import SandboxStatus
 from grainchain_conformance import inside
+from grainchain_conformance.clients import sandbox_class
 from grainchain_conformance.target import ConformanceTarget
 
 
@@ -23,6 +24,8 @@ def _listed(conformance: ConformanceTarget, sandbox_id: str) -> list[SandboxStat
 @pytest.mark.feature("exec")
 @pytest.mark.promises("lifecycle:attributes", "lifecycle:create", "lifecycle:close")
 def test_attributes_and_a_closed_sandbox(conformance: ConformanceTarget) -> None:
+    made = sandbox_class(conformance.client)(conformance.name, conformance.sandbox_config())
+    assert made.status is SandboxStatus.not_started, "a sandbox object before start() is not being created"
     sandbox = conformance.open()
     try:
         assert isinstance(sandbox.sandbox_id, str)
@@ -108,12 +111,18 @@ def test_close_ends_every_process_and_auto_cleanup_false_keeps_the_files(
 
 
 @pytest.mark.feature("lifecycle.reconnect", "exec")
-@pytest.mark.promises("config:keep_alive", "config:auto_cleanup")
+@pytest.mark.promises("config:keep_alive", "config:auto_cleanup", "lifecycle:detach")
 def test_keep_alive_leaves_the_sandbox_running(conformance: ConformanceTarget) -> None:
     with conformance.sandbox(keep_alive=True) as sandbox:
         inside.start_counter(sandbox)
         sandbox_id = sandbox.sandbox_id
     try:
+        detached: SandboxStatus = sandbox.status
+        assert detached is SandboxStatus.detached, f"a kept-alive sandbox it let go of says {detached}"
+        with pytest.raises(SandboxNotRunningError):
+            sandbox.execute("true")
+        sandbox.close()  # the object's, not the sandbox's: it runs on
+        assert sandbox.status is SandboxStatus.detached
         assert _listed(conformance, sandbox_id) == [SandboxStatus.running]
         again = conformance.connect(sandbox_id)
         at = inside.counter_value(again)

@@ -1,13 +1,16 @@
-"""Path confinement (convention:paths): `..`, absolute paths and symlinks leading out of the sandbox.
+"""One meaning of paths (convention:paths): file operations see exactly the filesystem commands see.
 
-A file operation acts on exactly what a command in the sandbox reaches at the path, or raises
-PathOutsideSandboxError; every operation agrees on which paths are outside; nothing on the client's host
-changes unless the sandbox's commands see that very file (a provider whose sandbox shares the host's
-filesystem). A canary directory on the host (this process's machine) shows escapes.
+`/` is the sandbox's `/` (list_files("/") names what `ls -A /` names), a relative path starts at the
+working directory, `..` and symlinks resolve as for a command; what a command writes is downloadable at the
+same path and what is uploaded a command reads there; a path a command may not write cannot be written by
+a file operation either (PermissionDeniedError). Paths leading towards the client's host (a canary
+directory on this machine) reach only what the sandbox's commands see there: nothing, unless the sandbox
+shares the host's filesystem (local with isolation "none").
 """
 
 from __future__ import annotations
 
+import posixpath
 import shlex
 import shutil
 import tempfile
@@ -18,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from grainchain.errors import FileNotFoundInSandboxError, GrainchainError, PathOutsideSandboxError
+from grainchain.errors import FileNotFoundInSandboxError, GrainchainError, PermissionDeniedError
 from grainchain_conformance import inside
 from grainchain_conformance.target import ConformanceTarget
 
@@ -66,11 +69,11 @@ def _ways_out(canary: Path) -> dict[str, str]:
 def _outcome(operation: Callable[..., Any], *args: Any) -> tuple[str, Any]:
     try:
         return "ok", operation(*args)
-    except PathOutsideSandboxError:
-        return "outside", None
     except FileNotFoundInSandboxError:
         return "not found", None
-    except GrainchainError as exc:
+    except PermissionDeniedError:
+        return "refused", None
+    except GrainchainError as exc:  # (PathOutsideSandboxError among them: no file operation raises it)
         return "error", exc
 
 
@@ -81,16 +84,7 @@ def _host_state(canary: Path) -> list[tuple[str, bytes | None]]:
 
 
 @pytest.mark.feature("files", "exec")
-@pytest.mark.promises(
-    "convention:paths",
-    "raises:upload_file.PathOutsideSandboxError",
-    "raises:download_file.PathOutsideSandboxError",
-    "raises:list_files.PathOutsideSandboxError",
-    "raises:get_file_info.PathOutsideSandboxError",
-    "raises:file_exists.PathOutsideSandboxError",
-    "raises:delete_file.PathOutsideSandboxError",
-    "raises:make_directory.PathOutsideSandboxError",
-)
+@pytest.mark.promises("convention:paths")
 def test_paths_leading_out_reach_only_what_commands_see(conformance: ConformanceTarget, canary: Path) -> None:
     with conformance.sandbox() as sandbox:
         made = sandbox.execute(
@@ -112,13 +106,8 @@ def test_paths_leading_out_reach_only_what_commands_see(conformance: Conformance
                 "upload_file": _outcome(sandbox.upload_file, new, b"written"),
             }
             where = f"{way} ({base!r})"
-            outside = {op for op, (kind, _) in outcomes.items() if kind == "outside"}
-            assert outside in (set(), set(outcomes)), (
-                f"{where}: only {sorted(outside)} say the path is outside the sandbox; the others reach it: "
-                f"{ {op: kind for op, (kind, _) in outcomes.items()} }"
-            )
-            if outside:
-                continue
+            errors = {op: out for op, (kind, out) in outcomes.items() if kind == "error"}
+            assert not errors, f"{where}: a path means what it means to a command; got {errors}"
             kind, data = outcomes["download_file"]
             assert (kind, data) == (("ok", seen) if seen is not None else ("not found", None)), (
                 f"{where}: download_file gave {kind} {data!r}; a command reads {seen!r}"
@@ -139,6 +128,9 @@ def test_paths_leading_out_reach_only_what_commands_see(conformance: Conformance
             kind, _ = _outcome(sandbox.delete_file, secret)
             if not sees_host:
                 assert canary.joinpath("secret").read_text() == "host secret", f"{where}: deleted on host"
+            else:  # deleted where commands delete it: the host's, put back for the next way
+                assert not canary.joinpath("secret").exists(), f"{where}: delete_file deleted elsewhere"
+                canary.joinpath("secret").write_text("host secret")
             sandbox.execute(
                 f"rm -rf -- {shlex.quote(new)} {shlex.quote(new)}-dir"
             )  # (only what the sandbox itself sees)
@@ -167,3 +159,134 @@ def test_dot_dot_and_dot_inside_the_sandbox_resolve_like_a_shell(conformance: Co
         sandbox.upload_file("a/to-c/through-link", b"three")  # a link inside leads where commands go
         assert inside.view(sandbox, "a/b/c/through-link") == b"three"
         assert {i.name for i in sandbox.list_files("a/to-c")} == {"f", "through-link"}
+
+
+def _ls(sandbox: Any, path: str) -> set[str]:
+    shown = sandbox.execute(f"cd {shlex.quote(path)} && ls -A1")
+    assert shown.return_code == 0, f"ls {path}: {shown.stderr}"
+    return set(str(shown.stdout).splitlines())
+
+
+def _tag() -> str:
+    return f"gc-paths-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.mark.feature("files", "exec")
+@pytest.mark.promises("convention:paths", "op:list_files", "param:list_files.path")
+def test_list_files_of_the_root_names_what_ls_names(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox() as sandbox:
+        for path in ("/", ".", "/tmp", "/etc"):
+            # ls before and after: a sandbox sharing the host's /tmp sees other processes' files come and go
+            before, listed, after = _ls(sandbox, path), sandbox.list_files(path), _ls(sandbox, path)
+            names = {i.name for i in listed}
+            assert before & after <= names <= before | after, (
+                f"list_files({path!r}) vs ls -A {path}: missing {sorted((before & after) - names)}, "
+                f"extra {sorted(names - (before | after))}"
+            )
+            here = sandbox.execute(f"cd {shlex.quote(path)} && pwd").stdout.strip()
+            for info in listed:
+                assert info.path == posixpath.join(here, info.name), f"{path}: {info.path} is not {here}/.."
+
+
+@pytest.mark.feature("files", "exec")
+@pytest.mark.promises("convention:paths", "op:download_file", "op:upload_file", "op:file_exists")
+def test_commands_and_file_operations_meet_at_every_path(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox() as sandbox:
+        workdir = sandbox.execute("pwd").stdout.strip()
+        tag = _tag()
+        assert sandbox.execute(f"mkdir -p {tag}-sub").return_code == 0
+        up = "../" * (workdir.count("/") + 3)  # more `..` than there are directories: stops at `/`
+        paths = [
+            f"/tmp/{tag}-a",  # a directory every sandbox has, outside the working directory
+            f"{tag}-b",  # relative: in the working directory
+            f"{workdir}/{tag}-c",  # the working directory, absolute
+            f"{tag}-sub/../{tag}-d",  # relative, through `..`
+            f"../{posixpath.basename(workdir)}/{tag}-e" if workdir != "/" else f"{tag}-e",
+            f"{up}tmp/{tag}-f",  # `..` above `/` stays at `/`
+            f"/tmp/../tmp/./{tag}-g",
+        ]
+        for i, path in enumerate(paths):
+            by_command = f"written by a command {i}".encode()
+            wrote = sandbox.execute(f"printf %s {shlex.quote(by_command.decode())} > {shlex.quote(path)}")
+            assert wrote.return_code == 0, f"{path}: {wrote.stderr}"
+            assert sandbox.file_exists(path), path
+            assert sandbox.download_file(path) == by_command, f"{path}: download_file reads elsewhere"
+            by_upload = f"uploaded {i}".encode()
+            sandbox.upload_file(path, by_upload)
+            assert inside.view(sandbox, path) == by_upload, f"{path}: upload_file wrote elsewhere"
+            sandbox.delete_file(path)
+            assert not inside.exists(sandbox, path), f"{path}: delete_file deleted elsewhere"
+        sandbox.make_directory(f"/tmp/{tag}-dir/inner")
+        assert sandbox.execute(f"test -d /tmp/{tag}-dir/inner").return_code == 0
+        sandbox.execute(f"rm -rf /tmp/{tag}-dir {tag}-sub")
+
+
+# Files that exist in every Linux sandbox; commands may read them
+SYSTEM_FILES = ("/etc/hostname", "/etc/passwd", "/etc/os-release", "/etc/hosts", "/proc/version")
+
+
+@pytest.mark.feature("files", "exec")
+@pytest.mark.promises("convention:paths", "op:download_file", "op:get_file_info")
+def test_system_files_read_as_commands_read_them(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox() as sandbox:
+        read = 0
+        for path in SYSTEM_FILES:
+            seen = inside.view(sandbox, path)
+            if seen is None:
+                assert not sandbox.file_exists(path) or sandbox.get_file_info(path).is_directory is False
+                continue
+            if path.startswith("/proc/"):  # its size is 0 to stat, its content made when read
+                assert sandbox.download_file(path).split()[:3] == seen.split()[:3], path
+            else:
+                assert sandbox.download_file(path) == seen, f"{path}: not what a command reads"
+                info = sandbox.get_file_info(path)  # (a link itself: its own size)
+                assert info.is_symlink or info.size == len(seen), path
+            read += 1
+        assert read >= 2, f"commands read fewer than two of {SYSTEM_FILES}"
+        relative = "../" * 20 + "etc/passwd"  # `..` stops at `/`, as for a command
+        assert sandbox.download_file(relative) == inside.view(sandbox, "/etc/passwd")
+
+
+def _refused_to_commands(sandbox: Any, script: str) -> bool:
+    return bool(sandbox.execute(f"( {script} ) 2>/dev/null").return_code != 0)
+
+
+@pytest.mark.feature("files", "exec")
+@pytest.mark.promises(
+    "convention:paths",
+    "raises:upload_file.PermissionDeniedError",
+    "raises:make_directory.PermissionDeniedError",
+    "raises:delete_file.PermissionDeniedError",
+)
+def test_what_commands_may_not_write_file_operations_may_not_either(conformance: ConformanceTarget) -> None:
+    with conformance.sandbox() as sandbox:
+        tag = _tag()
+        new_file, new_dir = f"/proc/sys/kernel/{tag}", f"/proc/sys/{tag}/inner"
+        # the kernel lets nobody create files in /proc/sys, nor delete /proc/version
+        assert _refused_to_commands(sandbox, f"printf x > {new_file}"), "a command wrote into /proc/sys"
+        assert _refused_to_commands(sandbox, f"mkdir -p {new_dir}"), "a command made a directory in /proc/sys"
+        assert _refused_to_commands(sandbox, "rm -f /proc/version"), "a command deleted /proc/version"
+        with pytest.raises(PermissionDeniedError):
+            sandbox.upload_file(new_file, b"x")
+        with pytest.raises(PermissionDeniedError):
+            sandbox.upload_file(new_file, b"x", mode="a")
+        with pytest.raises(PermissionDeniedError):
+            sandbox.make_directory(new_dir)
+        with pytest.raises(PermissionDeniedError):
+            sandbox.delete_file("/proc/version")
+        assert not inside.exists(sandbox, new_file)
+        assert inside.exists(sandbox, "/proc/version")
+        # a read-only file system, where the provider mounts one (local: the host's /usr, /etc): a command
+        # refused there means the file operation is refused too
+        targets = [f"{directory}/{tag}" for directory in ("/usr", "/etc", "")]
+        try:
+            for target in targets:
+                if _refused_to_commands(sandbox, f"printf x > {target}"):
+                    with pytest.raises(PermissionDeniedError):
+                        sandbox.upload_file(target, b"x")
+                    assert not inside.exists(sandbox, target), target
+                else:
+                    sandbox.upload_file(target, b"y")
+                    assert inside.view(sandbox, target) == b"y"
+        finally:
+            sandbox.execute("rm -f " + " ".join(targets))

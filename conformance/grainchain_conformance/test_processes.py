@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from grainchain.errors import FileNotFoundInSandboxError, PathOutsideSandboxError
+from grainchain.errors import CommandTimeoutError, FileNotFoundInSandboxError, PathOutsideSandboxError
 from grainchain_conformance import inside
 from grainchain_conformance.target import ConformanceTarget
 
@@ -97,3 +97,25 @@ def test_nothing_runs_while_terminated(conformance: ConformanceTarget) -> None:
         after = inside.counter_value(sandbox)
         assert after - before < 15, f"the counter went from {before} to {after} while terminated"
         assert sandbox.execute("cat kept").stdout == "kept across terminate\n", "files lost in terminate"
+
+
+@pytest.mark.feature("process.background", "exec")
+@pytest.mark.promises("convention:output", "op:start_process")
+def test_a_background_process_gives_its_output_as_bytes(conformance: ConformanceTarget) -> None:
+    binary = "printf '\\377\\376abc\\000x'"
+    raw, text = b"\xff\xfeabc\x00x", "\ufffd\ufffdabc\x00x"
+    with conformance.sandbox() as sandbox:
+        handle = sandbox.start_process(f"{binary}; {binary} >&2; sleep 30")
+        until = time.monotonic() + 15
+        while (handle.stdout_bytes, handle.stderr_bytes) != (raw, raw) and time.monotonic() < until:
+            time.sleep(0.1)
+        assert (handle.stdout_bytes, handle.stderr_bytes) == (raw, raw), "the bytes so far, while it runs"
+        assert (handle.stdout, handle.stderr) == (text, text)
+        with pytest.raises(CommandTimeoutError) as info:
+            handle.wait(timeout=0.5)
+        assert (info.value.stdout_bytes, info.value.stderr_bytes) == (raw, raw)
+        handle.kill()
+        result = handle.wait(timeout=10)
+        assert (result.stdout_bytes, result.stderr_bytes) == (raw, raw), "all of it once it ended"
+        assert (result.stdout, result.stderr) == (text, text)
+        assert (handle.stdout_bytes, handle.stderr_bytes) == (raw, raw)

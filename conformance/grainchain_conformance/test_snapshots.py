@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 import os
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
-from grainchain._generated.features import Feature
-from grainchain.errors import SnapshotNotFoundError
+from grainchain.adapters import Feature
+from grainchain.errors import InvalidArgumentError, ProcessesRunningError, SnapshotNotFoundError
 from grainchain.models import SnapshotKind
 from grainchain_conformance import inside
 from grainchain_conformance.target import ConformanceTarget
@@ -90,6 +91,84 @@ def test_snapshots_are_listed_until_deleted(conformance: ConformanceTarget) -> N
         with pytest.raises(SnapshotNotFoundError):
             sandbox.restore_snapshot("gc-conformance-no-such-snapshot")
         assert sandbox.execute("echo usable").stdout == "usable\n"
+
+
+def _running(sandbox: Any, needle: str) -> int:
+    """How many live processes of the sandbox have `needle` as their command line (read from /proc: no ps
+    needed; zombies have an empty cmdline)."""
+    listing = sandbox.execute(
+        "for d in /proc/[0-9]*; do tr '\\0' ' ' < $d/cmdline 2>/dev/null; echo; done"
+    ).stdout
+    return sum(1 for line in listing.splitlines() if line.strip() == needle)
+
+
+@pytest.mark.feature("snapshot.filesystem", "exec", "process.background")
+@pytest.mark.promises(
+    "op:restore_snapshot",
+    "param:restore_snapshot.if_processes_running",
+    "raises:restore_snapshot.ProcessesRunningError",
+)
+def test_restore_ends_running_processes_or_refuses_and_changes_nothing(
+    conformance: ConformanceTarget,
+) -> None:
+    with conformance.sandbox() as sandbox:
+        sandbox.execute("echo at-snapshot > state")
+        snapshot_id = sandbox.create_snapshot()
+        try:
+            # nothing runs: "refuse" restores
+            sandbox.execute("echo later > state")
+            sandbox.restore_snapshot(snapshot_id, if_processes_running="refuse")
+            assert sandbox.execute("cat state").stdout == "at-snapshot\n"
+            with pytest.raises(InvalidArgumentError, match="if_processes_running"):
+                sandbox.restore_snapshot(snapshot_id, if_processes_running="wait")
+
+            # a background handle, and what `cmd &` left running (no handle): "refuse" changes nothing
+            sandbox.execute("echo later > state")
+            handle = sandbox.start_process("sleep 1231")
+            sandbox.execute("sleep 1232 >/dev/null 2>&1 &")
+            assert _running(sandbox, "sleep 1232") == 1
+            with pytest.raises(ProcessesRunningError) as info:
+                sandbox.restore_snapshot(snapshot_id, if_processes_running="refuse")
+            listed = " ".join(info.value.processes)
+            assert "sleep 1231" in listed, info.value.processes
+            assert "sleep 1232" in listed, info.value.processes
+            assert sandbox.execute("cat state").stdout == "later\n", "a refused restore changed the files"
+            assert handle.is_running, "a refused restore ended a process"
+            assert (_running(sandbox, "sleep 1231"), _running(sandbox, "sleep 1232")) == (1, 1)
+
+            # only the `&` one left: still refused (a process without a handle counts)
+            handle.kill()
+            with pytest.raises(ProcessesRunningError, match="sleep 1232"):
+                sandbox.restore_snapshot(snapshot_id, if_processes_running="refuse")
+            assert _running(sandbox, "sleep 1232") == 1
+
+            # "kill" (the default): the restore ends them all; a handle's wait() reports the kill
+            handle = sandbox.start_process("sleep 1233")
+            sandbox.restore_snapshot(snapshot_id)
+            assert sandbox.execute("cat state").stdout == "at-snapshot\n"
+            assert handle.wait(timeout=30).return_code == 128 + 9
+            assert (_running(sandbox, "sleep 1232"), _running(sandbox, "sleep 1233")) == (0, 0)
+        finally:
+            sandbox.delete_snapshot(snapshot_id)
+
+
+@pytest.mark.feature("snapshot.memory", "exec")
+@pytest.mark.promises("op:restore_snapshot", "param:restore_snapshot.if_processes_running")
+def test_memory_restore_replaces_what_runs_with_the_snapshots_processes(
+    conformance: ConformanceTarget,
+) -> None:
+    with conformance.sandbox() as sandbox:
+        sandbox.execute("sleep 1241 >/dev/null 2>&1 &")
+        snapshot_id = sandbox.create_snapshot(kind=SnapshotKind.memory)
+        try:
+            sandbox.execute("sleep 1242 >/dev/null 2>&1 &")
+            with pytest.raises(ProcessesRunningError, match="sleep 1242"):
+                sandbox.restore_snapshot(snapshot_id, if_processes_running="refuse")
+            assert (_running(sandbox, "sleep 1241"), _running(sandbox, "sleep 1242")) == (1, 1)
+            sandbox.restore_snapshot(snapshot_id)
+            assert (_running(sandbox, "sleep 1241"), _running(sandbox, "sleep 1242")) == (1, 0)
+        finally:
+            sandbox.delete_snapshot(snapshot_id)
 
 
 @pytest.mark.feature("snapshot.memory", "exec")

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
-from grainchain._generated.features import Feature
+from grainchain.adapters import Feature
 from grainchain.errors import CapabilityError, SnapshotNotFoundError
 from grainchain.models import SnapshotKind
 from grainchain_conformance.model import SAFE_NAME_ALPHABET, TreeModel

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from grainchain._generated.features import Feature
+from grainchain.adapters import Feature
 from grainchain.errors import CapabilityError, SnapshotNotFoundError
 from grainchain_conformance.probes import (
     ANY_OF_PROBES,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Self
 from grainchain._acompat import AFLAVOUR, arun_blocking, ascope
 from grainchain._generated.features import Feature
 from grainchain._provider_config import ProviderConfig, parse_provider_config
+from grainchain._types import ResourceBounds
 from grainchain.models import SandboxConfig, SandboxInfo
 from grainchain.registry import get_provider
 from grainchain.settings import Settings, load_settings
@@ -82,6 +83,9 @@ class AsyncBackend:
 
     async def missing_features(self, config: SandboxConfig, options: ProviderConfig) -> Mapping[Feature, str]:
         return await self.adapter_class.missing_features(self, config, options)
+
+    async def resource_bounds(self, config: SandboxConfig, options: ProviderConfig) -> ResourceBounds:
+        return await self.adapter_class.resource_bounds(self, config, options)
 
     async def aclose(self) -> None:
         """Release what the backend owns (clients, connections). Subclasses extend it."""

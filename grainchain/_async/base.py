@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from grainchain._async import backend as backends
 from grainchain._async.adapter import AsyncSandboxAdapter, any_of_hint
@@ -17,6 +17,7 @@ from grainchain._async.backend import AsyncBackend
 from grainchain._checks import shorten
 from grainchain._generated.features import CONFIG_REQUIREMENTS, Feature
 from grainchain._provider_info import ProviderInfo
+from grainchain._types import ResourceBounds
 from grainchain.errors import (
     CapabilityError,
     ConfigurationError,
@@ -39,11 +40,12 @@ class AsyncSandboxBase:
     def __init__(
         self,
         provider: str | None = None,
-        config: SandboxConfig | None = None,
+        config: SandboxConfig | Mapping[str, Any] | None = None,
         *,
         settings: Settings | None = None,
         backend: AsyncBackend | None = None,
     ) -> None:
+        config = as_config(config)
         if backend is not None:
             settings = settings or backend.settings
             provider = provider or backend.provider_name
@@ -61,7 +63,7 @@ class AsyncSandboxBase:
         self._pooled: AsyncBackend | None = None
         self._adapter: AsyncSandboxAdapter | None = None
         self._sandbox_id: str | None = None  # kept after close/detach: connect(sandbox_id) needs it then
-        self._status = SandboxStatus.creating
+        self._status = SandboxStatus.not_started  # creating only while start() runs
         self._capabilities: dict[Feature, SupportLevel] = dict(self._provider.features)
         self._missing: dict[Feature, str] = {}  # feature -> why this backend lacks it
 
@@ -113,7 +115,7 @@ class AsyncSandboxBase:
     async def probe_missing_features(
         cls,
         provider: str | None = None,
-        config: SandboxConfig | None = None,
+        config: SandboxConfig | Mapping[str, Any] | None = None,
         *,
         settings: Settings | None = None,
     ) -> Mapping[Feature, str]:
@@ -130,22 +132,32 @@ class AsyncSandboxBase:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     async def start(self) -> Self:
-        """Create the sandbox. Idempotent while it runs."""
+        """Create the sandbox. Idempotent while it runs; after a failure it may be called again."""
         if self._adapter is not None and self._status is SandboxStatus.running:
             return self
-        if self._status is SandboxStatus.closed:
+        if self._status in (SandboxStatus.closed, SandboxStatus.detached, SandboxStatus.creating):
             raise SandboxNotRunningError(
-                "the sandbox is closed; create a new one", provider=self.provider_name
+                f"the sandbox is {self._state()}", provider=self.provider_name, operation="create"
             )
-        backend = await self._open_backend()
+        self._status = SandboxStatus.creating
+        try:
+            backend = await self._open_backend()
+        except BaseException:
+            self._status = SandboxStatus.not_started
+            raise
         try:
             await self._narrow(backend)
             for field, feature in CONFIG_REQUIREMENTS.items():
                 if getattr(self._config, field) is not None:
                     self._check(feature, "create", hint=f"SandboxConfig.{field} is set")
+            if self._config.memory_limit is not None or self._config.cpu_limit is not None:
+                with self._errors("create"):
+                    bounds = await backend.resource_bounds(self._config, self._options)
+                self._check_bounds(bounds)
             with self._errors("create"):
                 self._adapter = await backend.create(self._config, self._options)
         except BaseException:
+            self._status = SandboxStatus.not_started  # nothing was made: start() may be tried again
             await self._release_backend()
             raise
         self._sandbox_id = self._adapter.sandbox_id
@@ -164,9 +176,11 @@ class AsyncSandboxBase:
             await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop every process and clean up (per SandboxConfig.auto_cleanup). Safe to call twice."""
+        """Stop every process and clean up (per SandboxConfig.auto_cleanup). Safe to call twice. A detached
+        sandbox is not this object's any more: closing it changes nothing (connect() to close it)."""
         adapter, self._adapter = self._adapter, None
-        self._status = SandboxStatus.closed
+        if self._status is not SandboxStatus.detached:
+            self._status = SandboxStatus.closed
         try:
             if adapter is not None:
                 with self._errors("close"):
@@ -175,9 +189,12 @@ class AsyncSandboxBase:
             await self._release_backend()
 
     async def detach(self) -> None:
-        """Let go of a running sandbox without stopping it; `connect(sandbox_id)` picks it up again."""
+        """Let go of a running sandbox without stopping it; `connect(sandbox_id)` picks it up again. Its status
+        is then detached (it runs on), not closed; on a sandbox that is not running, nothing happens."""
         adapter, self._adapter = self._adapter, None
-        self._status = SandboxStatus.closed
+        if adapter is None:
+            return
+        self._status = SandboxStatus.detached
         try:
             if adapter is not None:
                 with self._errors("detach"):
@@ -190,7 +207,7 @@ class AsyncSandboxBase:
         cls,
         sandbox_id: str,
         provider: str | None = None,
-        config: SandboxConfig | None = None,
+        config: SandboxConfig | Mapping[str, Any] | None = None,
         *,
         settings: Settings | None = None,
         backend: AsyncBackend | None = None,
@@ -205,6 +222,7 @@ class AsyncSandboxBase:
                 argument="sandbox_id",
                 operation="connect",
             )
+        config = as_config(config)
         sandbox = cls(provider, config, settings=settings, backend=backend)
         if not sandbox_id.strip() or "\0" in sandbox_id:  # no provider names a sandbox so
             raise SandboxNotFoundError(
@@ -234,7 +252,7 @@ class AsyncSandboxBase:
     async def list_sandboxes(
         cls,
         provider: str | None = None,
-        config: SandboxConfig | None = None,
+        config: SandboxConfig | Mapping[str, Any] | None = None,
         *,
         settings: Settings | None = None,
         backend: AsyncBackend | None = None,
@@ -276,6 +294,25 @@ class AsyncSandboxBase:
                 self._capabilities[feature] = SupportLevel.unsupported
                 self._missing[feature] = reason
 
+    def _check_bounds(self, bounds: ResourceBounds) -> None:
+        """ConfigurationError for a memory_limit or cpu_limit the provider cannot honour here, before
+        anything is made (not a provider's refusal quoting its internals, nor a cap silently ignored)."""
+        memory, cpus = self._config.memory_limit, self._config.cpu_limit
+        problem = None
+        if memory is not None and bounds.min_memory is not None and memory < bounds.min_memory:
+            problem = (
+                f"SandboxConfig.memory_limit must be at least {bounds.min_memory} bytes "
+                f"({bounds.min_memory / 2**20:g} MiB) on {self.provider_name}, got {memory}"
+                + (f": {bounds.min_memory_why}" if bounds.min_memory_why else "")
+            )
+        elif cpus is not None and bounds.max_cpus is not None and cpus > bounds.max_cpus:
+            problem = (
+                f"SandboxConfig.cpu_limit must be at most {bounds.max_cpus:g} on {self.provider_name} "
+                f"here, got {cpus:g}" + (f": {bounds.max_cpus_why}" if bounds.max_cpus_why else "")
+            )
+        if problem:
+            raise ConfigurationError(problem, provider=self.provider_name, operation="create")
+
     def _check(self, feature: Feature, operation: str, hint: str | None = None) -> None:
         self._check_any((feature,), operation, hint)
 
@@ -298,15 +335,23 @@ class AsyncSandboxBase:
             hint="; ".join(n for n in notes if n) or None,
         )
 
+    def _state(self) -> str:
+        """What the sandbox is, for SandboxNotRunningError."""
+        if self._status is SandboxStatus.closed:
+            return "closed; create a new one"
+        if self._status is SandboxStatus.detached:
+            return (
+                f"detached: it runs on, and `connect({self._sandbox_id!r})` attaches to it again "
+                "(this object does no more work)"
+            )
+        if self._status is SandboxStatus.creating:
+            return "being created: start() has not finished"
+        return "not started (use `async with` or start())"
+
     def _running(self, operation: str) -> AsyncSandboxAdapter:
         if self._adapter is None:
-            state = (
-                "closed"
-                if self._status is SandboxStatus.closed
-                else "not started (use `async with` or start())"
-            )
             raise SandboxNotRunningError(
-                f"the sandbox is {state}", provider=self.provider_name, operation=operation
+                f"the sandbox is {self._state()}", provider=self.provider_name, operation=operation
             )
         return self._adapter
 
@@ -348,4 +393,16 @@ class AsyncSandboxBase:
             ) from exc
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} provider={self.provider_name!r} id={self._sandbox_id!r} status={self._status.value}>"
+        return f"<{type(self).__name__} provider={self.provider_name!r} id={self._sandbox_id!r} status={self.status.value}>"
+
+
+def as_config(config: object) -> SandboxConfig | None:
+    """A SandboxConfig, None, or a mapping of its fields (`Sandbox(config={"timeout": 5})`), checked as
+    SandboxConfig checks them; anything else is a ConfigurationError saying what is accepted."""
+    if config is None or isinstance(config, SandboxConfig):
+        return config
+    if isinstance(config, Mapping):
+        return SandboxConfig.model_validate(dict(config))
+    raise ConfigurationError(
+        f"config must be a SandboxConfig, a mapping of its fields or None, got {shorten(config)}"
+    )

@@ -13,10 +13,10 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from grainchain._acompat import afail_after
+from grainchain._acompat import AsyncTask, afail_after, astart_task
 from grainchain._commands import settle
 from grainchain._output import OutputCollector
-from grainchain.errors import GrainchainError
+from grainchain.errors import GrainchainError, StdinClosedError
 from grainchain.models import ExecutionResult
 
 if TYPE_CHECKING:
@@ -63,6 +63,17 @@ class CommandRun(Protocol):
         """Release what reaching the command took (pipes, streams); idempotent."""
         ...
 
+    async def write_stdin(self, data: bytes) -> None:
+        """Write all of `data` to the command's standard input (launched with stdin=True), waiting while
+        the command does not read; StdinClosedError once close_stdin() or close() was called, or the
+        command no longer reads it (it ended, or closed its stdin)."""
+        ...
+
+    async def close_stdin(self) -> None:
+        """End of file on the command's standard input (and a write_stdin waiting meanwhile stops with
+        StdinClosedError); idempotent, also after the command ended."""
+        ...
+
 
 class OomWatch:
     """Whether the kernel OOM-killed a process of the sandbox while one command ran; `baseline` is what
@@ -101,6 +112,25 @@ async def finish_command(
     )
 
 
+# stdin is written in pieces of this size: one call of a provider's SDK each (envd takes at most 4 MiB)
+STDIN_CHUNK = 1 << 20
+
+
+def feed_stdin(run: CommandRun, data: bytes) -> AsyncTask:
+    """Write execute()'s input to the command, then end it, concurrently with the output pump (a command
+    that writes while it reads would otherwise fill its output pipe and never read the rest). A command that
+    stops reading early only loses the rest, as a shell pipeline's writer would (StdinClosedError ends the
+    feed quietly)."""
+
+    async def feed() -> None:
+        with contextlib.suppress(StdinClosedError):
+            for start in range(0, len(data), STDIN_CHUNK):
+                await run.write_stdin(data[start : start + STDIN_CHUNK])
+        await run.close_stdin()
+
+    return astart_task(feed)
+
+
 async def run_to_completion(
     run: CommandRun,
     command: str,
@@ -108,12 +138,15 @@ async def run_to_completion(
     timeout: float | None,
     started: float,
     oom: OomWatch | None = None,
+    stdin: bytes | None = None,
 ) -> ExecutionResult:
     """Wait for a started command; on timeout or overflow kill it with everything it started and raise
     with the partial output; interrupted, kill it. `started` (time.monotonic()): when its start began,
-    what the deadline and the execution time count from. The run is closed in every case."""
+    what the deadline and the execution time count from. `stdin`: the input of a command launched with
+    stdin=True, fed meanwhile. The run is closed in every case."""
     deadline = None if timeout is None else started + timeout
     settled = False  # ended by itself, or stopped: nothing of it runs any more
+    feeder = None if stdin is None else feed_stdin(run, stdin)
     try:
         try:
             # a pump that overruns its deadline (an SDK call that hangs) is cancelled; a sync pump must
@@ -125,11 +158,18 @@ async def run_to_completion(
         code: int | None = None
         if finished:
             settled = True
+            if feeder is not None:  # it is over: a feed still waiting for it to read stops
+                await run.close_stdin()
             code = await run.exit_code()
         else:
+            # killed first: a close_stdin could wait behind a write the command will never read
             await run.stop(output)
             settled = True
+            if feeder is not None:
+                await run.close_stdin()
         output.finish()
+        if feeder is not None:
+            await feeder.join()
         return await finish_command(
             command, output, code, time.monotonic() - started, timeout=timeout, oom=oom
         )
@@ -138,7 +178,13 @@ async def run_to_completion(
             if not settled:  # interrupted (cancelled, a callback raised …): leave nothing of it running
                 await run.abandon()
         finally:
-            await run.close()
+            try:
+                if feeder is not None and not feeder.done():
+                    await run.close_stdin()
+                    with contextlib.suppress(Exception):  # the interruption is what the caller hears
+                        await feeder.join()
+            finally:
+                await run.close()
 
 
 class HandleRegistry:

@@ -6,9 +6,10 @@ import contextlib
 import time
 
 from grainchain._acompat import AsyncTask, astart_task
-from grainchain._async.commands import CommandRun, OomWatch, finish_command
-from grainchain._checks import check_positive, no_limit
-from grainchain._output import OutputCollector
+from grainchain._async.commands import STDIN_CHUNK, CommandRun, OomWatch, finish_command
+from grainchain._checks import check_content, check_positive, no_limit
+from grainchain._output import OutputCollector, Stream
+from grainchain.errors import StdinClosedError
 from grainchain.models import ExecutionResult
 
 
@@ -29,6 +30,7 @@ class AsyncProcessHandle:
         pid: int | None = None,
         oom: OomWatch | None = None,
         started: float | None = None,
+        stdin: bool = False,
     ) -> None:
         self.command = command
         self.id: str = run.id
@@ -40,6 +42,8 @@ class AsyncProcessHandle:
         self._started = time.monotonic() if started is None else started
         self._elapsed = 0.0
         self._code: int | None = None
+        # why write_stdin cannot write, once it cannot (None: stdin is open)
+        self._stdin_closed: str | None = None if stdin else "it was started without stdin=True"
         self._task: AsyncTask = astart_task(self._follow)
 
     async def _follow(self) -> None:
@@ -76,6 +80,17 @@ class AsyncProcessHandle:
         return self._output.stderr
 
     @property
+    def stdout_bytes(self) -> bytes | None:
+        """Standard output so far as the bytes the process wrote (None: the provider's SDK hands over
+        decoded text only)."""
+        return self._output.raw_bytes(Stream.STDOUT)
+
+    @property
+    def stderr_bytes(self) -> bytes | None:
+        """Standard error so far as bytes (None where stdout_bytes is)."""
+        return self._output.raw_bytes(Stream.STDERR)
+
+    @property
     def return_code(self) -> int | None:
         """The exit code once the process has ended (-1 when it could not be learnt), else None."""
         if not self._task.done():
@@ -98,6 +113,29 @@ class AsyncProcessHandle:
         return await finish_command(
             self.command, self._output, -1 if code is None else code, self._elapsed, oom=self._oom
         )
+
+    async def write_stdin(self, data: str | bytes) -> None:
+        """Write `data` (str as UTF-8, or bytes) to the process's standard input, after what earlier calls
+        wrote; waits while the process does not read. StdinClosedError when the process was started without
+        stdin=True, after close_stdin(), or once the process has ended (or closed its stdin)."""
+        check_content("write_stdin", "data", data)
+        if self._stdin_closed is None and not self.is_running:
+            self._stdin_closed = "the process has ended"
+        if self._stdin_closed is not None:
+            raise StdinClosedError(
+                f"cannot write to the standard input of process {self.id!r}: {self._stdin_closed}",
+                operation="write_stdin",
+            )
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        for start in range(0, len(payload), STDIN_CHUNK):  # pieces every provider's calls can carry
+            await self._run.write_stdin(payload[start : start + STDIN_CHUNK])
+
+    async def close_stdin(self) -> None:
+        """End the process's standard input (it reads end of file); idempotent, also once it has ended."""
+        if self._stdin_closed is None:
+            self._stdin_closed = "close_stdin() closed it"
+            if self.is_running:
+                await self._run.close_stdin()
 
     async def kill(self) -> None:
         """Kill the process and all its descendants; a no-op once it has exited."""

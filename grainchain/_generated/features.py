@@ -18,11 +18,17 @@ class Feature(StrEnum):
     EXEC_STREAMING = "exec.streaming"
     """Deliver stdout/stderr to callbacks while the command runs."""
 
+    EXEC_STDIN = "exec.stdin"
+    """Feed a command's standard input: execute(stdin=...) and a background process's write_stdin() / close_stdin(), byte for byte."""
+
     PROCESS_BACKGROUND = "process.background"
     """Start a command without waiting; a handle gives its id, output so far, wait and kill."""
 
     FILES = "files"
     """Upload, download, list, stat, delete files and make directories, byte for byte."""
+
+    FILES_DIRECTORIES = "files.directories"
+    """Copy a whole directory between the client's machine and the sandbox, streamed as a tar: every name (hidden ones too), content, permission bits, empty directory and symlink (copied as a link, never followed)."""
 
     SNAPSHOT_FILESYSTEM = "snapshot.filesystem"
     """Capture the filesystem; restore brings back exactly that tree: every name (hidden ones too), content, permission bits, empty directory and symlink."""
@@ -58,8 +64,10 @@ class Feature(StrEnum):
 FEATURE_SUMMARIES: Final[dict[Feature, str]] = {
     Feature.EXEC: "Run a shell command and collect exit code, stdout and stderr",
     Feature.EXEC_STREAMING: "Deliver stdout/stderr to callbacks while the command runs",
+    Feature.EXEC_STDIN: "Feed a command's standard input: execute(stdin=...) and a background process's write_stdin() / close_stdin(), byte for byte",
     Feature.PROCESS_BACKGROUND: "Start a command without waiting; a handle gives its id, output so far, wait and kill",
     Feature.FILES: "Upload, download, list, stat, delete files and make directories, byte for byte",
+    Feature.FILES_DIRECTORIES: "Copy a whole directory between the client's machine and the sandbox, streamed as a tar: every name (hidden ones too), content, permission bits, empty directory and symlink (copied as a link, never followed)",
     Feature.SNAPSHOT_FILESYSTEM: "Capture the filesystem; restore brings back exactly that tree: every name (hidden ones too), content, permission bits, empty directory and symlink",
     Feature.SNAPSHOT_MEMORY: "Capture process memory too; after restore, running processes continue",
     Feature.LIFECYCLE_TERMINATE_WAKE: "Terminate a sandbox (no process runs) and wake it up later with its files, optionally from a snapshot",
@@ -94,10 +102,12 @@ OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {
     "execute": (
         Feature.EXEC,
         Feature.EXEC_STREAMING,
+        Feature.EXEC_STDIN,
     ),
     "start_process": (
         Feature.PROCESS_BACKGROUND,
         Feature.EXEC_STREAMING,
+        Feature.EXEC_STDIN,
     ),
     "upload_file": (Feature.FILES,),
     "download_file": (Feature.FILES,),
@@ -106,6 +116,8 @@ OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {
     "file_exists": (Feature.FILES,),
     "delete_file": (Feature.FILES,),
     "make_directory": (Feature.FILES,),
+    "upload_directory": (Feature.FILES_DIRECTORIES,),
+    "download_directory": (Feature.FILES_DIRECTORIES,),
     "create_snapshot": (
         Feature.SNAPSHOT_FILESYSTEM,
         Feature.SNAPSHOT_MEMORY,
@@ -129,5 +141,6 @@ OPERATION_FEATURES: Final[dict[str, tuple[Feature, ...]]] = {
     "close": (),
     "connect": (Feature.LIFECYCLE_RECONNECT,),
     "list_sandboxes": (Feature.LIFECYCLE_RECONNECT,),
+    "detach": (),
     "attributes": (),
 }

@@ -6,15 +6,17 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from grainchain._types import (
     ByteSize,
     ConfigModel,
+    CpuLimit,
     EnvironmentVars,
     FileName,
+    ImageName,
     PortNumber,
     Timeout,
     WorkingDirectory,
@@ -42,12 +44,14 @@ class SnapshotKind(StrEnum):
 
 class SandboxStatus(StrEnum):
     """
-    The last known state of a sandbox.
+    The last known state of a sandbox: not_started (made, start() not called yet, or it failed and may be called again), creating (start() running), running, terminated (terminate(): wake_up() starts it again), detached (this object let go of it: detach(), or leaving `async with` with keep_alive; it runs on, connect() reaches it), closed.
     """
 
+    not_started = "not_started"
     creating = "creating"
     running = "running"
     terminated = "terminated"
+    detached = "detached"
     closed = "closed"
 
 
@@ -74,15 +78,15 @@ class SandboxConfig(ConfigModel):
     """
     memory_limit: ByteSize | None = None
     """
-    Memory cap: bytes as an integer, or a string such as "512MB", "4GB", "1.5GiB".
+    Memory cap: bytes as an integer, or a string with a unit: B; KB, MB, GB, TB are powers of 1000 ("512MB" = 512,000,000 bytes); KiB, MiB, GiB, TiB powers of 1024 ("1.5GiB"); docker's single letters k, m, g, t (either case) powers of 1024 as docker reads them ("256m" = 256 MiB). At least what the provider can honour (docker: 6 MiB, its engine's minimum; local: 6 MiB, below which its own shell is OOM-killed), else ConfigurationError at create. output_limit and provider_config sizes read the same way.
     """
-    cpu_limit: Annotated[float | None, Field(gt=0.0, le=4096.0)] = None
+    cpu_limit: CpuLimit | None = None
     """
-    CPU cap in cores (2.0 = two cores), more than 0 and at most 4096.
+    CPU cap in cores (2.0 = two cores), more than 0 and at most 4096; a provider that runs on this machine (local, docker) refuses more cores than the machine has with ConfigurationError at create.
     """
-    image: str | None = None
+    image: ImageName | None = None
     """
-    Image or template the sandbox starts from.
+    Image or template the sandbox starts from (a non-empty name).
     """
     output_limit: ByteSize = 67108864
     """
@@ -130,6 +134,14 @@ class ExecutionResult(BaseModel):
     execution_time: float
     """
     Wall-clock seconds from start to exit.
+    """
+    stdout_bytes: bytes | None = None
+    """
+    Standard output as the bytes the command wrote (NUL and invalid UTF-8 included); None only from a provider whose SDK hands over decoded text only.
+    """
+    stderr_bytes: bytes | None = None
+    """
+    Standard error as the bytes the command wrote; None only where stdout_bytes is.
     """
 
 

@@ -20,11 +20,12 @@ from grainchain._checks import no_limit
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector
 from grainchain._provider_config import OpenProviderConfig, ProviderConfig
+from grainchain._sync import directories
 from grainchain._sync.backend import Backend
 from grainchain._sync.commands import CommandRun, HandleRegistry, OomWatch, run_to_completion
 from grainchain._sync.process import ProcessHandle
-from grainchain._types import OutputCallback
-from grainchain.errors import CapabilityError
+from grainchain._types import IfProcessesRunning, LocalPath, OutputCallback, ResourceBounds
+from grainchain.errors import CapabilityError, ProcessesRunningError
 from grainchain.models import (
     ExecutionResult,
     FileInfo,
@@ -41,6 +42,12 @@ if TYPE_CHECKING:
 
 # What restore_snapshot, list_snapshots and delete_snapshot need (the spec's `any_of`): either snapshot kind.
 ANY_SNAPSHOT = (Feature.SNAPSHOT_FILESYSTEM, Feature.SNAPSHOT_MEMORY)
+
+
+def _stdin_flag(stdin: bool) -> dict[str, bool]:
+    """_launch's `stdin` keyword, given only when True: a `_launch` written before stdin existed still works
+    for every command without stdin (its provider does not declare exec.stdin, so none comes with one)."""
+    return {"stdin": True} if stdin else {}
 
 
 def any_of_hint(features: Sequence[Feature]) -> str:
@@ -95,6 +102,15 @@ class SandboxAdapter:
         CapabilityError will give. Asked before a sandbox is created or connected to; cache expensive probes."""
         return {}
 
+    @classmethod
+    def resource_bounds(
+        cls, backend: Backend, config: SandboxConfig, options: ProviderConfig
+    ) -> ResourceBounds:
+        """The least memory_limit and the most cpu_limit this provider can honour here (e.g. the machine's
+        cores); asked before create when either is set, and the facade refuses a config outside them with
+        ConfigurationError. Default: no bound."""
+        return ResourceBounds()
+
     def close(self) -> None:
         """Stop every process, then remove what the sandbox created unless config.auto_cleanup is False."""
         raise NotImplementedError(f"{type(self).__name__} must implement aclose()")
@@ -113,6 +129,7 @@ class SandboxAdapter:
         environment: dict[str, str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: str | bytes | None = None,
     ) -> ExecutionResult:
         """Start the command with `_launch` and see it through (grainchain/_async/commands.py)."""
         if not self._launches():
@@ -122,8 +139,9 @@ class SandboxAdapter:
         oom = self._oom_watch()
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
-        run = self._launch(command, working_dir, environment, deadline)
-        return run_to_completion(run, command, output, timeout, started, oom)
+        data = None if stdin is None else self.content_bytes(stdin)
+        run = self._launch(command, working_dir, environment, deadline, **_stdin_flag(data is not None))
+        return run_to_completion(run, command, output, timeout, started, oom, stdin=data)
 
     def start_process(
         self,
@@ -132,6 +150,7 @@ class SandboxAdapter:
         environment: dict[str, str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: bool = False,
     ) -> ProcessHandle:
         """Start the command with `_launch`; a handle follows it, tracked until it ends or close()."""
         if not self._launches():
@@ -139,7 +158,7 @@ class SandboxAdapter:
         output = self._collector(on_stdout, on_stderr)
         oom = self._oom_watch()
         started = time.monotonic()
-        run = self._launch(command, working_dir, environment, None)
+        run = self._launch(command, working_dir, environment, None, **_stdin_flag(stdin))
         try:
             pid = run.pid()
         except BaseException:  # nobody would ever stop it
@@ -148,7 +167,7 @@ class SandboxAdapter:
             finally:
                 run.close()
             raise
-        handle = ProcessHandle(command, run, output, pid=pid, oom=oom, started=started)
+        handle = ProcessHandle(command, run, output, pid=pid, oom=oom, started=started, stdin=stdin)
         self._handles.add(handle)
         return handle
 
@@ -173,15 +192,56 @@ class SandboxAdapter:
     def make_directory(self, path: str) -> None:
         raise self._unsupported(Feature.FILES, "make_directory")
 
+    def upload_directory(self, local_path: LocalPath, sandbox_path: str) -> None:
+        """Default for a provider that declares files.directories `emulated`: a tar sent up in parts by
+        upload_file and unpacked by `tar -x` in the sandbox (grainchain/_async/directories.py). Per-file
+        operations alone could not keep symlinks and modes; a provider with a native tar path overrides it."""
+        if not self._launches():
+            raise self._unsupported(Feature.FILES_DIRECTORIES, "upload_directory")
+        directories.upload(self, local_path, sandbox_path)
+
+    def download_directory(self, sandbox_path: str, local_path: LocalPath) -> None:
+        """Default (emulated): `tar -c | split` in the sandbox, the parts fetched by download_file."""
+        if not self._launches():
+            raise self._unsupported(Feature.FILES_DIRECTORIES, "download_directory")
+        directories.download(self, sandbox_path, local_path)
+
     def create_snapshot(self, kind: SnapshotKind = SnapshotKind.filesystem) -> str:
         feature = Feature.SNAPSHOT_MEMORY if kind is SnapshotKind.memory else Feature.SNAPSHOT_FILESYSTEM
         raise self._unsupported(feature, "create_snapshot")
 
-    def restore_snapshot(self, snapshot_id: str) -> None:
-        raise self._unsupported_any(ANY_SNAPSHOT, "restore_snapshot")
+    def restore_snapshot(self, snapshot_id: str, if_processes_running: IfProcessesRunning = "kill") -> None:
+        """The spec's promise about running processes, for every provider: "refuse" asks the provider which
+        run (`_running_processes`) and raises before anything is touched; then `_restore_snapshot`, which
+        ends them (a filesystem snapshot) or replaces them (a memory snapshot)."""
+        if not self._restores():
+            raise self._unsupported_any(ANY_SNAPSHOT, "restore_snapshot")
+        if if_processes_running == "refuse":
+            running = self._running_processes()
+            if running:
+                raise ProcessesRunningError(
+                    running, provider=self.provider_name, operation="restore_snapshot"
+                )
+        self._restore_snapshot(snapshot_id)
 
     def list_snapshots(self) -> list[SnapshotInfo]:
         raise self._unsupported_any(ANY_SNAPSHOT, "list_snapshots")
+
+    # -- snapshots: what a provider implements for restore_snapshot() --------------------------------
+
+    def _restore_snapshot(self, snapshot_id: str) -> None:
+        """Bring the sandbox back to the snapshot, ending what runs (handles: `self._handles.kill_all()`);
+        raise SnapshotNotFoundError before touching anything for an unknown id."""
+        raise NotImplementedError(f"{type(self).__name__} does not restore snapshots")
+
+    def _restores(self) -> bool:
+        return type(self)._restore_snapshot is not SandboxAdapter._restore_snapshot
+
+    def _running_processes(self) -> list[str]:
+        """Every process that runs in the sandbox now, besides the provider's own (its init, the holder of
+        its namespaces), each as "pid N: command line" or the like: those a restore would end, started
+        with a handle, `cmd &` or `setsid` alike. A provider that restores snapshots implements it."""
+        raise NotImplementedError(f"{type(self).__name__} cannot list the sandbox's processes")
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         raise self._unsupported_any(ANY_SNAPSHOT, "delete_snapshot")
@@ -220,10 +280,14 @@ class SandboxAdapter:
         working_dir: str | None,
         environment: dict[str, str] | None,
         deadline: float | None,
+        *,
+        stdin: bool = False,
     ) -> CommandRun:
         """Start `command` (a shell command line) and return how to reach it. `deadline`
         (time.monotonic()) is execute()'s, for a provider that enforces it on its side too; None for a
-        background process. Raise FileNotFoundInSandboxError for a working_dir that does not exist."""
+        background process. `stdin`: give the command a standard input that the run's write_stdin and
+        close_stdin feed (else it reads end of file at once). Raise FileNotFoundInSandboxError for a
+        working_dir that does not exist."""
         raise NotImplementedError(f"{type(self).__name__} does not run commands")
 
     def _launches(self) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 from grainchain._checks import shorten
 from grainchain._generated.features import CONFIG_REQUIREMENTS, Feature
@@ -19,6 +19,7 @@ from grainchain._provider_info import ProviderInfo
 from grainchain._sync import backend as backends
 from grainchain._sync.adapter import SandboxAdapter, any_of_hint
 from grainchain._sync.backend import Backend
+from grainchain._types import ResourceBounds
 from grainchain.errors import (
     CapabilityError,
     ConfigurationError,
@@ -41,11 +42,12 @@ class SandboxBase:
     def __init__(
         self,
         provider: str | None = None,
-        config: SandboxConfig | None = None,
+        config: SandboxConfig | Mapping[str, Any] | None = None,
         *,
         settings: Settings | None = None,
         backend: Backend | None = None,
     ) -> None:
+        config = as_config(config)
         if backend is not None:
             settings = settings or backend.settings
             provider = provider or backend.provider_name
@@ -63,7 +65,7 @@ class SandboxBase:
         self._pooled: Backend | None = None
         self._adapter: SandboxAdapter | None = None
         self._sandbox_id: str | None = None  # kept after close/detach: connect(sandbox_id) needs it then
-        self._status = SandboxStatus.creating
+        self._status = SandboxStatus.not_started  # creating only while start() runs
         self._capabilities: dict[Feature, SupportLevel] = dict(self._provider.features)
         self._missing: dict[Feature, str] = {}  # feature -> why this backend lacks it
 
@@ -115,7 +117,7 @@ class SandboxBase:
     def probe_missing_features(
         cls,
         provider: str | None = None,
-        config: SandboxConfig | None = None,
+        config: SandboxConfig | Mapping[str, Any] | None = None,
         *,
         settings: Settings | None = None,
     ) -> Mapping[Feature, str]:
@@ -132,22 +134,32 @@ class SandboxBase:
     # -- lifecycle ------------------------------------------------------------------------------------
 
     def start(self) -> Self:
-        """Create the sandbox. Idempotent while it runs."""
+        """Create the sandbox. Idempotent while it runs; after a failure it may be called again."""
         if self._adapter is not None and self._status is SandboxStatus.running:
             return self
-        if self._status is SandboxStatus.closed:
+        if self._status in (SandboxStatus.closed, SandboxStatus.detached, SandboxStatus.creating):
             raise SandboxNotRunningError(
-                "the sandbox is closed; create a new one", provider=self.provider_name
+                f"the sandbox is {self._state()}", provider=self.provider_name, operation="create"
             )
-        backend = self._open_backend()
+        self._status = SandboxStatus.creating
+        try:
+            backend = self._open_backend()
+        except BaseException:
+            self._status = SandboxStatus.not_started
+            raise
         try:
             self._narrow(backend)
             for field, feature in CONFIG_REQUIREMENTS.items():
                 if getattr(self._config, field) is not None:
                     self._check(feature, "create", hint=f"SandboxConfig.{field} is set")
+            if self._config.memory_limit is not None or self._config.cpu_limit is not None:
+                with self._errors("create"):
+                    bounds = backend.resource_bounds(self._config, self._options)
+                self._check_bounds(bounds)
             with self._errors("create"):
                 self._adapter = backend.create(self._config, self._options)
         except BaseException:
+            self._status = SandboxStatus.not_started  # nothing was made: start() may be tried again
             self._release_backend()
             raise
         self._sandbox_id = self._adapter.sandbox_id
@@ -166,9 +178,11 @@ class SandboxBase:
             self.close()
 
     def close(self) -> None:
-        """Stop every process and clean up (per SandboxConfig.auto_cleanup). Safe to call twice."""
+        """Stop every process and clean up (per SandboxConfig.auto_cleanup). Safe to call twice. A detached
+        sandbox is not this object's any more: closing it changes nothing (connect() to close it)."""
         adapter, self._adapter = self._adapter, None
-        self._status = SandboxStatus.closed
+        if self._status is not SandboxStatus.detached:
+            self._status = SandboxStatus.closed
         try:
             if adapter is not None:
                 with self._errors("close"):
@@ -177,9 +191,12 @@ class SandboxBase:
             self._release_backend()
 
     def detach(self) -> None:
-        """Let go of a running sandbox without stopping it; `connect(sandbox_id)` picks it up again."""
+        """Let go of a running sandbox without stopping it; `connect(sandbox_id)` picks it up again. Its status
+        is then detached (it runs on), not closed; on a sandbox that is not running, nothing happens."""
         adapter, self._adapter = self._adapter, None
-        self._status = SandboxStatus.closed
+        if adapter is None:
+            return
+        self._status = SandboxStatus.detached
         try:
             if adapter is not None:
                 with self._errors("detach"):
@@ -192,7 +209,7 @@ class SandboxBase:
         cls,
         sandbox_id: str,
         provider: str | None = None,
-        config: SandboxConfig | None = None,
+        config: SandboxConfig | Mapping[str, Any] | None = None,
         *,
         settings: Settings | None = None,
         backend: Backend | None = None,
@@ -207,6 +224,7 @@ class SandboxBase:
                 argument="sandbox_id",
                 operation="connect",
             )
+        config = as_config(config)
         sandbox = cls(provider, config, settings=settings, backend=backend)
         if not sandbox_id.strip() or "\0" in sandbox_id:  # no provider names a sandbox so
             raise SandboxNotFoundError(
@@ -236,7 +254,7 @@ class SandboxBase:
     def list_sandboxes(
         cls,
         provider: str | None = None,
-        config: SandboxConfig | None = None,
+        config: SandboxConfig | Mapping[str, Any] | None = None,
         *,
         settings: Settings | None = None,
         backend: Backend | None = None,
@@ -278,6 +296,25 @@ class SandboxBase:
                 self._capabilities[feature] = SupportLevel.unsupported
                 self._missing[feature] = reason
 
+    def _check_bounds(self, bounds: ResourceBounds) -> None:
+        """ConfigurationError for a memory_limit or cpu_limit the provider cannot honour here, before
+        anything is made (not a provider's refusal quoting its internals, nor a cap silently ignored)."""
+        memory, cpus = self._config.memory_limit, self._config.cpu_limit
+        problem = None
+        if memory is not None and bounds.min_memory is not None and memory < bounds.min_memory:
+            problem = (
+                f"SandboxConfig.memory_limit must be at least {bounds.min_memory} bytes "
+                f"({bounds.min_memory / 2**20:g} MiB) on {self.provider_name}, got {memory}"
+                + (f": {bounds.min_memory_why}" if bounds.min_memory_why else "")
+            )
+        elif cpus is not None and bounds.max_cpus is not None and cpus > bounds.max_cpus:
+            problem = (
+                f"SandboxConfig.cpu_limit must be at most {bounds.max_cpus:g} on {self.provider_name} "
+                f"here, got {cpus:g}" + (f": {bounds.max_cpus_why}" if bounds.max_cpus_why else "")
+            )
+        if problem:
+            raise ConfigurationError(problem, provider=self.provider_name, operation="create")
+
     def _check(self, feature: Feature, operation: str, hint: str | None = None) -> None:
         self._check_any((feature,), operation, hint)
 
@@ -300,15 +337,23 @@ class SandboxBase:
             hint="; ".join(n for n in notes if n) or None,
         )
 
+    def _state(self) -> str:
+        """What the sandbox is, for SandboxNotRunningError."""
+        if self._status is SandboxStatus.closed:
+            return "closed; create a new one"
+        if self._status is SandboxStatus.detached:
+            return (
+                f"detached: it runs on, and `connect({self._sandbox_id!r})` attaches to it again "
+                "(this object does no more work)"
+            )
+        if self._status is SandboxStatus.creating:
+            return "being created: start() has not finished"
+        return "not started (use `async with` or start())"
+
     def _running(self, operation: str) -> SandboxAdapter:
         if self._adapter is None:
-            state = (
-                "closed"
-                if self._status is SandboxStatus.closed
-                else "not started (use `async with` or start())"
-            )
             raise SandboxNotRunningError(
-                f"the sandbox is {state}", provider=self.provider_name, operation=operation
+                f"the sandbox is {self._state()}", provider=self.provider_name, operation=operation
             )
         return self._adapter
 
@@ -350,4 +395,16 @@ class SandboxBase:
             ) from exc
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} provider={self.provider_name!r} id={self._sandbox_id!r} status={self._status.value}>"
+        return f"<{type(self).__name__} provider={self.provider_name!r} id={self._sandbox_id!r} status={self.status.value}>"
+
+
+def as_config(config: object) -> SandboxConfig | None:
+    """A SandboxConfig, None, or a mapping of its fields (`Sandbox(config={"timeout": 5})`), checked as
+    SandboxConfig checks them; anything else is a ConfigurationError saying what is accepted."""
+    if config is None or isinstance(config, SandboxConfig):
+        return config
+    if isinstance(config, Mapping):
+        return SandboxConfig.model_validate(dict(config))
+    raise ConfigurationError(
+        f"config must be a SandboxConfig, a mapping of its fields or None, got {shorten(config)}"
+    )

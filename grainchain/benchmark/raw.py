@@ -28,6 +28,7 @@ import httpx
 from grainchain.models import SandboxConfig
 from grainchain.providers.docker import _engine as dk
 from grainchain.providers.local import _isolation as iso
+from grainchain.providers.local import _python as python
 from grainchain.providers.local._hostproc import SHELL, scrubbed_environment
 from grainchain.settings import Settings
 
@@ -131,8 +132,12 @@ class LocalBox(RawBox):
         self._tmp = root / "tmp"
         self._workspace.mkdir()
         self._tmp.mkdir()
-        # the same scrubbed environment a local sandbox's commands get
-        self._env = scrubbed_environment({"HOME": str(self._workspace), "TMPDIR": str(self._tmp)})
+        # the same scrubbed environment a local sandbox's commands get, `python` from the same venv of its own
+        self._python = python.store()
+        home = str(self._workspace)
+        self._env = scrubbed_environment(
+            {"HOME": home, "TMPDIR": str(self._tmp)}, self._python.environment(False, home)
+        )
 
     def exec(self, command: str) -> tuple[int, bytes, bytes]:
         done = subprocess.run(
@@ -197,9 +202,16 @@ class LocalNamespacesBox(LocalBox):
 
     def __init__(self, root: Path, network: str) -> None:
         super().__init__(root)
-        self._env = scrubbed_environment({"HOME": iso.WORKSPACE, "TMPDIR": iso.SANDBOX_TMP})
+        self._env = scrubbed_environment(
+            {"HOME": iso.WORKSPACE, "TMPDIR": iso.SANDBOX_TMP}, self._python.environment(True, iso.WORKSPACE)
+        )
         self._holder = iso.start_holder(
-            self._workspace, self._tmp, root / "holder.log", network=network, env=self._env
+            self._workspace,
+            self._tmp,
+            root / "holder.log",
+            network=network,
+            env=self._env,
+            ro_binds=self._python.binds,
         )
         self._enter = self._holder.enter_argv(None)
 

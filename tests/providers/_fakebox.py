@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import os
 import shlex
@@ -142,6 +143,7 @@ class Command:
         self.ended: Ended | None = None
         self._fds: dict[str, int] = {}
         self._stdin_fd: int | None = None
+        self._stdin_waiter: asyncio.Future[None] | None = None  # a write waiting for room in the pipe
         self._popen: subprocess.Popen[bytes] | None = None
         self._popens: set[subprocess.Popen[bytes]] = set()
         self._status_buffer = b""
@@ -316,17 +318,32 @@ class Command:
             try:
                 view = view[os.write(fd, view) :]
             except BlockingIOError:
-                ready = loop.create_future()
-                loop.add_writer(fd, ready.set_result, None)
+                ready = self._stdin_waiter = loop.create_future()
+                loop.add_writer(fd, _resolve, ready)
                 try:
                     await ready
                 finally:
-                    loop.remove_writer(fd)
+                    self._stdin_waiter = None
+                    if self._stdin_fd == fd:
+                        loop.remove_writer(fd)
 
     def close_stdin(self) -> None:
+        """Close stdin (EOF for the command); a write waiting for room fails as a write to a closed pipe
+        would (else it would wait forever: epoll forgets a closed descriptor)."""
         fd, self._stdin_fd = self._stdin_fd, None
-        if fd is not None:
-            os.close(fd)
+        if fd is None:
+            return
+        waiter, self._stdin_waiter = self._stdin_waiter, None
+        if waiter is not None:
+            waiter.get_loop().remove_writer(fd)
+            if not waiter.done():
+                waiter.set_exception(BrokenPipeError(errno.EPIPE, "stdin was closed"))
+        os.close(fd)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 # ---------------------------------------------------------------------------------------------- sandboxes

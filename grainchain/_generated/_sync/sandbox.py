@@ -11,7 +11,11 @@ from grainchain._checks import (
     check_command,
     check_content,
     check_env_names,
+    check_flag,
+    check_if_running,
+    check_local_path,
     check_non_empty,
+    check_optional_content,
     check_optional_non_empty,
     check_optional_path,
     check_path,
@@ -22,7 +26,7 @@ from grainchain._checks import (
 from grainchain._generated.features import Feature
 from grainchain._sync.base import SandboxBase
 from grainchain._sync.process import ProcessHandle
-from grainchain._types import OutputCallback
+from grainchain._types import IfProcessesRunning, LocalPath, OutputCallback
 from grainchain.models import ExecutionResult, FileInfo, SnapshotInfo, SnapshotKind
 
 
@@ -37,6 +41,7 @@ class Sandbox(SandboxBase):
         environment: dict[str, str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: str | bytes | None = None,
     ) -> ExecutionResult:
         """Run a shell command and wait for it.
 
@@ -46,8 +51,9 @@ class Sandbox(SandboxBase):
             environment: Extra environment variables; they win over SandboxConfig.environment_vars. Limits as for SandboxConfig.environment_vars (the command: at most 60 KiB, what every provider takes).
             on_stdout: Called with each decoded chunk of stdout.
             on_stderr: Called with each decoded chunk of stderr.
+            stdin: The command's standard input: these bytes (str as UTF-8; bytearray and memoryview too), then end of file, fed while its output is read (any size: a command that reads nothing or stops reading early does not block the call). None: standard input is empty (end of file at once).
 
-        Needs: exec; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set (else CapabilityError).
+        Needs: exec; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set; exec.stdin when stdin is set (else CapabilityError).
         Raises: CommandTimeoutError, OutputLimitExceededError, MemoryLimitExceededError, PathOutsideSandboxError, FileNotFoundInSandboxError.
         """
         check_command("execute", "command", command)
@@ -56,11 +62,14 @@ class Sandbox(SandboxBase):
         check_env_names("execute", "environment", environment)
         check_callback("execute", "on_stdout", on_stdout)
         check_callback("execute", "on_stderr", on_stderr)
+        check_optional_content("execute", "stdin", stdin)
         features = [Feature.EXEC]
         if on_stdout is not None:
             features.append(Feature.EXEC_STREAMING)
         if on_stderr is not None:
             features.append(Feature.EXEC_STREAMING)
+        if stdin is not None:
+            features.append(Feature.EXEC_STDIN)
         adapter = self._gate("execute", *features)
         with self._errors("execute"):
             return adapter.execute(
@@ -70,6 +79,7 @@ class Sandbox(SandboxBase):
                 environment=environment,
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
+                stdin=stdin,
             )
 
     def start_process(
@@ -79,6 +89,7 @@ class Sandbox(SandboxBase):
         environment: dict[str, str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: bool = False,
     ) -> ProcessHandle:
         """Start a command in the background and return a handle (id, pid where the provider has one, output so far, wait, kill of the process and everything it started).
 
@@ -87,8 +98,9 @@ class Sandbox(SandboxBase):
             environment: As for execute.
             on_stdout: Called with each decoded chunk of stdout.
             on_stderr: Called with each decoded chunk of stderr.
+            stdin: True: the process's standard input stays open for the handle: write_stdin(data) writes str (as UTF-8) or bytes to it, in order, and close_stdin() ends it (end of file; idempotent). write_stdin on a handle started without stdin=True, after close_stdin(), or once the process ended raises StdinClosedError. False: standard input is empty (end of file at once).
 
-        Needs: process.background; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set (else CapabilityError).
+        Needs: process.background; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set; exec.stdin when stdin=True (else CapabilityError).
         Raises: PathOutsideSandboxError, FileNotFoundInSandboxError.
         """
         check_command("start_process", "command", command)
@@ -96,11 +108,14 @@ class Sandbox(SandboxBase):
         check_env_names("start_process", "environment", environment)
         check_callback("start_process", "on_stdout", on_stdout)
         check_callback("start_process", "on_stderr", on_stderr)
+        check_flag("start_process", "stdin", stdin)
         features = [Feature.PROCESS_BACKGROUND]
         if on_stdout is not None:
             features.append(Feature.EXEC_STREAMING)
         if on_stderr is not None:
             features.append(Feature.EXEC_STREAMING)
+        if stdin is True:
+            features.append(Feature.EXEC_STDIN)
         adapter = self._gate("start_process", *features)
         with self._errors("start_process"):
             return adapter.start_process(
@@ -109,6 +124,7 @@ class Sandbox(SandboxBase):
                 environment=environment,
                 on_stdout=on_stdout,
                 on_stderr=on_stderr,
+                stdin=stdin,
             )
 
     def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
@@ -119,7 +135,7 @@ class Sandbox(SandboxBase):
             mode: "w"/"wb" replace the file, "a"/"ab" append (creating it when missing).
 
         Needs: files (else CapabilityError).
-        Raises: PathOutsideSandboxError.
+        Raises: PermissionDeniedError.
         """
         check_path("upload_file", "path", path)
         check_content("upload_file", "content", content)
@@ -133,7 +149,7 @@ class Sandbox(SandboxBase):
         """Read a whole file as bytes.
 
         Needs: files (else CapabilityError).
-        Raises: FileNotFoundInSandboxError, PathOutsideSandboxError.
+        Raises: FileNotFoundInSandboxError.
         """
         check_path("download_file", "path", path)
         features = [Feature.FILES]
@@ -148,7 +164,7 @@ class Sandbox(SandboxBase):
             path: "." is the working directory of the sandbox.
 
         Needs: files (else CapabilityError).
-        Raises: FileNotFoundInSandboxError, PathOutsideSandboxError.
+        Raises: FileNotFoundInSandboxError.
         """
         check_path("list_files", "path", path)
         features = [Feature.FILES]
@@ -160,7 +176,7 @@ class Sandbox(SandboxBase):
         """Metadata of one file or directory.
 
         Needs: files (else CapabilityError).
-        Raises: FileNotFoundInSandboxError, PathOutsideSandboxError.
+        Raises: FileNotFoundInSandboxError.
         """
         check_path("get_file_info", "path", path)
         features = [Feature.FILES]
@@ -172,7 +188,6 @@ class Sandbox(SandboxBase):
         """Whether a file or directory exists (False for a missing one; never FileNotFoundInSandboxError).
 
         Needs: files (else CapabilityError).
-        Raises: PathOutsideSandboxError.
         """
         check_path("file_exists", "path", path)
         features = [Feature.FILES]
@@ -184,7 +199,7 @@ class Sandbox(SandboxBase):
         """Delete a file, or a directory with everything in it.
 
         Needs: files (else CapabilityError).
-        Raises: FileNotFoundInSandboxError, PathOutsideSandboxError.
+        Raises: FileNotFoundInSandboxError, PermissionDeniedError.
         """
         check_path("delete_file", "path", path)
         features = [Feature.FILES]
@@ -196,13 +211,47 @@ class Sandbox(SandboxBase):
         """Create a directory and its missing parents; an existing directory is fine.
 
         Needs: files (else CapabilityError).
-        Raises: PathOutsideSandboxError.
+        Raises: PermissionDeniedError.
         """
         check_path("make_directory", "path", path)
         features = [Feature.FILES]
         adapter = self._gate("make_directory", *features)
         with self._errors("make_directory"):
             adapter.make_directory(path=path)
+
+    def upload_directory(self, local_path: LocalPath, sandbox_path: str) -> None:
+        """Copy a directory of the client's machine (its contents: every name, hidden ones too, permission bits, empty directories, symlinks as links, never followed) into the sandbox, streamed as a tar. The target must be missing (it is made, with its parents) or an empty directory; anything else raises InvalidArgumentError and changes nothing. Entries that are neither files, directories nor symlinks (sockets, pipes, devices) are skipped with a warning; hard links arrive as separate files.
+
+        Args:
+            local_path: An existing directory of the client's machine (str or os.PathLike); else InvalidArgumentError. It is read, never followed into links.
+            sandbox_path: The sandbox directory to fill, a path as for every file operation (conventions: paths).
+
+        Needs: files.directories (else CapabilityError).
+        Raises: InvalidArgumentError.
+        """
+        check_local_path("upload_directory", "local_path", local_path)
+        check_path("upload_directory", "sandbox_path", sandbox_path)
+        features = [Feature.FILES_DIRECTORIES]
+        adapter = self._gate("upload_directory", *features)
+        with self._errors("upload_directory"):
+            adapter.upload_directory(local_path=local_path, sandbox_path=sandbox_path)
+
+    def download_directory(self, sandbox_path: str, local_path: LocalPath) -> None:
+        """Copy a directory of the sandbox (every name, hidden ones too, permission bits, empty directories, symlinks as links with their target unchanged, never followed) to the client's machine, streamed as a tar. Nothing is ever written outside local_path: an entry that would land outside it (an absolute or `..` name, a name through a symlink, a hard link to a file outside) raises PathOutsideSandboxError and the copy stops there; sockets, pipes and devices are skipped with a warning.
+
+        Args:
+            sandbox_path: The sandbox directory to copy; missing raises FileNotFoundInSandboxError, not a directory InvalidArgumentError.
+            local_path: The client's directory to fill (str or os.PathLike): it must be missing (it is made, with its parents) or an empty directory; anything else raises InvalidArgumentError before the sandbox is asked.
+
+        Needs: files.directories (else CapabilityError).
+        Raises: FileNotFoundInSandboxError, InvalidArgumentError, PathOutsideSandboxError.
+        """
+        check_path("download_directory", "sandbox_path", sandbox_path)
+        check_local_path("download_directory", "local_path", local_path)
+        features = [Feature.FILES_DIRECTORIES]
+        adapter = self._gate("download_directory", *features)
+        with self._errors("download_directory"):
+            adapter.download_directory(sandbox_path=sandbox_path, local_path=local_path)
 
     def create_snapshot(self, kind: SnapshotKind = SnapshotKind.filesystem) -> str:
         """Capture the sandbox and return the snapshot id.
@@ -219,19 +268,23 @@ class Sandbox(SandboxBase):
         with self._errors("create_snapshot"):
             return adapter.create_snapshot(kind=kind)
 
-    def restore_snapshot(self, snapshot_id: str) -> None:
-        """Bring the sandbox back to a snapshot (also one taken by another sandbox of the same provider).
+    def restore_snapshot(self, snapshot_id: str, if_processes_running: IfProcessesRunning = "kill") -> None:
+        """Bring the sandbox back to a snapshot (also one taken by another sandbox of the same provider). Every process that runs before it ends (background handles, `cmd &`, `setsid` ones alike): a handle's wait() then reports the kill (exit code 128+9); a filesystem snapshot brings no process back, a memory snapshot the processes it captured.
+
+        Args:
+            if_processes_running: "kill" (default): end them, as above; "refuse": raise ProcessesRunningError listing them, and change nothing (no file, no process).
 
         Needs: snapshot.filesystem or snapshot.memory (else CapabilityError naming snapshot.filesystem).
-        Raises: SnapshotNotFoundError.
+        Raises: SnapshotNotFoundError, ProcessesRunningError.
         """
         check_non_empty("restore_snapshot", "snapshot_id", snapshot_id)
+        check_if_running("restore_snapshot", "if_processes_running", if_processes_running)
         features: list[Feature | tuple[Feature, ...]] = [
             (Feature.SNAPSHOT_FILESYSTEM, Feature.SNAPSHOT_MEMORY)
         ]
         adapter = self._gate("restore_snapshot", *features)
         with self._errors("restore_snapshot"):
-            adapter.restore_snapshot(snapshot_id=snapshot_id)
+            adapter.restore_snapshot(snapshot_id=snapshot_id, if_processes_running=if_processes_running)
 
     def list_snapshots(self) -> list[SnapshotInfo]:
         """Snapshots of this provider that can be restored (a deleted one is no longer listed).

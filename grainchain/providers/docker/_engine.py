@@ -43,6 +43,7 @@ log = logging.getLogger("grainchain.docker")
 DEFAULT_IMAGE = "python:3.11-slim"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 WORKSPACE = "/workspace"
+MIN_MEMORY = 6 * 2**20  # the engine refuses a smaller HostConfig.Memory (linuxMinMemory)
 SNAPSHOT_REPO = "grainchain-snapshot"
 SNAPSHOT_TAG = re.compile(r"[0-9a-f]{1,64}")  # create_snapshot's tags: hex, so no path can hide in one
 LABEL = "grainchain"  # "1" on everything grainchain creates (images pass it on to their containers)
@@ -123,6 +124,9 @@ CONNECT_TIMEOUT = 10.0
 # then only half-closes it; without this header the client's pool takes that dead connection back and a
 # concurrent request can be sent on it and fail ("ConnectionClosed when state=SEND_RESPONSE").
 EXEC_START_HEADERS = {"Connection": "close"}
+# An exec with stdin: the engine reads the command's stdin from the connection only once it was upgraded
+# (101 UPGRADED); a half-close of our side is the command's end of file.
+EXEC_STDIN_HEADERS = {"Connection": "Upgrade", "Upgrade": "tcp"}
 START_HINT = (
     "start the Docker engine (`dockerd &`, `systemctl start docker`, or `.ci/docker-up` in grainchain's "
     "checkout) or point DOCKER_HOST at a running one"
@@ -220,6 +224,17 @@ def engine_message(body: bytes) -> str:
     return str(message) if message else body.decode("utf-8", "replace").strip()
 
 
+class EngineForbiddenError(ProviderError):
+    """Internal: the engine refused a write (a 403: a read-only root file system or volume); the adapter
+    turns it into PermissionDeniedError for the path."""
+
+    retryable = False
+
+    def __init__(self, message: str, said: str) -> None:
+        super().__init__(message, provider=PROVIDER)
+        self.said = said
+
+
 class EngineNotFoundError(ProviderError):
     """Internal: the engine has no such object (a 404). `kind`: "image", "volume", "exec", "path",
     "checkpoint", "network" or "object" (not known). The adapter catches it where a missing object has a
@@ -288,6 +303,8 @@ def engine_error(status: int, body: bytes, what: str, url: str = "") -> Graincha
                 f"{message} (the sandbox's container is gone: removed outside grainchain?)", provider=PROVIDER
             )
         return EngineNotFoundError(kind, message)
+    if status == 403:
+        return EngineForbiddenError(message, said)
     if status == 409 and "is not running" in message:
         return SandboxNotRunningError(
             f"{message} (the container stopped: its provider_config ttl passed, or something outside "
@@ -554,9 +571,36 @@ find . -mindepth 1 -maxdepth 1 -print0 && printf '\0' &&
 exec find . -mindepth 1 -maxdepth 1 -exec stat -c '%f %s %Y' -- {} +
 """
 STAT_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44; stat -c '%f %s %Y' -- "$1" """
-MKDIR_SCRIPT = r"""[ -d "$1" ] && exit 0; mkdir -p -- "$1" """
-DELETE_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44; rm -rf -- "$1" """
+# mkdir -p, as a command; refused (exit 13: the nearest existing ancestor is a directory, so the sandbox
+# refused the entry: a read-only mount, permissions, procfs) or blocked (exit 20: a file is in the way)
+MKDIR_SCRIPT = r"""[ -d "$1" ] && exit 0; mkdir -p -- "$1" 2>/dev/null && exit 0
+p="$1"; while [ -n "$p" ] && [ ! -e "$p" ]; do p="${p%/*}"; done
+if [ -z "$p" ] || [ -d "$p" ]; then exit 13; fi; exit 20"""
+DELETE_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44; rm -rf -- "$1" 2>&1 || exit 13"""
+# Paths below the mounts the container runtime makes (procfs, sysfs, /dev): the engine's archive API
+# works on the container's root file system and its volumes only, so these are read and checked by a
+# command, as a command sees them.
+RUNTIME_MOUNTS = ("/proc", "/sys", "/dev")
+READ_SCRIPT = r"""[ -f "$1" ] || { [ -e "$1" ] && exit 21; exit 44; }; exec cat -- "$1" """
+EXISTS_SCRIPT = r"""[ -e "$1" ] || [ -L "$1" ] || exit 44"""
+# (a real write: busybox's `test -w` is true for root even on a read-only mount)
+WRITABLE_SCRIPT = r"""[ -d "$1" ] || exit 44; t="$1/.grainchain-probe-$$"
+( : > "$t" ) 2>/dev/null || exit 13; rm -f -- "$t" """
+REFUSED = 13  # exit code of the scripts above for what the sandbox refuses a command
 MISSING = 44  # exit code of the scripts above for a path that does not exist
+
+
+def under_runtime_mount(path: str) -> bool:
+    return any(path == m or path.startswith(m + "/") for m in RUNTIME_MOUNTS)
+
+
+NOT_A_DIRECTORY = 20
+# $1 must be an empty directory (exit 20: not a directory, 39: not empty)
+EMPTY_DIRECTORY_SCRIPT = r"""[ -d "$1" ] || exit 20; [ -z "$(ls -A -- "$1")" ] || exit 39"""
+# the hidden directory $1 renamed onto $2, which must be missing or an empty directory (rmdir checks)
+MOVE_DIRECTORY_SCRIPT = r"""if [ -d "$2" ] && [ ! -L "$2" ]; then rmdir -- "$2" 2>/dev/null || exit 39
+elif [ -e "$2" ] || [ -L "$2" ]; then exit 20; fi
+mv -- "$1" "$2" """
 # An upload's last step: its hidden file ($1) renamed over the target ($2) in the same directory (rename(2)
 # is atomic); removed instead when the target became a directory meanwhile. Hidden files of uploads whose
 # client died are removed once older than any upload can take (their mtime is the upload's start).

@@ -39,6 +39,7 @@ META_CONFIG = "grainchain_config"
 HOME = "/home/user"  # the working directory of E2B's templates
 
 Feed = Callable[[str], None]
+RawFeed = Callable[[bytes], None]
 T = TypeVar("T")
 ACall = Callable[[], Awaitable[T]]  # an SDK call to make (again): the async client's form
 Call = Callable[[], T]  # the blocking client's
@@ -189,15 +190,18 @@ async def astart_command(
     timeout: float,
     on_stdout: Feed,
     on_stderr: Feed,
-) -> e2b.AsyncCommandHandle:
+    stdin: bool = False,
+) -> e2b.AsyncCommandHandle[None]:
     return await sandbox.commands.run(
         command,
         background=True,
         cwd=cwd,
         envs=envs,
         timeout=timeout,
+        stdin=stdin or None,  # None, not False: an older envd refuses stdin=False
         on_stdout=on_stdout,
         on_stderr=on_stderr,
+        retain_output=False,  # the collector keeps the output: no second copy in the SDK
     )
 
 
@@ -210,22 +214,60 @@ def start_command(
     timeout: float,
     on_stdout: Feed,
     on_stderr: Feed,
-) -> e2b.CommandHandle:
-    return sandbox.commands.run(command, background=True, cwd=cwd, envs=envs, timeout=timeout)
+    stdin: bool = False,
+) -> e2b.CommandHandle[None]:
+    return sandbox.commands.run(
+        command,
+        background=True,
+        cwd=cwd,
+        envs=envs,
+        timeout=timeout,
+        stdin=stdin or None,
+        retain_output=False,
+    )
 
 
-async def await_command(handle: e2b.AsyncCommandHandle, on_stdout: Feed, on_stderr: Feed) -> None:
+class _RawTee:
+    """Stands in for a command handle's UTF-8 decoder of one stream: the SDK hands it envd's raw chunks;
+    it passes them on as bytes and gives the SDK no text (the collector decodes, once)."""
+
+    def __init__(self, feed: RawFeed) -> None:
+        self._feed = feed
+
+    def decode(self, data: bytes, final: bool = False) -> str:
+        if data:
+            self._feed(bytes(data))
+        return ""
+
+
+def tee_raw_output(
+    handle: e2b.AsyncCommandHandle[None] | e2b.CommandHandle[None], stdout: RawFeed, stderr: RawFeed
+) -> bool:
+    """Route the bytes a command writes to `stdout` / `stderr` before the SDK decodes them: the SDK only
+    hands over decoded text, but decodes each stream with its handle's `_stdout_decoder` /
+    `_stderr_decoder` (a codecs incremental decoder). False, changing nothing, when this SDK version has
+    no such decoders (the output then comes as text only). Called before the handle reads any event: the
+    async handle's reader task runs at the caller's next await, the blocking one's in wait()."""
+    decoders = ("_stdout_decoder", "_stderr_decoder")
+    if not all(hasattr(getattr(handle, name, None), "decode") for name in decoders):
+        return False
+    handle._stdout_decoder = _RawTee(stdout)  # type: ignore[assignment]
+    handle._stderr_decoder = _RawTee(stderr)  # type: ignore[assignment]
+    return True
+
+
+async def await_command(handle: e2b.AsyncCommandHandle[None], on_stdout: Feed, on_stderr: Feed) -> None:
     """Until the command ends (CommandExitException for a non-zero exit, as the SDK raises it)."""
     await handle.wait()
 
 
-def wait_command(handle: e2b.CommandHandle, on_stdout: Feed, on_stderr: Feed) -> None:
+def wait_command(handle: e2b.CommandHandle[None], on_stdout: Feed, on_stderr: Feed) -> None:
     handle.wait(on_stdout=on_stdout, on_stderr=on_stderr)
 
 
-async def adisconnect(handle: e2b.AsyncCommandHandle) -> None:
+async def adisconnect(handle: e2b.AsyncCommandHandle[None]) -> None:
     await handle.disconnect()
 
 
-def disconnect(handle: e2b.CommandHandle) -> None:
+def disconnect(handle: e2b.CommandHandle[None]) -> None:
     handle.disconnect()

@@ -297,3 +297,28 @@ def rlimit_launcher(limits: Limits) -> list[str]:
     if limits.pids is not None:
         args.append(f"--nproc={limits.pids}")
     return ["prlimit", *args, "--"] if args else []
+
+
+def machine_cpus() -> tuple[float, str]:
+    """The cores a local sandbox can have, and why: the CPUs this process may run on, lowered by a CPU quota
+    of its own cgroup (a container's `--cpus`), below which every sandbox's cgroup sits."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    why = f"this machine lets grainchain run on {cpus:g} CPUs (sched_getaffinity)"
+    own = _own_paths()
+    for mount, fstype, options in _mounts():
+        try:
+            if fstype == "cgroup2" and "" in own:
+                quota, period = Path(mount, own[""].lstrip("/"), "cpu.max").read_text().split()
+            elif fstype == "cgroup" and "cpu" in options and "cpu" in own:
+                base = Path(mount, own["cpu"].lstrip("/"))
+                quota = (base / "cpu.cfs_quota_us").read_text().strip()
+                period = (base / "cpu.cfs_period_us").read_text().strip()
+            else:
+                continue
+            if quota in ("max", "-1") or int(period) <= 0 or int(quota) / int(period) >= cpus:
+                continue
+        except (OSError, ValueError):
+            continue
+        cpus = int(quota) / int(period)
+        why = f"grainchain's own cgroup has a CPU quota of {cpus:g} cores"
+    return cpus, why

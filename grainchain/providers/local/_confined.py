@@ -5,12 +5,13 @@ it again by name lets a command swap a checked directory for a symlink in betwee
 RENAME_EXCHANGE makes the window easy to hit), and the host then follows the link out of the workspace.
 So nothing here opens a sandbox path by name:
 
-* File operations walk every path from a descriptor of the workspace root (opened afresh per operation:
-  restores remount the workspace), one component at a time with openat(O_NOFOLLOW) (O_PATH for the
+* File operations walk every path from a descriptor of the view's root (opened afresh per operation:
+  restores remount the workspace and restart the holder), one component at a time with openat(O_NOFOLLOW) (O_PATH for the
   directories on the way, so their modes do not matter), and act on the last component relative to its
   directory's descriptor. Symlinks are followed by us the way the sandbox sees them: an absolute target is
   a sandbox path, which must lie below the view root, and is walked again from the root descriptor; `..`
-  from a link target pops our own stack of descriptors (never `..` on the filesystem); more than MAX_LINKS
+  from a link target pops our own stack of descriptors (never `..` on the filesystem; at the root of a
+  view of the whole sandbox, `..` stays there, as the kernel's); more than MAX_LINKS
   links is an error. Before that, the user's path is normalised lexically against the working directory
   (`link/..` is the directory holding `link`). An entry that changes type between two steps makes the
   walk start over, a few times, then the operation raises a typed error.
@@ -38,6 +39,7 @@ from grainchain.errors import (
     FileNotFoundInSandboxError,
     InvalidArgumentError,
     PathOutsideSandboxError,
+    PermissionDeniedError,
     ProviderError,
 )
 from grainchain.models import FileInfo
@@ -52,17 +54,38 @@ _DIR_READ = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_
 # O_NONBLOCK: opening a named pipe nobody writes or reads must fail or return, never hang us
 _FILE_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _NOT_THERE = (errno.ENOTDIR, errno.ELOOP)  # openat(O_DIRECTORY|O_NOFOLLOW) of a link or a file
+# a read-only mount, permissions, an entry the kernel lets nobody change (procfs, a busy mount point)
+_REFUSED = (errno.EROFS, errno.EACCES, errno.EPERM, errno.EBUSY)
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class View:
-    """A workspace: `host` is its directory on the host, `root` where the sandbox's commands see it
-    (/workspace when isolated, else the host path itself)."""
+    """What paths are walked in: `host` is its directory on the host, `root` where the sandbox's commands
+    see it. The workspace (`root` /workspace when isolated, else the host path itself: working
+    directories must lie there), or the whole sandbox (`root` "/": file operations, which reach what
+    commands reach). `open_root` opens the root's descriptor (default: `host` by name), e.g. through
+    /proc/<holder>/root: the holder's mount namespace, where the sandbox's mounts are."""
 
     host: Path
     root: str
+    open_root: Callable[[], int] | None = field(default=None, compare=False)
+
+    @property
+    def whole(self) -> bool:
+        """The view is the whole filesystem its commands see: nothing is above its root."""
+        return self.root == "/"
+
+
+def _open_root(view: View) -> int | None:
+    """The view root's descriptor, None when it is gone."""
+    if view.open_root is not None:
+        return view.open_root()
+    try:
+        return os.open(view.host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
 
 
 def _within(path: str, root: str) -> bool:
@@ -179,6 +202,8 @@ class _Walk:
 
     def _up(self) -> None:
         if len(self.fds) == 1:
+            if self.view.whole:
+                return  # `..` of `/` is `/`
             raise PathOutsideSandboxError(
                 self.path,
                 f"a symlink on the way leads above the workspace {self.view.root}",
@@ -216,6 +241,7 @@ class _Walk:
         except FileExistsError:
             pass  # made meanwhile: entered next
         except FileNotFoundError:
+            _no_new_entries(self.dir, self.path)
             raise _Changed(_Gone()) from None  # our directory was deleted under us
 
     def _follow(self, name: str, pending: list[str], lenient: bool, *, on_the_way: bool = False) -> None:
@@ -257,6 +283,15 @@ class _Walk:
         pending.extend(reversed([c for c in target.split("/") if c]))
 
 
+def _no_new_entries(dir_fd: int, path: str) -> None:
+    """After ENOENT from creating an entry: a directory that still exists is one whose file system lets
+    nobody create entries (procfs, sysfs: a command's mkdir fails there too), else it was deleted."""
+    if os.fstat(dir_fd).st_nlink > 0:
+        raise PermissionDeniedError(
+            path, "this file system lets nobody create entries here", provider=PROVIDER
+        )
+
+
 def _kind(dir_fd: int, name: str) -> int | None:
     """S_IFMT of `name` in the directory (not following a link), None when it is gone."""
     try:
@@ -280,9 +315,8 @@ def _operate(
     last(walk, name, shown); walks again while entries change type under us. gone() / not_dir() give the
     answer (or raise) when the path, or a directory on the way, is missing / not a directory."""
     shown, components = _normalise(view, cwd, path)
-    try:
-        root = os.open(view.host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    root = _open_root(view)
+    if root is None:
         return gone(shown)
     outcome: Exception = _Gone()
     try:
@@ -297,6 +331,14 @@ def _operate(
             except (_Gone, _NotDir) as exc:
                 outcome = exc
                 break
+            except OSError as exc:
+                if exc.errno in _REFUSED:  # the sandbox refuses it, as it would refuse a command
+                    raise PermissionDeniedError(
+                        shown,
+                        exc.strerror or errno.errorcode.get(exc.errno or 0, "refused"),
+                        provider=PROVIDER,
+                    ) from exc
+                raise
             finally:
                 walk.close()
     finally:
@@ -352,9 +394,8 @@ def resolve(view: View, cwd: str, path: str, *, follow_symlinks: bool = True) ->
             raise _IsLink
         return w.host(name)
 
-    try:
-        root = os.open(view.host, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    except FileNotFoundError:
+    root = _open_root(view)
+    if root is None:
         return view.host.joinpath(*components), shown
     try:
         for _ in range(_ATTEMPTS):
@@ -603,6 +644,7 @@ def make_directory(view: View, cwd: str, path: str) -> None:
         except FileExistsError:
             pass
         except FileNotFoundError:
+            _no_new_entries(w.dir, shown)
             raise _Changed(_Gone()) from None
         kind = _kind(w.dir, name)
         if kind == stat.S_IFLNK:
@@ -1185,3 +1227,109 @@ def tree_size(path: Path) -> int:
         for fd, _ in frames:
             os.close(fd)
     return total
+
+
+# -- whole directories (upload_directory / download_directory) ------------------------------------------
+
+
+def _not_a_directory(shown: str) -> InvalidArgumentError:
+    return InvalidArgumentError(f"{shown} is not a directory", argument="sandbox_path", provider=PROVIDER)
+
+
+def with_directory(view: View, cwd: str, path: str, use: Callable[[int], T]) -> T:
+    """use(fd) with a descriptor (O_RDONLY, opened O_NOFOLLOW) of the existing directory at `path`, links on
+    the way followed as the sandbox sees them: FileNotFoundInSandboxError when missing, InvalidArgumentError
+    when not a directory. Whatever `use` walks below it by descriptors stays in that directory."""
+
+    def last(w: _Walk, name: str | None, shown: str) -> T:
+        try:
+            fd = os.open("." if name is None else name, _DIR_READ, dir_fd=w.dir)
+        except FileNotFoundError:
+            raise _Gone from None
+        except OSError as exc:
+            if exc.errno not in _NOT_THERE:
+                raise
+            kind = None if name is None else _kind(w.dir, name)
+            if kind == stat.S_IFLNK:
+                raise _IsLink from None
+            if kind is None:
+                raise _Changed(_Gone()) from None
+            if kind == stat.S_IFDIR:
+                raise _Changed(_Gone()) from None
+            raise _not_a_directory(shown) from None
+        try:
+            return use(fd)
+        finally:
+            os.close(fd)
+
+    def not_dir(shown: str) -> T:
+        raise _not_a_directory(posixpath.dirname(shown))
+
+    return _operate(view, cwd, path, last, follow=True, gone=_not_found, not_dir=not_dir)
+
+
+def fill_directory(view: View, cwd: str, path: str, fill: Callable[[int], None]) -> None:
+    """Make the directory at `path` (and its parents) with what fill(fd) puts into a fresh hidden directory
+    beside it (given as a descriptor), renamed onto `path` at the end: all or nothing. `path` must be missing
+    or an empty directory (a link to one is followed), else InvalidArgumentError and nothing changes; a
+    sandbox filling it meanwhile makes the rename fail the same way (the hidden directory is removed)."""
+
+    def last(w: _Walk, name: str | None, shown: str) -> None:
+        if name is None:  # the view's root, or `.` of the working directory: by its name in its parent
+            raise InvalidArgumentError(
+                f"{shown} is the root of the view or the working directory, which cannot be replaced "
+                "(name a missing or empty directory below it)",
+                argument="sandbox_path",
+                provider=PROVIDER,
+            )
+        try:
+            old: os.stat_result | None = os.stat(name, dir_fd=w.dir, follow_symlinks=False)
+        except FileNotFoundError:
+            old = None
+        if old is not None:
+            if stat.S_ISLNK(old.st_mode):
+                raise _IsLink
+            if not stat.S_ISDIR(old.st_mode):
+                raise InvalidArgumentError(
+                    f"{shown} exists and is not a directory (a missing or empty one is needed)",
+                    argument="sandbox_path",
+                    provider=PROVIDER,
+                )
+            probe = os.open(name, _DIR_READ, dir_fd=w.dir)
+            try:
+                empty = not os.listdir(probe)
+            finally:
+                os.close(probe)
+            if not empty:
+                raise _full(shown)
+        hidden = _temp_name()
+        os.mkdir(hidden, 0o777, dir_fd=w.dir)  # (the umask applies, as to make_directory)
+        try:
+            fd = os.open(hidden, _DIR_READ, dir_fd=w.dir)
+            try:
+                fill(fd)
+            finally:
+                os.close(fd)
+            try:  # rename(2) replaces an empty directory, atomically
+                os.rename(hidden, name, src_dir_fd=w.dir, dst_dir_fd=w.dir)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                    raise _full(shown) from None
+                raise
+        except BaseException:
+            with contextlib.suppress(OSError, _Changed):
+                remove_tree_at(w.dir, hidden)
+            raise
+
+    _operate(
+        view, cwd, path, last, follow=True, create=True, gone=_not_found, not_dir=_parent_not_a_directory
+    )
+
+
+def _full(shown: str) -> InvalidArgumentError:
+    return InvalidArgumentError(
+        f"{shown} is a directory that is not empty (a missing or empty one is needed; delete_file() it first "
+        "to replace it)",
+        argument="sandbox_path",
+        provider=PROVIDER,
+    )

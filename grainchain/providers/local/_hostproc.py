@@ -91,6 +91,13 @@ class HostProcess:
         for pipe in (self.popen.stdout, self.popen.stderr):
             if pipe is not None:
                 pipe.close()
+        self.close_stdin()
+
+    def close_stdin(self) -> None:
+        """End of file for the command (its stdin pipe, if it has one); idempotent."""
+        if self.popen.stdin is not None:
+            with contextlib.suppress(OSError):  # BrokenPipeError: it had nothing buffered anyway
+                self.popen.stdin.close()
         if self.exit_fd is not None:
             os.close(self.exit_fd)
             self.exit_fd = None
@@ -104,24 +111,28 @@ def spawn(
     marker: tuple[str, str],
     prefix: Sequence[str] = (),
     stdin: str = os.devnull,
+    stdin_pipe: bool = False,
 ) -> HostProcess:
     """Start `sh -c command` in a new session (its own process group) with exactly `env` plus the marker.
 
     `prefix` is an argv that execs the shell in the end (cgroup placement, rlimits, entering namespaces);
     each program in it must keep the environment. `stdin` is the file the command reads (an isolated
-    sandbox's own /dev/null)."""
+    sandbox's own /dev/null); `stdin_pipe`: a pipe instead, whose end is `popen.stdin` (non-blocking)."""
     name, value = marker
     with open(stdin, "rb") as source:
         popen = subprocess.Popen(
             [*prefix, SHELL, "-c", command],
             cwd=cwd,
             env={**env, name: value},
-            stdin=source,
+            # the pipe's end here is close-on-exec: a command started meanwhile cannot hold it open
+            stdin=subprocess.PIPE if stdin_pipe else source,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
             close_fds=True,
         )
+    if popen.stdin is not None:
+        os.set_blocking(popen.stdin.fileno(), False)  # a writer waits for room, never blocks in write()
     exit_fd = None
     with contextlib.suppress(AttributeError, OSError):  # no pidfd: callers poll instead
         exit_fd = os.pidfd_open(popen.pid)

@@ -25,11 +25,13 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -286,12 +288,21 @@ def _dev_args() -> list[str]:
 
 
 def holder_args(
-    workspace: Path, tmp: Path, rootfs: Path, *, network: str, userns: bool, seccomp_fd: int | None = None
+    workspace: Path,
+    tmp: Path,
+    rootfs: Path,
+    *,
+    network: str,
+    userns: bool,
+    seccomp_fd: int | None = None,
+    ro_binds: Sequence[tuple[str, str]] = (),
 ) -> list[str]:
     """bwrap's arguments for a sandbox's holder (passed through --args, so that host paths do not show
     in the sandbox's /proc/1/cmdline). Without a user namespace the root is the (empty, read-only)
     directory `rootfs` rather than a tmpfs, so that CRIU can restore the mount namespace on it.
-    `seccomp_fd` holds the compiled filter (grainchain/providers/local/_seccomp.py) the holder runs under."""
+    `seccomp_fd` holds the compiled filter (grainchain/providers/local/_seccomp.py) the holder runs under;
+    `ro_binds` are more (host path, sandbox path) pairs seen read-only (the Python store and interpreter:
+    grainchain/providers/local/_python.py), bound last, so also inside /tmp if a path lies there."""
     return [
         *([] if userns else ["--bind", str(rootfs), "/"]),
         *_namespace_args(network=network, userns=userns),
@@ -300,6 +311,7 @@ def holder_args(
         *_dev_args(),
         "--bind", str(workspace), WORKSPACE,
         "--bind", str(tmp), SANDBOX_TMP,
+        *(arg for source, target in ro_binds for arg in ("--ro-bind", source, target)),
         "--chdir", WORKSPACE,
         # The holder's shell is pid 1 itself (no bwrap reaper: CRIU cannot dump a process mapped from a
         # mount outside the sandbox) and leads its own session (CRIU wants session leaders inside).
@@ -382,6 +394,89 @@ class Holder:
             time.sleep(0.001)
 
 
+class HolderRoot:
+    """The root of a running holder as file operations walk it: a descriptor of /proc/<pid>/root (the
+    holder's mount namespace, so its mounts are crossed as commands cross them), opened once per holder,
+    and a pidfd that says, in one poll, whether the holder still runs. The root is checked to hold this
+    sandbox's workspace at /workspace, and the pidfd opened before it: a pid reused after the holder died
+    (whose /proc/<pid>/root is another process's `/`) is never taken for it."""
+
+    def __init__(self, holder: Holder, workspace: Path) -> None:
+        self.holder = holder
+        self._lock = threading.Lock()  # open() duplicates while close() may run in another thread
+        self._pidfd = os.pidfd_open(holder.target)
+        self._root = -1
+        try:
+            flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+            proc = os.open(f"/proc/{holder.target}", flags)
+            try:
+                self._root = os.open("root", flags, dir_fd=proc)  # follows the magic link
+            finally:
+                os.close(proc)
+            try:
+                seen = os.stat(WORKSPACE.lstrip("/"), dir_fd=self._root, follow_symlinks=False)
+                ours = os.stat(workspace)
+            except OSError:
+                raise ProcessLookupError(holder.target) from None
+            if (seen.st_dev, seen.st_ino) != (ours.st_dev, ours.st_ino) or not self.alive():
+                raise ProcessLookupError(holder.target)
+        except BaseException:
+            self.close()
+            raise
+
+    def alive(self) -> bool:
+        """The holder has not exited (the pidfd becomes readable when it does)."""
+        with self._lock:
+            if self._pidfd < 0:
+                return False
+            return not select.select([self._pidfd], [], [], 0)[0]
+
+    def open(self) -> int:
+        """A new descriptor of the root (the caller closes it); ProcessLookupError once closed."""
+        with self._lock:
+            if self._root < 0:
+                raise ProcessLookupError(self.holder.target)
+            return os.dup(self._root)
+
+    def close(self) -> None:
+        """Let go of the root (it pins the holder's mounts, the workspace's included, after it ended)."""
+        with self._lock:
+            for fd in (self._root, self._pidfd):
+                if fd >= 0:
+                    os.close(fd)
+            self._root = self._pidfd = -1
+
+
+class RootSlot:
+    """A sandbox's current HolderRoot, made when file operations first need it and again once its holder
+    ended; one lock, so that concurrent file operations share one root instead of closing each other's."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()  # (ensure() may release the root: a dying holder)
+        self._root: HolderRoot | None = None
+
+    def get(
+        self, current: Callable[[], Holder | None], ensure: Callable[[], Holder], workspace: Path
+    ) -> HolderRoot:
+        """The root of the running holder: `current()` (read under the lock: another thread may just have
+        started one) when it still runs, else the one `ensure()` (which starts a holder) returns."""
+        with self._lock:
+            root = self._root
+            if root is None or root.holder is not current() or not root.alive():
+                fresh = HolderRoot(ensure(), workspace)
+                if root is not None:
+                    root.close()
+                self._root = root = fresh
+            return root
+
+    def release(self) -> None:
+        """Close the root's descriptors: once its holder ended they would pin its mounts."""
+        with self._lock:
+            if self._root is not None:
+                self._root.close()
+            self._root = None
+
+
 def _alive(pid: int) -> bool:
     """Running, not a zombie."""
     return process_state(pid) not in ("Z", "X", "")
@@ -396,10 +491,12 @@ def start_holder(
     env: Mapping[str, str],
     launcher: Sequence[str] = (),
     rootfs: Path | None = None,
+    ro_binds: Sequence[tuple[str, str]] = (),
 ) -> Holder:
     """Start the holder of a sandbox and wait until commands can join it. `launcher` is an argv prefix
     (cgroup placement, rlimits) that bwrap is started through; `rootfs` (default: beside the log file) the
-    directory that becomes the sandbox's read-only root when it runs without a user namespace.
+    directory that becomes the sandbox's read-only root when it runs without a user namespace (bwrap makes
+    the mount points of `ro_binds` in it); `ro_binds`: see holder_args.
 
     `setsid --fork` makes the holder nobody's child here: a kept-alive sandbox outlives this process, and
     nothing of ours has to reap it (PID 1 or the nearest subreaper does)."""
@@ -412,7 +509,9 @@ def start_holder(
         shutil.rmtree(rootfs, ignore_errors=True)  # bwrap makes its mount points and links there afresh
         # (exist_ok: a holder a killed client was starting may still be making them: the same ones)
         rootfs.mkdir(mode=0o755, exist_ok=True)
-        args = holder_args(workspace, tmp, rootfs, network=network, userns=userns, seccomp_fd=filter_r)
+        args = holder_args(
+            workspace, tmp, rootfs, network=network, userns=userns, seccomp_fd=filter_r, ro_binds=ro_binds
+        )
         payload = "\0".join(["--info-fd", str(info_w), *args]) + "\0"
         os.write(filter_w, seccomp.program())  # a few KiB: fits the pipe's buffer
         os.close(filter_w)

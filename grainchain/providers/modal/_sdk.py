@@ -21,6 +21,7 @@ from grainchain.errors import (
     FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
+    PermissionDeniedError,
     ProviderError,
     RateLimitError,
     SandboxNotFoundError,
@@ -50,6 +51,8 @@ def mapped(
         return exc
     message = f"{what}: {exc}" if str(exc) else f"{what}: {type(exc).__name__}"
     context: dict[str, Any] = {"provider": PROVIDER}
+    if isinstance(exc, mx.SandboxFilesystemPermissionError) and path is not None:  # the sandbox's refusal
+        return PermissionDeniedError(path, str(exc) or "permission denied", **context)
     if isinstance(exc, (mx.AuthError, mx.PermissionDeniedError)):
         hint = "check MODAL_TOKEN_ID / MODAL_TOKEN_SECRET or provider_config token_id / token_secret"
         return AuthenticationError(f"{message} ({hint})", retryable=False, **context)

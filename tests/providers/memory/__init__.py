@@ -19,8 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from grainchain._generated.features import Feature
-from grainchain._provider_info import ProviderInfo
+from grainchain.adapters import Feature, ProviderInfo
 
 NAME = "memory"
 # what the adapter implements: the default declaration says native for these, unsupported for the rest

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from grainchain._generated.features import Feature
-from grainchain._provider_config import ProviderConfig
+from grainchain.adapters import Feature, ProviderConfig
 
 
 class MemoryConfig(ProviderConfig):

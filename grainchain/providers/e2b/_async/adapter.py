@@ -27,21 +27,31 @@ from typing import Any, Literal, Self
 import e2b
 import stamina
 
+from grainchain._async import refusals
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.backend import AsyncBackend, parse_options
 from grainchain._checks import start_directory
-from grainchain._commands import EXEC_MARKER, KILL_MARKED_SCRIPT, SANDBOX_MARKER
+from grainchain._commands import (
+    EXEC_MARKER,
+    KILL_MARKED_SCRIPT,
+    LIST_MARKED_SCRIPT,
+    SANDBOX_MARKER,
+    listed_processes,
+)
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
 from grainchain._provider_config import ProviderConfig
 from grainchain.errors import (
+    AuthenticationError,
     BackendConnectionError,
     BackendTimeoutError,
     FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
+    ProviderError,
     SandboxNotFoundError,
     SnapshotNotFoundError,
+    StdinClosedError,
 )
 from grainchain.models import (
     FileInfo,
@@ -167,26 +177,36 @@ class _Sink:
     def __init__(self) -> None:
         self._pending: list[tuple[Stream, bytes]] = []
         self._output: OutputCollector | None = None
+        # True once the SDK hands over the raw bytes (_sdk.tee_raw_output); else its decoded text comes
+        # to stdout()/stderr(), fed re-encoded, and the collector's bytes say None
+        self.raw = False
 
     def stdout(self, text: str) -> None:
-        self._feed(Stream.STDOUT, text)
+        self._feed(Stream.STDOUT, text.encode())
 
     def stderr(self, text: str) -> None:
-        self._feed(Stream.STDERR, text)
+        self._feed(Stream.STDERR, text.encode())
 
-    def _feed(self, stream: Stream, text: str) -> None:
+    def stdout_bytes(self, data: bytes) -> None:
+        self._feed(Stream.STDOUT, data)
+
+    def stderr_bytes(self, data: bytes) -> None:
+        self._feed(Stream.STDERR, data)
+
+    def _feed(self, stream: Stream, data: bytes) -> None:
         if self._output is None:
-            self._pending.append((stream, text.encode()))
+            self._pending.append((stream, data))
             return
         if self._output.overflowed:
             raise OutputOverflow
-        self._output.feed(stream, text.encode())
+        self._output.feed(stream, data)
         if self._output.overflowed:
             raise OutputOverflow  # ends the SDK's wait; the adapter kills the command
 
     def attach(self, output: OutputCollector) -> bool:
         """Hand over the collector; False when what came before already overflowed it."""
         self._output = output
+        output.raw = self.raw
         for stream, data in self._pending:
             output.feed(stream, data)
         self._pending.clear()
@@ -197,7 +217,7 @@ class _Command:
     """A command started through the SDK (grainchain/_async/commands.py's CommandRun)."""
 
     def __init__(
-        self, adapter: AsyncE2bAdapter, handle: e2b.AsyncCommandHandle, sink: _Sink, marker: str
+        self, adapter: AsyncE2bAdapter, handle: e2b.AsyncCommandHandle[None], sink: _Sink, marker: str
     ) -> None:
         self.id = str(handle.pid)
         self._adapter = adapter
@@ -248,6 +268,31 @@ class _Command:
     async def close(self) -> None:
         with contextlib.suppress(Exception):  # the stream may be gone with the sandbox
             await _sdk.adisconnect(self._handle)
+
+    async def write_stdin(self, data: bytes) -> None:
+        try:
+            await self._adapter._sbx.commands.send_stdin(self._handle.pid, data)
+        except (e2b.NotFoundException, e2b.InvalidArgumentException) as exc:
+            # envd: no such process (it ended), or its stdin is closed / was never opened
+            raise StdinClosedError(
+                f"the command no longer reads its standard input ({exc})", provider=PROVIDER
+            ) from None
+        except e2b.SandboxException as exc:
+            if "stdin" in str(exc) and not isinstance(exc, e2b.TimeoutException):
+                raise StdinClosedError(
+                    f"the command no longer reads its standard input ({exc})", provider=PROVIDER
+                ) from None
+            _sdk.fail(exc, "write to a command's stdin", sandbox=self._adapter.sandbox_id)
+        except _sdk.SDK_ERRORS as exc:
+            _sdk.fail(exc, "write to a command's stdin", sandbox=self._adapter.sandbox_id)
+
+    async def close_stdin(self) -> None:
+        try:
+            await self._adapter._sbx.commands.close_stdin(self._handle.pid)
+        except e2b.NotFoundException:
+            pass  # it ended: nothing reads the stdin any more
+        except _sdk.SDK_ERRORS as exc:
+            _sdk.fail(exc, "close a command's stdin", sandbox=self._adapter.sandbox_id)
 
 
 def _past(deadline: float | None) -> bool:
@@ -421,6 +466,8 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
         working_dir: str | None,
         environment: dict[str, str] | None,
         deadline: float | None,
+        *,
+        stdin: bool = False,
     ) -> _Command:
         cwd = self._cwd
         if working_dir is not None:
@@ -442,7 +489,10 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
                 timeout=timeout,
                 on_stdout=sink.stdout,
                 on_stderr=sink.stderr,
+                stdin=stdin,
             )
+        # no await before this: the handle has not read any output yet
+        sink.raw = _sdk.tee_raw_output(handle, sink.stdout_bytes, sink.stderr_bytes)
         return _Command(self, handle, sink, marker)
 
     async def _kill_marked(self, marker: str) -> None:
@@ -456,6 +506,20 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
                 envs={"GRAINCHAIN_KILL": KILL_MARKED_SCRIPT, "GRAINCHAIN_KILL_MARKER": marker},
                 timeout=30,
             )
+
+    async def _running_processes(self) -> list[str]:
+        """Processes commands started that still run (`cmd &` and `setsid` ones too: they carry the exec
+        marker; commands.list() knows only the shells the SDK started), through a helper command."""
+        with translated("list the sandbox's processes", sandbox=self.sandbox_id):
+            result = await self._sbx.commands.run(
+                'sh -c "$GRAINCHAIN_LIST" sh "$GRAINCHAIN_LIST_SANDBOX"',
+                envs={
+                    "GRAINCHAIN_LIST": LIST_MARKED_SCRIPT,
+                    "GRAINCHAIN_LIST_SANDBOX": f"{SANDBOX_MARKER}={self.sandbox_id}",
+                },
+                timeout=30,
+            )
+        return listed_processes(result.stdout)
 
     # -- files ----------------------------------------------------------------------------------------
 
@@ -490,6 +554,10 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
         try:
             # (a write replaces the whole file: trying it again is harmless)
             await self._retried("upload file", lambda: self._sbx.files.write(target, data), path=target)
+        except (ProviderError, AuthenticationError) as exc:  # envd's generic failure, or its 403 on a path
+            # (the SDK's authentication error): refused, if a command is refused too
+            error = await refusals.refusal(self, target, posixpath.dirname(target), exc, PROVIDER)
+            raise await self._not_a_file(target, error) from exc.__cause__
         except GrainchainError as exc:
             raise await self._not_a_file(target, exc) from exc.__cause__
 
@@ -537,8 +605,12 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
             raise InvalidArgumentError("refusing to delete /", argument="path", provider=PROVIDER)
         if await self._stat(target) is None:
             raise FileNotFoundInSandboxError(target, provider=PROVIDER)
-        with translated("delete file", path=target, sandbox=self.sandbox_id):
-            await self._sbx.files.remove(target)
+        try:
+            with translated("delete file", path=target, sandbox=self.sandbox_id):
+                await self._sbx.files.remove(target)
+        except (ProviderError, AuthenticationError) as exc:  # envd's generic failure, or its 403 on a path
+            # (the SDK's authentication error): refused, if a command is refused too
+            raise await refusals.refusal(self, target, posixpath.dirname(target), exc, PROVIDER) from exc
 
     async def make_directory(self, path: str) -> None:
         target = self._path(path)
@@ -549,8 +621,12 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
             raise InvalidArgumentError(
                 f"cannot create directory {target} (a file is in the way)", argument="path", provider=PROVIDER
             )
-        with translated("make directory", path=target, sandbox=self.sandbox_id):
-            await self._sbx.files.make_dir(target)
+        try:
+            with translated("make directory", path=target, sandbox=self.sandbox_id):
+                await self._sbx.files.make_dir(target)
+        except (ProviderError, AuthenticationError) as exc:  # envd's generic failure, or its 403 on a path
+            # (the SDK's authentication error): refused, if a command is refused too
+            raise await refusals.refusal(self, target, target, exc, PROVIDER) from exc
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -594,7 +670,7 @@ class AsyncE2bAdapter(AsyncSandboxAdapter):
         if not deleted:
             raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER)
 
-    async def restore_snapshot(self, snapshot_id: str) -> None:
+    async def _restore_snapshot(self, snapshot_id: str) -> None:
         """E2B starts a snapshot as a new sandbox: it takes this one's place (same grainchain id and
         metadata), then the old one is killed."""
         await self._grainchain_snapshot(snapshot_id)

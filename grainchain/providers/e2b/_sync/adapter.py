@@ -30,20 +30,30 @@ import e2b
 import stamina
 
 from grainchain._checks import start_directory
-from grainchain._commands import EXEC_MARKER, KILL_MARKED_SCRIPT, SANDBOX_MARKER
+from grainchain._commands import (
+    EXEC_MARKER,
+    KILL_MARKED_SCRIPT,
+    LIST_MARKED_SCRIPT,
+    SANDBOX_MARKER,
+    listed_processes,
+)
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
 from grainchain._provider_config import ProviderConfig
+from grainchain._sync import refusals
 from grainchain._sync.adapter import SandboxAdapter
 from grainchain._sync.backend import Backend, parse_options
 from grainchain.errors import (
+    AuthenticationError,
     BackendConnectionError,
     BackendTimeoutError,
     FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
+    ProviderError,
     SandboxNotFoundError,
     SnapshotNotFoundError,
+    StdinClosedError,
 )
 from grainchain.models import (
     FileInfo,
@@ -169,26 +179,36 @@ class _Sink:
     def __init__(self) -> None:
         self._pending: list[tuple[Stream, bytes]] = []
         self._output: OutputCollector | None = None
+        # True once the SDK hands over the raw bytes (_sdk.tee_raw_output); else its decoded text comes
+        # to stdout()/stderr(), fed re-encoded, and the collector's bytes say None
+        self.raw = False
 
     def stdout(self, text: str) -> None:
-        self._feed(Stream.STDOUT, text)
+        self._feed(Stream.STDOUT, text.encode())
 
     def stderr(self, text: str) -> None:
-        self._feed(Stream.STDERR, text)
+        self._feed(Stream.STDERR, text.encode())
 
-    def _feed(self, stream: Stream, text: str) -> None:
+    def stdout_bytes(self, data: bytes) -> None:
+        self._feed(Stream.STDOUT, data)
+
+    def stderr_bytes(self, data: bytes) -> None:
+        self._feed(Stream.STDERR, data)
+
+    def _feed(self, stream: Stream, data: bytes) -> None:
         if self._output is None:
-            self._pending.append((stream, text.encode()))
+            self._pending.append((stream, data))
             return
         if self._output.overflowed:
             raise OutputOverflow
-        self._output.feed(stream, text.encode())
+        self._output.feed(stream, data)
         if self._output.overflowed:
             raise OutputOverflow  # ends the SDK's wait; the adapter kills the command
 
     def attach(self, output: OutputCollector) -> bool:
         """Hand over the collector; False when what came before already overflowed it."""
         self._output = output
+        output.raw = self.raw
         for stream, data in self._pending:
             output.feed(stream, data)
         self._pending.clear()
@@ -198,7 +218,9 @@ class _Sink:
 class _Command:
     """A command started through the SDK (grainchain/_async/commands.py's CommandRun)."""
 
-    def __init__(self, adapter: E2bAdapter, handle: e2b.CommandHandle, sink: _Sink, marker: str) -> None:
+    def __init__(
+        self, adapter: E2bAdapter, handle: e2b.CommandHandle[None], sink: _Sink, marker: str
+    ) -> None:
         self.id = str(handle.pid)
         self._adapter = adapter
         self._handle = handle
@@ -248,6 +270,31 @@ class _Command:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # the stream may be gone with the sandbox
             _sdk.disconnect(self._handle)
+
+    def write_stdin(self, data: bytes) -> None:
+        try:
+            self._adapter._sbx.commands.send_stdin(self._handle.pid, data)
+        except (e2b.NotFoundException, e2b.InvalidArgumentException) as exc:
+            # envd: no such process (it ended), or its stdin is closed / was never opened
+            raise StdinClosedError(
+                f"the command no longer reads its standard input ({exc})", provider=PROVIDER
+            ) from None
+        except e2b.SandboxException as exc:
+            if "stdin" in str(exc) and not isinstance(exc, e2b.TimeoutException):
+                raise StdinClosedError(
+                    f"the command no longer reads its standard input ({exc})", provider=PROVIDER
+                ) from None
+            _sdk.fail(exc, "write to a command's stdin", sandbox=self._adapter.sandbox_id)
+        except _sdk.SDK_ERRORS as exc:
+            _sdk.fail(exc, "write to a command's stdin", sandbox=self._adapter.sandbox_id)
+
+    def close_stdin(self) -> None:
+        try:
+            self._adapter._sbx.commands.close_stdin(self._handle.pid)
+        except e2b.NotFoundException:
+            pass  # it ended: nothing reads the stdin any more
+        except _sdk.SDK_ERRORS as exc:
+            _sdk.fail(exc, "close a command's stdin", sandbox=self._adapter.sandbox_id)
 
 
 def _past(deadline: float | None) -> bool:
@@ -419,6 +466,8 @@ class E2bAdapter(SandboxAdapter):
         working_dir: str | None,
         environment: dict[str, str] | None,
         deadline: float | None,
+        *,
+        stdin: bool = False,
     ) -> _Command:
         cwd = self._cwd
         if working_dir is not None:
@@ -440,7 +489,10 @@ class E2bAdapter(SandboxAdapter):
                 timeout=timeout,
                 on_stdout=sink.stdout,
                 on_stderr=sink.stderr,
+                stdin=stdin,
             )
+        # no await before this: the handle has not read any output yet
+        sink.raw = _sdk.tee_raw_output(handle, sink.stdout_bytes, sink.stderr_bytes)
         return _Command(self, handle, sink, marker)
 
     def _kill_marked(self, marker: str) -> None:
@@ -454,6 +506,20 @@ class E2bAdapter(SandboxAdapter):
                 envs={"GRAINCHAIN_KILL": KILL_MARKED_SCRIPT, "GRAINCHAIN_KILL_MARKER": marker},
                 timeout=30,
             )
+
+    def _running_processes(self) -> list[str]:
+        """Processes commands started that still run (`cmd &` and `setsid` ones too: they carry the exec
+        marker; commands.list() knows only the shells the SDK started), through a helper command."""
+        with translated("list the sandbox's processes", sandbox=self.sandbox_id):
+            result = self._sbx.commands.run(
+                'sh -c "$GRAINCHAIN_LIST" sh "$GRAINCHAIN_LIST_SANDBOX"',
+                envs={
+                    "GRAINCHAIN_LIST": LIST_MARKED_SCRIPT,
+                    "GRAINCHAIN_LIST_SANDBOX": f"{SANDBOX_MARKER}={self.sandbox_id}",
+                },
+                timeout=30,
+            )
+        return listed_processes(result.stdout)
 
     # -- files ----------------------------------------------------------------------------------------
 
@@ -488,6 +554,10 @@ class E2bAdapter(SandboxAdapter):
         try:
             # (a write replaces the whole file: trying it again is harmless)
             self._retried("upload file", lambda: self._sbx.files.write(target, data), path=target)
+        except (ProviderError, AuthenticationError) as exc:  # envd's generic failure, or its 403 on a path
+            # (the SDK's authentication error): refused, if a command is refused too
+            error = refusals.refusal(self, target, posixpath.dirname(target), exc, PROVIDER)
+            raise self._not_a_file(target, error) from exc.__cause__
         except GrainchainError as exc:
             raise self._not_a_file(target, exc) from exc.__cause__
 
@@ -533,8 +603,12 @@ class E2bAdapter(SandboxAdapter):
             raise InvalidArgumentError("refusing to delete /", argument="path", provider=PROVIDER)
         if self._stat(target) is None:
             raise FileNotFoundInSandboxError(target, provider=PROVIDER)
-        with translated("delete file", path=target, sandbox=self.sandbox_id):
-            self._sbx.files.remove(target)
+        try:
+            with translated("delete file", path=target, sandbox=self.sandbox_id):
+                self._sbx.files.remove(target)
+        except (ProviderError, AuthenticationError) as exc:  # envd's generic failure, or its 403 on a path
+            # (the SDK's authentication error): refused, if a command is refused too
+            raise refusals.refusal(self, target, posixpath.dirname(target), exc, PROVIDER) from exc
 
     def make_directory(self, path: str) -> None:
         target = self._path(path)
@@ -545,8 +619,12 @@ class E2bAdapter(SandboxAdapter):
             raise InvalidArgumentError(
                 f"cannot create directory {target} (a file is in the way)", argument="path", provider=PROVIDER
             )
-        with translated("make directory", path=target, sandbox=self.sandbox_id):
-            self._sbx.files.make_dir(target)
+        try:
+            with translated("make directory", path=target, sandbox=self.sandbox_id):
+                self._sbx.files.make_dir(target)
+        except (ProviderError, AuthenticationError) as exc:  # envd's generic failure, or its 403 on a path
+            # (the SDK's authentication error): refused, if a command is refused too
+            raise refusals.refusal(self, target, target, exc, PROVIDER) from exc
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -590,7 +668,7 @@ class E2bAdapter(SandboxAdapter):
         if not deleted:
             raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER)
 
-    def restore_snapshot(self, snapshot_id: str) -> None:
+    def _restore_snapshot(self, snapshot_id: str) -> None:
         """E2B starts a snapshot as a new sandbox: it takes this one's place (same grainchain id and
         metadata), then the old one is killed."""
         self._grainchain_snapshot(snapshot_id)

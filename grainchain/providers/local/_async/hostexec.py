@@ -12,14 +12,17 @@ import os
 import time
 from collections.abc import Callable
 
-from grainchain._acompat import arun_blocking, arun_to_end, aselect
+from grainchain._acompat import AsyncLock, arun_blocking, arun_to_end, aselect, awritable
 from grainchain._output import OutputCollector, Stream
+from grainchain.errors import StdinClosedError
 from grainchain.providers.local._hostproc import HostProcess
 
 CHUNK = 65536
 # After the shell exits, a background child it left may keep the pipes open; stop reading then.
 DRAIN_GRACE = 0.05
 POLL_TICK = 0.02  # only where the kernel has no pidfd
+# A writer to a command's stdin waits for room this long at a time, then lets a close_stdin() in
+STDIN_TICK = 0.05
 
 
 async def pump(child: HostProcess, output: OutputCollector, deadline: float | None) -> bool:
@@ -88,6 +91,9 @@ class HostRun:
         self.child = child
         self.id = child.marker.partition("=")[2]
         self._sandbox_pid = sandbox_pid
+        # held around each wait-and-write on the stdin pipe and around closing it, so that a close from
+        # another thread never lets a write reach a reused descriptor number
+        self._stdin_lock = AsyncLock()
 
     async def pid(self) -> int | None:
         if self._sandbox_pid is None:
@@ -112,4 +118,28 @@ class HostRun:
         return _exit_code(self.child)
 
     async def close(self) -> None:
-        await arun_to_end(self.child.close)  # three close() calls: off the loop too, and always done
+        async with self._stdin_lock:
+            await arun_to_end(self.child.close)  # three close() calls: off the loop too, and always done
+
+    async def write_stdin(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            async with self._stdin_lock:
+                pipe = self.child.popen.stdin
+                if pipe is None or pipe.closed:
+                    raise StdinClosedError("the command's standard input was closed", provider="local")
+                if not await awritable(pipe.fileno(), STDIN_TICK):
+                    continue
+                try:
+                    view = view[os.write(pipe.fileno(), view) :]
+                except BlockingIOError:
+                    continue
+                except BrokenPipeError:
+                    raise StdinClosedError(
+                        "the command no longer reads its standard input (it ended or closed it)",
+                        provider="local",
+                    ) from None
+
+    async def close_stdin(self) -> None:
+        async with self._stdin_lock:
+            self.child.close_stdin()

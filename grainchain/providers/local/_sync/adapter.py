@@ -21,23 +21,26 @@ import dataclasses
 import functools
 import json
 import os
+import posixpath
 import shutil
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from grainchain import _ownership as ownership
+from grainchain import _tree
 from grainchain._acompat import run_blocking, run_in, run_to_end
 from grainchain._commands import EXEC_MARKER, SANDBOX_MARKER
 from grainchain._generated.features import Feature
 from grainchain._provider_config import ProviderConfig
 from grainchain._sync.adapter import SandboxAdapter
 from grainchain._sync.backend import Backend
-from grainchain._types import parse_byte_size
+from grainchain._types import LocalPath, ResourceBounds, parse_byte_size
 from grainchain.errors import (
     CapabilityError,
     ConfigurationError,
+    InvalidArgumentError,
     ProviderError,
     ProviderUnavailableError,
 )
@@ -56,6 +59,8 @@ from grainchain.providers.local import _disk as disk
 from grainchain.providers.local import _isolation as iso
 from grainchain.providers.local import _layers as layers
 from grainchain.providers.local import _localfs as fs
+from grainchain.providers.local import _ports as ports
+from grainchain.providers.local import _python as python
 from grainchain.providers.local._hostproc import (
     STATE_MARKER,
     HostProcess,
@@ -78,6 +83,9 @@ SNAPSHOT_MODES = ("layers", "copy")
 # Where there are no cgroups only an explicit pids_limit applies (as RLIMIT_NPROC, which counts the user's
 # every process: no default).
 DEFAULT_PIDS_LIMIT = 4096
+
+
+MIN_MEMORY = 6 * 2**20  # SandboxConfig.memory_limit's floor (resource_bounds says why)
 
 
 def _given(options: ProviderConfig) -> dict[str, Any]:
@@ -107,6 +115,8 @@ def _missing_features(given: Mapping[str, Any]) -> dict[Feature, str]:
         missing[Feature.LIMITS_CPU] = f"{cpu}; no rlimit can cap CPU rate"
     if shutil.which("prlimit") is None and (memory := cg.unavailable(cg.Limits(memory=1 << 30))):
         missing[Feature.LIMITS_MEMORY] = f"{memory}, and no prlimit for the rlimit fallback"
+    if options.network == "none" and (reason := ports.unavailable()):
+        missing[Feature.PORTS] = reason
     if options.isolation == "none":
         missing[Feature.SNAPSHOT_MEMORY] = "memory snapshots need isolation 'namespaces' (a pid namespace)"
     elif reason := criu.unavailable():
@@ -185,6 +195,18 @@ def _kill_abandoned(child: HostProcess) -> None:
     child.close()
 
 
+T = TypeVar("T")
+
+
+def _restarted() -> ProviderError:
+    return ProviderError(
+        "the sandbox's processes were restarted during the file operation (a restore or terminate in "
+        "another thread); try again",
+        provider="local",
+        retryable=True,
+    )
+
+
 _MATERIALIZING = ".materializing-"  # beside a workspace: its plain copy while a kept close makes it
 _FROZEN = "frozen"  # in a sandbox's directory while its processes are stopped for a snapshot
 
@@ -212,13 +234,16 @@ class LocalAdapter(SandboxAdapter):
         self._box = box
         box.snapshot_fields = functools.partial(_snapshot_fields, settings)
         self._state_dir = settings.state_dir.resolve()
+        self._python = python.store()  # python, pip: grainchain/providers/local/_python.py
         self._options = iso.Options(**runtime["options"])
         self._isolated = self._options.isolation == "namespaces"
         self._cgroup = cg.SandboxCgroup.from_stored(runtime["cgroup"]) if runtime.get("cgroup") else None
         self._launcher: list[str] = list(runtime.get("launcher", []))  # cgroup placement or rlimits
         self._stack = layers.Stack.from_stored(runtime["stack"]) if runtime.get("stack") else None
         self._holder = iso.Holder(**runtime["holder"]) if runtime.get("holder") else None
+        self._roots = iso.RootSlot()  # the holder's root, for file operations
         self._spawner = SpawnerSlot()  # the thread commands start from: started with the first command
+        self._forwards = ports.Forwards(self._network_namespace)  # network "none": relays to its ports
         # the workspace as commands see it; file operations take and show paths in this view
         self._view_root = iso.WORKSPACE if self._isolated else str(box.workspace)
         self._cwd = self._view_of(self._working_directory(config.working_directory))
@@ -239,6 +264,19 @@ class LocalAdapter(SandboxAdapter):
         cls, backend: Backend, config: SandboxConfig, provider_options: ProviderConfig
     ) -> Mapping[Feature, str]:
         return run_blocking(_missing_features, _given(provider_options))
+
+    @classmethod
+    def resource_bounds(
+        cls, backend: Backend, config: SandboxConfig, provider_options: ProviderConfig
+    ) -> ResourceBounds:
+        cpus, why = (None, "") if config.cpu_limit is None else run_blocking(cg.machine_cpus)  # 0.6 ms
+        return ResourceBounds(
+            min_memory=MIN_MEMORY,
+            min_memory_why="the sandbox's own shell and namespace holder need it (below 4 MiB the OOM killer "
+            "ends them before any command runs; docker's engine asks for 6 MiB too)",
+            max_cpus=cpus,
+            max_cpus_why=f"a cap above what the machine has caps nothing ({why})",
+        )
 
     @classmethod
     def create(cls, backend: Backend, config: SandboxConfig, provider_options: ProviderConfig) -> Self:
@@ -339,6 +377,7 @@ class LocalAdapter(SandboxAdapter):
         return [i.model_copy(update={"provider": cls.provider_name}) for i in found]  # (a subclass's name)
 
     def close(self) -> None:
+        run_to_end(self._forwards.close)
         self._kill_all()
         run_to_end(self._stop_spawner)  # its thread must leave the cgroup before the cgroup can go
         if self._cgroup is not None:
@@ -355,7 +394,9 @@ class LocalAdapter(SandboxAdapter):
         self.status = SandboxStatus.closed
 
     def detach(self) -> None:
+        run_to_end(self._forwards.close)  # the relays are this client's threads
         run_to_end(self._stop_spawner)
+        self._release_root()  # the holder runs on; our descriptors of its root go
         super().detach()
         # nobody owns it now: `grainchain cleanup` leaves it alone (connect() takes it again)
         run_blocking(lambda: self._box.save(self.status, self.config, None, self._runtime(), owned=False))
@@ -400,6 +441,7 @@ class LocalAdapter(SandboxAdapter):
         else:
             run_blocking(kill_marked, f"{SANDBOX_MARKER}={self.sandbox_id}")
         self._holder = None
+        self._release_root()
 
     def _collect_garbage(self) -> None:
         with layers.locked(self._state_dir):
@@ -442,6 +484,7 @@ class LocalAdapter(SandboxAdapter):
             env=self._holder_env(),
             launcher=self._launcher,
             rootfs=self._box.rootfs,
+            ro_binds=self._python.binds,
         )
 
     def _ensure_holder(self) -> iso.Holder:
@@ -454,6 +497,7 @@ class LocalAdapter(SandboxAdapter):
             holder.kill()
             holder.wait_gone()
             self._holder = None
+            self._release_root()
         if self._holder is None or not self._holder.alive():
             self._start_holder()
             self._box.save(SandboxStatus.running, self.config, None, self._runtime())
@@ -462,11 +506,48 @@ class LocalAdapter(SandboxAdapter):
 
     # -- paths ----------------------------------------------------------------------------------------
 
-    # File operations act through descriptors walked from the workspace root (grainchain/providers/local/_confined.py),
-    # never through a host path: a command may swap a directory for a symlink at any moment.
+    # Working directories lie in the workspace (_view); file operations reach what commands reach
+    # (_sandbox_view: isolated, the holder's root, its mounts included; else the host's `/`). Both act
+    # through descriptors walked from the view's root (grainchain/providers/local/_confined.py), never
+    # through a host path: a command may swap a directory for a symlink at any moment.
 
     def _view(self) -> confined.View:
         return confined.View(self._box.workspace, self._view_root)
+
+    def _sandbox_view(self) -> tuple[confined.View, iso.HolderRoot | None]:
+        """The whole filesystem the sandbox's commands see, and the holder's root it is walked from (None:
+        not isolated, the host's `/`). Blocking: starts the holder when none runs."""
+        if not self._isolated:
+            return confined.View(Path("/"), "/"), None
+        try:
+            root = self._roots.get(lambda: self._holder, self._ensure_holder, self._box.workspace)
+        except (ProcessLookupError, FileNotFoundError) as exc:
+            raise _restarted() from exc
+        return confined.View(Path(f"/proc/{root.holder.target}/root"), "/", self._opener(root)), root
+
+    @staticmethod
+    def _opener(root: iso.HolderRoot) -> Callable[[], int]:
+        def open_root() -> int:
+            try:
+                return root.open()
+            except ProcessLookupError:
+                raise _restarted() from None
+
+        return open_root
+
+    def _release_root(self) -> None:
+        """Close the descriptors of the holder's root: once the holder ended they would pin its mounts."""
+        self._roots.release()
+
+    def _on_files(self, operation: Callable[[confined.View, str], T]) -> T:
+        """Run a file operation (blocking) in the sandbox's view. When the holder ended meanwhile (a restore
+        or terminate in another thread: its mounts went with it), the answer may come from the remains:
+        a retryable error instead."""
+        view, root = self._sandbox_view()
+        result = operation(view, self._cwd)
+        if root is not None and not root.alive():
+            raise _restarted()
+        return result
 
     def _make_cwd(self) -> None:
         confined.make_directory(self._view(), self._cwd, self._cwd)
@@ -474,7 +555,11 @@ class LocalAdapter(SandboxAdapter):
     # -- commands -------------------------------------------------------------------------------------
 
     def _spawn(
-        self, command: str, working_dir: str | None, environment: dict[str, str] | None
+        self,
+        command: str,
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        stdin: bool = False,
     ) -> HostProcess:
         # FileNotFoundInSandboxError also for a working directory deleted since the sandbox started
         path = self._cwd if working_dir is None else working_dir
@@ -484,6 +569,7 @@ class LocalAdapter(SandboxAdapter):
         )
         env = scrubbed_environment(
             {"HOME": home, "TMPDIR": tmp},
+            self._python.environment(self._isolated, home, self.config.environment_vars, environment or {}),
             self.config.environment_vars,
             environment or {},
             self._markers(),
@@ -492,7 +578,7 @@ class LocalAdapter(SandboxAdapter):
         # the spawner thread already holds its children in the pids cgroup: a launcher only for the rest
         launcher = self._launcher if self._cgroup is None else self._cgroup.launcher(besides_thread=True)
         try:
-            child = self._spawn_in(command, host_cwd, cwd, env, marker, launcher)
+            child = self._spawn_in(command, host_cwd, cwd, env, marker, launcher, stdin)
         except BlockingIOError:  # EAGAIN: the spawner thread is in the sandbox's pids cgroup
             raise ProviderError(
                 f"cannot start the command: the sandbox runs as many processes as it may "
@@ -511,9 +597,10 @@ class LocalAdapter(SandboxAdapter):
         env: dict[str, str],
         marker: tuple[str, str],
         launcher: list[str],
+        stdin: bool = False,
     ) -> HostProcess:
         if not self._isolated:
-            return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=launcher)
+            return spawn(command, cwd=host_cwd, env=env, marker=marker, prefix=launcher, stdin_pipe=stdin)
         holder = self._holder
         if holder is None:  # ended meanwhile (a restore, terminate): _start_command starts it again
             raise ProviderError(
@@ -523,12 +610,25 @@ class LocalAdapter(SandboxAdapter):
                 retryable=True,
             )
         prefix = [*launcher, *holder.enter_argv(cwd)]
-        child = spawn(command, cwd=Path("/"), env=env, marker=marker, prefix=prefix, stdin=holder.dev_null())
+        # without stdin the command reads the sandbox's own /dev/null, not the host's
+        child = spawn(
+            command,
+            cwd=Path("/"),
+            env=env,
+            marker=marker,
+            prefix=prefix,
+            stdin=holder.dev_null(),
+            stdin_pipe=stdin,
+        )
         child.reaps_its_child = True
         return child
 
     def _start_command(
-        self, command: str, working_dir: str | None, environment: dict[str, str] | None
+        self,
+        command: str,
+        working_dir: str | None,
+        environment: dict[str, str] | None,
+        stdin: bool = False,
     ) -> HostProcess:
         """Start a command on the sandbox's spawner thread (its seccomp filter and pids cgroup are then the
         command's from the start); the holder is started first, on an ordinary thread (bwrap mounts)."""
@@ -537,7 +637,7 @@ class LocalAdapter(SandboxAdapter):
         spawner = self._spawner.current
         if spawner is None:  # the first command: the thread starts off the event loop
             spawner = run_blocking(self._spawner_thread)
-        start = functools.partial(self._spawn, command, working_dir, environment)
+        start = functools.partial(self._spawn, command, working_dir, environment, stdin)
         return run_in(spawner, start, abandoned=_kill_abandoned)
 
     def _spawner_thread(self) -> Spawner:
@@ -556,8 +656,10 @@ class LocalAdapter(SandboxAdapter):
         working_dir: str | None,
         environment: dict[str, str] | None,
         deadline: float | None,
+        *,
+        stdin: bool = False,
     ) -> HostRun:
-        child = self._start_command(command, working_dir, environment)
+        child = self._start_command(command, working_dir, environment, stdin)
         return HostRun(child, _sandbox_pid if self._isolated else None)
 
     def _oom_baseline(self) -> int | None:
@@ -575,33 +677,74 @@ class LocalAdapter(SandboxAdapter):
 
     # -- files ----------------------------------------------------------------------------------------
 
-    # self._view() stats the sandbox's directory: it is evaluated in the worker thread, never on the loop
+    # _on_files may start the holder: it runs in the worker thread, never on the loop
 
     def upload_file(self, path: str, content: str | bytes, mode: str = "w") -> None:
         data = self.content_bytes(content)
         append = mode.startswith("a")
-        run_blocking(lambda: confined.write_file(self._view(), self._cwd, path, data, append=append))
+        write = functools.partial(confined.write_file, path=path, data=data, append=append)
+        run_blocking(self._on_files, write)
 
     def download_file(self, path: str) -> bytes:
-        return run_blocking(lambda: confined.read_file(self._view(), self._cwd, path))
+        return run_blocking(self._on_files, functools.partial(confined.read_file, path=path))
 
     def list_files(self, path: str = ".") -> list[FileInfo]:
-        return run_blocking(lambda: confined.list_directory(self._view(), self._cwd, path))
+        return run_blocking(self._on_files, functools.partial(confined.list_directory, path=path))
 
-    # These act on a symlink itself, not on what it points to, so a link leading out of the workspace can
-    # still be inspected and removed (its target is never touched).
+    # These act on a symlink itself, not on what it points to (its target is never touched).
 
     def get_file_info(self, path: str) -> FileInfo:
-        return run_blocking(lambda: confined.file_info(self._view(), self._cwd, path))
+        return run_blocking(self._on_files, functools.partial(confined.file_info, path=path))
 
     def file_exists(self, path: str) -> bool:
-        return run_blocking(lambda: confined.exists(self._view(), self._cwd, path))
+        return run_blocking(self._on_files, functools.partial(confined.exists, path=path))
 
     def delete_file(self, path: str) -> None:
-        run_blocking(lambda: confined.delete(self._view(), self._cwd, path))
+        shown = posixpath.normpath(posixpath.join(self._cwd, path))
+        if shown in (self._view_root, self._cwd):  # (`/` is refused by confined.delete)
+            raise InvalidArgumentError(
+                f"refusing to delete {shown}: it is the sandbox's workspace or working directory",
+                argument="path",
+                provider="local",
+            )
+        run_blocking(self._on_files, functools.partial(confined.delete, path=path))
 
     def make_directory(self, path: str) -> None:
-        run_blocking(lambda: confined.make_directory(self._view(), self._cwd, path))
+        run_blocking(self._on_files, functools.partial(confined.make_directory, path=path))
+
+    # Directories: a tar made and unpacked by descriptors on both sides (grainchain/_tree.py), in one
+    # worker thread: memory stays at a piece of the stream whatever the tree's size.
+
+    def upload_directory(self, local_path: LocalPath, sandbox_path: str) -> None:
+        source = run_blocking(_tree.local_source, local_path, "upload_directory")
+        try:
+            progress = _tree.Progress(f"upload_directory {sandbox_path}")
+
+            def fill(fd: int) -> None:
+                _tree.unpack_at(
+                    fd, _tree.ChunkReader(_tree.pack(source, progress=progress)), "upload_directory"
+                )
+
+            run_blocking(
+                self._on_files, functools.partial(confined.fill_directory, path=sandbox_path, fill=fill)
+            )
+            progress.done()
+        finally:
+            os.close(source)
+
+    def download_directory(self, sandbox_path: str, local_path: LocalPath) -> None:
+        target = run_blocking(_tree.local_target, local_path, "download_directory")
+        progress = _tree.Progress(f"download_directory {sandbox_path}")
+
+        def copy(fd: int) -> None:
+            _tree.extract(
+                _tree.ChunkReader(_tree.pack(fd, progress=progress, sandbox=True)),
+                target,
+                "download_directory",
+            )
+
+        run_blocking(self._on_files, functools.partial(confined.with_directory, path=sandbox_path, use=copy))
+        progress.done()
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -630,6 +773,28 @@ class LocalAdapter(SandboxAdapter):
             else self._cgroup.pids()
         )
         return sorted({*marked, *inside})
+
+    def _running_processes(self) -> list[str]:
+        return run_blocking(self._describe_running)
+
+    def _describe_running(self) -> list[str]:
+        """The sandbox's processes but the holder's and grainchain's own nsenter (the way in of a command),
+        by the pid commands know them by."""
+        holder = set() if self._holder is None else set(self._holder.pids())
+        found = []
+        for pid in self._sandbox_pids():
+            if pid in holder or process_state(pid) in ("Z", "X", ""):
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv = [os.fsdecode(a) for a in f.read().split(b"\0") if a]
+            except OSError:  # ended meanwhile
+                continue
+            if self._isolated and argv[:1] == ["nsenter"]:
+                continue
+            shown = (iso.in_sandbox_pid(pid) or pid) if self._isolated else pid
+            found.append(f"pid {shown}: {' '.join(argv) or '?'}")
+        return found
 
     @contextlib.contextmanager
     def _frozen(self) -> Iterator[None]:
@@ -721,7 +886,7 @@ class LocalAdapter(SandboxAdapter):
             info = fs.create_layered_snapshot(state, box, lowers, layers.stack_size(state, lowers))
         return info.snapshot_id
 
-    def restore_snapshot(self, snapshot_id: str) -> None:
+    def _restore_snapshot(self, snapshot_id: str) -> None:
         # An unknown id must fail before anything is touched (processes included).
         lowers = run_blocking(fs.snapshot_layers, self._state_dir, snapshot_id)
         info = run_blocking(fs.snapshot_info, self._state_dir, snapshot_id)
@@ -795,6 +960,7 @@ class LocalAdapter(SandboxAdapter):
 
     def terminate(self) -> None:
         """Stop every process (the holder too); files and snapshots stay for wake_up()."""
+        run_to_end(self._forwards.close)
         self._kill_all()
         self.status = SandboxStatus.terminated
         run_blocking(self._save, SandboxStatus.terminated)
@@ -820,6 +986,27 @@ class LocalAdapter(SandboxAdapter):
             layers.mount_stack(state, box.data, box.workspace, new)
             layers.drop_upper(box.data, old)
             layers.collect_garbage(state)
+
+    # -- ports --------------------------------------------------------------------------------------------
+
+    def port_address(self, port: int) -> str:
+        if port not in (self.config.ports or []):
+            raise InvalidArgumentError(
+                f"port {port} is not in SandboxConfig.ports ({self.config.ports or []}); list the ports "
+                "to reach when the sandbox is created",
+                argument="port",
+                provider=self.provider_name,
+            )
+        if self._options.network != "none":  # the sandbox shares the host's network
+            return f"127.0.0.1:{port}"
+        return run_blocking(self._forwards.address, port)
+
+    def _network_namespace(self) -> str | None:
+        """The sandbox's network namespace now (a restore starts a new holder), None without a holder."""
+        holder = self._holder
+        if holder is None or not holder.alive():
+            return None
+        return f"/proc/{holder.target}/ns/net"
 
     def _in_namespace(self, recorded: str | None) -> bool:
         return ownership.belongs(recorded, self.settings)

@@ -29,10 +29,17 @@ import modal
 import stamina
 
 from grainchain._acompat import AsyncEvent, AsyncTask, astart_task
+from grainchain._async import refusals
 from grainchain._async.adapter import AsyncSandboxAdapter
 from grainchain._async.backend import AsyncBackend, parse_options
 from grainchain._checks import start_directory
-from grainchain._commands import EXEC_MARKER, KILL_MARKED_SCRIPT, SANDBOX_MARKER
+from grainchain._commands import (
+    EXEC_MARKER,
+    KILL_MARKED_SCRIPT,
+    LIST_MARKED_SCRIPT,
+    SANDBOX_MARKER,
+    listed_processes,
+)
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
 from grainchain._provider_config import ProviderConfig
@@ -42,8 +49,10 @@ from grainchain.errors import (
     FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
+    ProviderError,
     SandboxNotFoundError,
     SnapshotNotFoundError,
+    StdinClosedError,
 )
 from grainchain.models import (
     FileInfo,
@@ -71,6 +80,7 @@ STATE_DICT = "grainchain-state"  # the Modal Dict of grainchain's snapshots and 
 _SNAPSHOT = "snapshot:"  # its keys: "snapshot:<image id>" → SnapshotInfo fields
 _TERMINATED = "terminated:"  # "terminated:<grainchain id>" → the image and tags of a terminated sandbox
 STOP_GRACE = 10.0  # seconds a killed command's output streams get to end
+STDIN_PIECE = 8 << 20  # bytes of stdin per write + drain (the SDK buffers at most 16 MiB)
 
 
 def _options(options: ProviderConfig) -> ModalConfig:
@@ -257,6 +267,32 @@ class _Command:
 
     async def close(self) -> None:
         return None
+
+    async def write_stdin(self, data: bytes) -> None:
+        # the SDK buffers what write() gets (at most STDIN_PIECE at a time) and drain() sends it
+        for start in range(0, len(data), STDIN_PIECE):
+            try:
+                self._process.stdin.write(data[start : start + STDIN_PIECE])
+                with translated("write to a command's stdin", sandbox=self._adapter.sandbox_id):
+                    try:
+                        await self._process.stdin.drain.aio()
+                    except modal.exception.ConflictError as exc:
+                        # FAILED_PRECONDITION: the command ended or its stdin was closed
+                        raise StdinClosedError(
+                            f"the command no longer reads its standard input ({exc})", provider=PROVIDER
+                        ) from None
+            except ValueError as exc:  # the SDK's writer was closed
+                raise StdinClosedError(
+                    f"the command's standard input was closed ({exc})", provider=PROVIDER
+                ) from None
+
+    async def close_stdin(self) -> None:
+        self._process.stdin.write_eof()
+        with (
+            translated("close a command's stdin", sandbox=self._adapter.sandbox_id),
+            contextlib.suppress(modal.exception.ConflictError),  # it ended: nothing reads it any more
+        ):
+            await self._process.stdin.drain.aio()
 
 
 class AsyncModalAdapter(AsyncSandboxAdapter):
@@ -471,6 +507,8 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
         working_dir: str | None,
         environment: dict[str, str] | None,
         deadline: float | None,
+        *,
+        stdin: bool = False,
     ) -> _Command:
         cwd = self._cwd if working_dir is None else self._path(working_dir)
         if working_dir is not None:
@@ -481,7 +519,16 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
         env: dict[str, str | None] = {**(environment or {}), EXEC_MARKER: marker.split("=", 1)[1]}
         with translated("start a command", sandbox=self.sandbox_id):
             process = await self._running().exec.aio("sh", "-c", command, workdir=cwd, env=env, text=False)
-        return _Command(self, process, marker)
+        run = _Command(self, process, marker)
+        # Modal leaves an exec'd command's stdin open: without stdin it reads end of file at once
+        if not stdin:
+            try:
+                await run.close_stdin()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await run.abandon()
+                raise
+        return run
 
     async def _kill_marked(self, marker: str) -> None:
         """Kill every process of a command (they carry its marker), through a helper command."""
@@ -490,6 +537,17 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
                 "sh", "-c", KILL_MARKED_SCRIPT, "sh", marker, timeout=30, text=False
             )
             await helper.wait.aio()
+
+    async def _running_processes(self) -> list[str]:
+        """Processes commands started that still run (`cmd &` and `setsid` ones too: they carry the exec
+        marker), through a helper command."""
+        with translated("list the sandbox's processes", sandbox=self.sandbox_id):
+            helper = await self._running().exec.aio(
+                "sh", "-c", LIST_MARKED_SCRIPT, "sh", f"{SANDBOX_MARKER}={self.sandbox_id}", timeout=30
+            )
+            listed = await helper.stdout.read.aio()
+            await helper.wait.aio()
+        return listed_processes(listed)
 
     # -- files ----------------------------------------------------------------------------------------
 
@@ -515,8 +573,11 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
         if mode.startswith("a"):
             with contextlib.suppress(FileNotFoundInSandboxError):
                 data = await self.download_file(target) + data
-        # (a write replaces the whole file: trying it again is harmless)
-        await self._retried("upload file", lambda: fs.write_bytes.aio(data, target), path=target)
+        try:
+            # (a write replaces the whole file: trying it again is harmless)
+            await self._retried("upload file", lambda: fs.write_bytes.aio(data, target), path=target)
+        except ProviderError as exc:  # the file tool's generic failure: refused, if a command is too
+            raise await refusals.refusal(self, target, posixpath.dirname(target), exc, PROVIDER) from exc
 
     async def download_file(self, path: str) -> bytes:
         target = self._path(path)
@@ -544,8 +605,11 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
         if target == "/":
             raise InvalidArgumentError("refusing to delete /", argument="path", provider=PROVIDER)
         fs = self._running().filesystem
-        with translated("delete file", path=target, sandbox=self.sandbox_id):
-            await fs.remove.aio(target, recursive=True)
+        try:
+            with translated("delete file", path=target, sandbox=self.sandbox_id):
+                await fs.remove.aio(target, recursive=True)
+        except ProviderError as exc:  # the file tool's generic failure: refused, if a command is too
+            raise await refusals.refusal(self, target, posixpath.dirname(target), exc, PROVIDER) from exc
 
     async def make_directory(self, path: str) -> None:
         target = self._path(path)
@@ -556,6 +620,10 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
             raise InvalidArgumentError(
                 f"cannot create directory {target} (a file is in the way)", argument="path", provider=PROVIDER
             ) from exc.__cause__
+        except (ProviderError, FileNotFoundInSandboxError) as exc:
+            # the file tool's generic failure, or ENOENT where nobody may create entries (procfs):
+            # refused, if a command is refused too
+            raise await refusals.refusal(self, target, target, exc, PROVIDER) from exc
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -602,7 +670,7 @@ class AsyncModalAdapter(AsyncSandboxAdapter):
             with contextlib.suppress(SandboxNotFoundError):
                 await _retried(self._modal, "terminate the sandbox a restore replaced", old.terminate.aio)
 
-    async def restore_snapshot(self, snapshot_id: str) -> None:
+    async def _restore_snapshot(self, snapshot_id: str) -> None:
         if await _state_get(self._shared, _SNAPSHOT + snapshot_id) is None:
             raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER)
         await self._replace_with(snapshot_id)

@@ -32,10 +32,17 @@ import stamina
 
 from grainchain._acompat import Event, Task, start_task
 from grainchain._checks import start_directory
-from grainchain._commands import EXEC_MARKER, KILL_MARKED_SCRIPT, SANDBOX_MARKER
+from grainchain._commands import (
+    EXEC_MARKER,
+    KILL_MARKED_SCRIPT,
+    LIST_MARKED_SCRIPT,
+    SANDBOX_MARKER,
+    listed_processes,
+)
 from grainchain._generated.features import Feature
 from grainchain._output import OutputCollector, Stream
 from grainchain._provider_config import ProviderConfig
+from grainchain._sync import refusals
 from grainchain._sync.adapter import SandboxAdapter
 from grainchain._sync.backend import Backend, parse_options
 from grainchain.errors import (
@@ -44,8 +51,10 @@ from grainchain.errors import (
     FileNotFoundInSandboxError,
     GrainchainError,
     InvalidArgumentError,
+    ProviderError,
     SandboxNotFoundError,
     SnapshotNotFoundError,
+    StdinClosedError,
 )
 from grainchain.models import (
     FileInfo,
@@ -73,6 +82,7 @@ STATE_DICT = "grainchain-state"  # the Modal Dict of grainchain's snapshots and 
 _SNAPSHOT = "snapshot:"  # its keys: "snapshot:<image id>" → SnapshotInfo fields
 _TERMINATED = "terminated:"  # "terminated:<grainchain id>" → the image and tags of a terminated sandbox
 STOP_GRACE = 10.0  # seconds a killed command's output streams get to end
+STDIN_PIECE = 8 << 20  # bytes of stdin per write + drain (the SDK buffers at most 16 MiB)
 
 
 def _options(options: ProviderConfig) -> ModalConfig:
@@ -257,6 +267,32 @@ class _Command:
 
     def close(self) -> None:
         return None
+
+    def write_stdin(self, data: bytes) -> None:
+        # the SDK buffers what write() gets (at most STDIN_PIECE at a time) and drain() sends it
+        for start in range(0, len(data), STDIN_PIECE):
+            try:
+                self._process.stdin.write(data[start : start + STDIN_PIECE])
+                with translated("write to a command's stdin", sandbox=self._adapter.sandbox_id):
+                    try:
+                        self._process.stdin.drain()
+                    except modal.exception.ConflictError as exc:
+                        # FAILED_PRECONDITION: the command ended or its stdin was closed
+                        raise StdinClosedError(
+                            f"the command no longer reads its standard input ({exc})", provider=PROVIDER
+                        ) from None
+            except ValueError as exc:  # the SDK's writer was closed
+                raise StdinClosedError(
+                    f"the command's standard input was closed ({exc})", provider=PROVIDER
+                ) from None
+
+    def close_stdin(self) -> None:
+        self._process.stdin.write_eof()
+        with (
+            translated("close a command's stdin", sandbox=self._adapter.sandbox_id),
+            contextlib.suppress(modal.exception.ConflictError),  # it ended: nothing reads it any more
+        ):
+            self._process.stdin.drain()
 
 
 class ModalAdapter(SandboxAdapter):
@@ -471,6 +507,8 @@ class ModalAdapter(SandboxAdapter):
         working_dir: str | None,
         environment: dict[str, str] | None,
         deadline: float | None,
+        *,
+        stdin: bool = False,
     ) -> _Command:
         cwd = self._cwd if working_dir is None else self._path(working_dir)
         if working_dir is not None:
@@ -481,7 +519,16 @@ class ModalAdapter(SandboxAdapter):
         env: dict[str, str | None] = {**(environment or {}), EXEC_MARKER: marker.split("=", 1)[1]}
         with translated("start a command", sandbox=self.sandbox_id):
             process = self._running().exec("sh", "-c", command, workdir=cwd, env=env, text=False)
-        return _Command(self, process, marker)
+        run = _Command(self, process, marker)
+        # Modal leaves an exec'd command's stdin open: without stdin it reads end of file at once
+        if not stdin:
+            try:
+                run.close_stdin()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    run.abandon()
+                raise
+        return run
 
     def _kill_marked(self, marker: str) -> None:
         """Kill every process of a command (they carry its marker), through a helper command."""
@@ -490,6 +537,17 @@ class ModalAdapter(SandboxAdapter):
                 "sh", "-c", KILL_MARKED_SCRIPT, "sh", marker, timeout=30, text=False
             )
             helper.wait()
+
+    def _running_processes(self) -> list[str]:
+        """Processes commands started that still run (`cmd &` and `setsid` ones too: they carry the exec
+        marker), through a helper command."""
+        with translated("list the sandbox's processes", sandbox=self.sandbox_id):
+            helper = self._running().exec(
+                "sh", "-c", LIST_MARKED_SCRIPT, "sh", f"{SANDBOX_MARKER}={self.sandbox_id}", timeout=30
+            )
+            listed = helper.stdout.read()
+            helper.wait()
+        return listed_processes(listed)
 
     # -- files ----------------------------------------------------------------------------------------
 
@@ -515,8 +573,11 @@ class ModalAdapter(SandboxAdapter):
         if mode.startswith("a"):
             with contextlib.suppress(FileNotFoundInSandboxError):
                 data = self.download_file(target) + data
-        # (a write replaces the whole file: trying it again is harmless)
-        self._retried("upload file", lambda: fs.write_bytes(data, target), path=target)
+        try:
+            # (a write replaces the whole file: trying it again is harmless)
+            self._retried("upload file", lambda: fs.write_bytes(data, target), path=target)
+        except ProviderError as exc:  # the file tool's generic failure: refused, if a command is too
+            raise refusals.refusal(self, target, posixpath.dirname(target), exc, PROVIDER) from exc
 
     def download_file(self, path: str) -> bytes:
         target = self._path(path)
@@ -544,8 +605,11 @@ class ModalAdapter(SandboxAdapter):
         if target == "/":
             raise InvalidArgumentError("refusing to delete /", argument="path", provider=PROVIDER)
         fs = self._running().filesystem
-        with translated("delete file", path=target, sandbox=self.sandbox_id):
-            fs.remove(target, recursive=True)
+        try:
+            with translated("delete file", path=target, sandbox=self.sandbox_id):
+                fs.remove(target, recursive=True)
+        except ProviderError as exc:  # the file tool's generic failure: refused, if a command is too
+            raise refusals.refusal(self, target, posixpath.dirname(target), exc, PROVIDER) from exc
 
     def make_directory(self, path: str) -> None:
         target = self._path(path)
@@ -556,6 +620,10 @@ class ModalAdapter(SandboxAdapter):
             raise InvalidArgumentError(
                 f"cannot create directory {target} (a file is in the way)", argument="path", provider=PROVIDER
             ) from exc.__cause__
+        except (ProviderError, FileNotFoundInSandboxError) as exc:
+            # the file tool's generic failure, or ENOENT where nobody may create entries (procfs):
+            # refused, if a command is refused too
+            raise refusals.refusal(self, target, target, exc, PROVIDER) from exc
 
     # -- snapshots ------------------------------------------------------------------------------------
 
@@ -602,7 +670,7 @@ class ModalAdapter(SandboxAdapter):
             with contextlib.suppress(SandboxNotFoundError):
                 _retried(self._modal, "terminate the sandbox a restore replaced", old.terminate)
 
-    def restore_snapshot(self, snapshot_id: str) -> None:
+    def _restore_snapshot(self, snapshot_id: str) -> None:
         if _state_get(self._shared, _SNAPSHOT + snapshot_id) is None:
             raise SnapshotNotFoundError(snapshot_id, provider=PROVIDER)
         self._replace_with(snapshot_id)

@@ -13,12 +13,15 @@ import time
 from collections.abc import Mapping
 from typing import Self
 
-from grainchain._async.adapter import AsyncSandboxAdapter
-from grainchain._async.backend import AsyncBackend
-from grainchain._checks import start_directory
-from grainchain._generated.features import Feature
-from grainchain._provider_config import ProviderConfig
-from grainchain._types import OutputCallback
+from grainchain.adapters import (
+    AsyncBackend,
+    AsyncSandboxAdapter,
+    Feature,
+    OutputCallback,
+    ProviderConfig,
+    Settings,
+    start_directory,
+)
 from grainchain.errors import (
     CommandTimeoutError,
     FileNotFoundInSandboxError,
@@ -36,7 +39,6 @@ from grainchain.models import (
     SnapshotInfo,
     SnapshotKind,
 )
-from grainchain.settings import Settings
 from tests.providers.memory import sdk as memsdk
 
 WORKSPACE = "/workspace"
@@ -140,6 +142,9 @@ class AsyncMemoryAdapter(AsyncSandboxAdapter):
         environment: dict[str, str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: str
+        | bytes
+        | None = None,  # never set: exec.stdin is not among IMPLEMENTED (the facade gates it)
     ) -> ExecutionResult:
         limit = self.command_timeout(timeout)
         environ = {**self.config.environment_vars, **(environment or {})}
@@ -157,6 +162,8 @@ class AsyncMemoryAdapter(AsyncSandboxAdapter):
                 timeout=exc.after,
                 stdout=_text(exc.stdout),
                 stderr=_text(exc.stderr),
+                stdout_bytes=exc.stdout,
+                stderr_bytes=exc.stderr,
             ) from None
         if len(done.stdout) + len(done.stderr) > self.config.output_limit:
             raise OutputLimitExceededError(
@@ -168,6 +175,8 @@ class AsyncMemoryAdapter(AsyncSandboxAdapter):
             return_code=done.exit_code,
             stdout=_text(done.stdout),
             stderr=_text(done.stderr),
+            stdout_bytes=done.stdout,
+            stderr_bytes=done.stderr,
             execution_time=time.monotonic() - started,
         )
 
@@ -231,11 +240,14 @@ class AsyncMemoryAdapter(AsyncSandboxAdapter):
             raise self._unsupported(Feature.SNAPSHOT_MEMORY, "create_snapshot")
         return await self._sdk.snapshot.aio(self.sandbox_id)
 
-    async def restore_snapshot(self, snapshot_id: str) -> None:
+    async def _restore_snapshot(self, snapshot_id: str) -> None:
         try:
             await self._sdk.restore.aio(self.sandbox_id, snapshot_id)
         except memsdk.NotFound:
             raise SnapshotNotFoundError(snapshot_id) from None
+
+    async def _running_processes(self) -> list[str]:
+        return []  # its commands (`sleep` too) end before execute() returns: nothing runs in between
 
     async def list_snapshots(self) -> list[SnapshotInfo]:
         return [

@@ -15,12 +15,15 @@ import time
 from collections.abc import Mapping
 from typing import Self
 
-from grainchain._checks import start_directory
-from grainchain._generated.features import Feature
-from grainchain._provider_config import ProviderConfig
-from grainchain._sync.adapter import SandboxAdapter
-from grainchain._sync.backend import Backend
-from grainchain._types import OutputCallback
+from grainchain.adapters import (
+    Backend,
+    Feature,
+    OutputCallback,
+    ProviderConfig,
+    SandboxAdapter,
+    Settings,
+    start_directory,
+)
 from grainchain.errors import (
     CommandTimeoutError,
     FileNotFoundInSandboxError,
@@ -38,7 +41,6 @@ from grainchain.models import (
     SnapshotInfo,
     SnapshotKind,
 )
-from grainchain.settings import Settings
 from tests.providers.memory import sdk as memsdk
 
 WORKSPACE = "/workspace"
@@ -142,6 +144,9 @@ class MemoryAdapter(SandboxAdapter):
         environment: dict[str, str] | None = None,
         on_stdout: OutputCallback | None = None,
         on_stderr: OutputCallback | None = None,
+        stdin: str
+        | bytes
+        | None = None,  # never set: exec.stdin is not among IMPLEMENTED (the facade gates it)
     ) -> ExecutionResult:
         limit = self.command_timeout(timeout)
         environ = {**self.config.environment_vars, **(environment or {})}
@@ -159,6 +164,8 @@ class MemoryAdapter(SandboxAdapter):
                 timeout=exc.after,
                 stdout=_text(exc.stdout),
                 stderr=_text(exc.stderr),
+                stdout_bytes=exc.stdout,
+                stderr_bytes=exc.stderr,
             ) from None
         if len(done.stdout) + len(done.stderr) > self.config.output_limit:
             raise OutputLimitExceededError(
@@ -170,6 +177,8 @@ class MemoryAdapter(SandboxAdapter):
             return_code=done.exit_code,
             stdout=_text(done.stdout),
             stderr=_text(done.stderr),
+            stdout_bytes=done.stdout,
+            stderr_bytes=done.stderr,
             execution_time=time.monotonic() - started,
         )
 
@@ -233,11 +242,14 @@ class MemoryAdapter(SandboxAdapter):
             raise self._unsupported(Feature.SNAPSHOT_MEMORY, "create_snapshot")
         return self._sdk.snapshot(self.sandbox_id)
 
-    def restore_snapshot(self, snapshot_id: str) -> None:
+    def _restore_snapshot(self, snapshot_id: str) -> None:
         try:
             self._sdk.restore(self.sandbox_id, snapshot_id)
         except memsdk.NotFound:
             raise SnapshotNotFoundError(snapshot_id) from None
+
+    def _running_processes(self) -> list[str]:
+        return []  # its commands (`sleep` too) end before execute() returns: nothing runs in between
 
     def list_snapshots(self) -> list[SnapshotInfo]:
         return [
