@@ -47,14 +47,14 @@ class Sandbox(SandboxBase):
 
         Args:
             timeout: Seconds (at most a week; math.inf: no limit); None uses SandboxConfig.timeout. On expiry every process of the command ends and CommandTimeoutError carries the output so far.
-            working_dir: Directory to run in (relative to SandboxConfig.working_directory, or absolute); None uses SandboxConfig.working_directory. A directory that does not exist raises FileNotFoundInSandboxError.
+            working_dir: Directory to run in: any directory of the sandbox a command could `cd` to (`/tmp` too), relative to SandboxConfig.working_directory or absolute, `..` resolved as `cd` does; None uses SandboxConfig.working_directory. A directory that does not exist raises FileNotFoundInSandboxError.
             environment: Extra environment variables; they win over SandboxConfig.environment_vars. Limits as for SandboxConfig.environment_vars (the command: at most 60 KiB, what every provider takes).
             on_stdout: Called with each decoded chunk of stdout.
             on_stderr: Called with each decoded chunk of stderr.
             stdin: The command's standard input: these bytes (str as UTF-8; bytearray and memoryview too), then end of file, fed while its output is read (any size: a command that reads nothing or stops reading early does not block the call). None: standard input is empty (end of file at once).
 
         Needs: exec; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set; exec.stdin when stdin is set (else CapabilityError).
-        Raises: CommandTimeoutError, OutputLimitExceededError, MemoryLimitExceededError, PathOutsideSandboxError, FileNotFoundInSandboxError.
+        Raises: CommandTimeoutError, OutputLimitExceededError, MemoryLimitExceededError, FileNotFoundInSandboxError.
         """
         check_command("execute", "command", command)
         check_positive("execute", "timeout", timeout)
@@ -101,7 +101,7 @@ class Sandbox(SandboxBase):
             stdin: True: the process's standard input stays open for the handle: write_stdin(data) writes str (as UTF-8) or bytes to it, in order, and close_stdin() ends it (end of file; idempotent). write_stdin on a handle started without stdin=True, after close_stdin(), or once the process ended raises StdinClosedError. False: standard input is empty (end of file at once).
 
         Needs: process.background; exec.streaming when on_stdout is set; exec.streaming when on_stderr is set; exec.stdin when stdin=True (else CapabilityError).
-        Raises: PathOutsideSandboxError, FileNotFoundInSandboxError.
+        Raises: FileNotFoundInSandboxError.
         """
         check_command("start_process", "command", command)
         check_optional_path("start_process", "working_dir", working_dir)

@@ -508,7 +508,8 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
 
     # -- paths ----------------------------------------------------------------------------------------
 
-    # Working directories lie in the workspace (_view); file operations reach what commands reach
+    # The sandbox's working directory lies in the workspace (_view); a call's working_dir and file
+    # operations reach what commands reach
     # (_sandbox_view: isolated, the holder's root, its mounts included; else the host's `/`). Both act
     # through descriptors walked from the view's root (grainchain/providers/local/_confined.py), never
     # through a host path: a command may swap a directory for a symlink at any moment.
@@ -564,8 +565,10 @@ class AsyncLocalAdapter(AsyncSandboxAdapter):
         stdin: bool = False,
     ) -> HostProcess:
         # FileNotFoundInSandboxError also for a working directory deleted since the sandbox started
-        path = self._cwd if working_dir is None else working_dir
-        host_cwd, cwd = confined.directory(self._view(), self._cwd, path)
+        if working_dir is None:
+            host_cwd, cwd = confined.directory(self._view(), self._cwd, self._cwd)
+        else:  # wherever `cd` from the working directory would go: the sandbox's whole view, as files
+            host_cwd, cwd = self._on_files(lambda view, start: confined.directory(view, start, working_dir))
         home, tmp = (
             (iso.WORKSPACE, iso.SANDBOX_TMP) if self._isolated else (self._view_root, str(self._box.tmp))
         )
