@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import importlib.util
+import importlib.machinery
 import json
 import logging
 import os
@@ -146,7 +146,9 @@ def _inside(path: str, *directories: str) -> bool:
 def _pip_from_environment() -> tuple[Path, list[Path]] | None:
     """pip's package directory in grainchain's environment and its dist-info (metadata: `pip list` shows it,
     and pip does not uninstall itself from the store: it is outside the venv), or None."""
-    spec = importlib.util.find_spec("pip")
+    # PathFinder, not importlib.util.find_spec: setuptools' distutils hack answers a meta-path lookup of
+    # "pip" by switching itself off for the rest of the process (unasync then imports the stdlib distutils)
+    spec = importlib.machinery.PathFinder.find_spec("pip")
     if spec is None or not spec.submodule_search_locations:
         return None
     package = Path(next(iter(spec.submodule_search_locations)))
@@ -158,7 +160,7 @@ def _pip_from_environment() -> tuple[Path, list[Path]] | None:
 def _pip_wheel() -> Path | None:
     """The pip wheel ensurepip would install (bundled, or where a distribution keeps it), or None."""
     places = [Path("/usr/share/python-wheels")]
-    spec = importlib.util.find_spec("ensurepip")
+    spec = importlib.machinery.PathFinder.find_spec("ensurepip")
     if spec is not None and spec.origin:
         places.insert(0, Path(spec.origin).parent / "_bundled")
     for place in places:
