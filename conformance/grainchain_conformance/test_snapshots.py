@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -93,6 +94,11 @@ def test_snapshots_are_listed_until_deleted(conformance: ConformanceTarget) -> N
         assert sandbox.execute("echo usable").stdout == "usable\n"
 
 
+def _unique_seconds() -> int:
+    """A sleep's length no other run of the suite uses at the same time."""
+    return 10_000_000 + secrets.randbelow(80_000_000)
+
+
 def _running(sandbox: Any, needle: str) -> int:
     """How many live processes of the sandbox have `needle` as their command line (read from /proc: no ps
     needed; zombies have an empty cmdline)."""
@@ -111,6 +117,8 @@ def _running(sandbox: Any, needle: str) -> int:
 def test_restore_ends_running_processes_or_refuses_and_changes_nothing(
     conformance: ConformanceTarget,
 ) -> None:
+    # unique command lines: without isolation a sandbox's /proc is the host's, where other runs may sleep
+    a, b, c = (f"sleep {_unique_seconds()}" for _ in range(3))
     with conformance.sandbox() as sandbox:
         sandbox.execute("echo at-snapshot > state")
         snapshot_id = sandbox.create_snapshot()
@@ -124,30 +132,30 @@ def test_restore_ends_running_processes_or_refuses_and_changes_nothing(
 
             # a background handle, and what `cmd &` left running (no handle): "refuse" changes nothing
             sandbox.execute("echo later > state")
-            handle = sandbox.start_process("sleep 1231")
-            sandbox.execute("sleep 1232 >/dev/null 2>&1 &")
-            assert _running(sandbox, "sleep 1232") == 1
+            handle = sandbox.start_process(a)
+            sandbox.execute(f"{b} >/dev/null 2>&1 &")
+            assert _running(sandbox, b) == 1
             with pytest.raises(ProcessesRunningError) as info:
                 sandbox.restore_snapshot(snapshot_id, if_processes_running="refuse")
             listed = " ".join(info.value.processes)
-            assert "sleep 1231" in listed, info.value.processes
-            assert "sleep 1232" in listed, info.value.processes
+            assert a in listed, info.value.processes
+            assert b in listed, info.value.processes
             assert sandbox.execute("cat state").stdout == "later\n", "a refused restore changed the files"
             assert handle.is_running, "a refused restore ended a process"
-            assert (_running(sandbox, "sleep 1231"), _running(sandbox, "sleep 1232")) == (1, 1)
+            assert (_running(sandbox, a), _running(sandbox, b)) == (1, 1)
 
             # only the `&` one left: still refused (a process without a handle counts)
             handle.kill()
-            with pytest.raises(ProcessesRunningError, match="sleep 1232"):
+            with pytest.raises(ProcessesRunningError, match=b):
                 sandbox.restore_snapshot(snapshot_id, if_processes_running="refuse")
-            assert _running(sandbox, "sleep 1232") == 1
+            assert _running(sandbox, b) == 1
 
             # "kill" (the default): the restore ends them all; a handle's wait() reports the kill
-            handle = sandbox.start_process("sleep 1233")
+            handle = sandbox.start_process(c)
             sandbox.restore_snapshot(snapshot_id)
             assert sandbox.execute("cat state").stdout == "at-snapshot\n"
             assert handle.wait(timeout=30).return_code == 128 + 9
-            assert (_running(sandbox, "sleep 1232"), _running(sandbox, "sleep 1233")) == (0, 0)
+            assert (_running(sandbox, b), _running(sandbox, c)) == (0, 0)
         finally:
             sandbox.delete_snapshot(snapshot_id)
 
@@ -157,16 +165,17 @@ def test_restore_ends_running_processes_or_refuses_and_changes_nothing(
 def test_memory_restore_replaces_what_runs_with_the_snapshots_processes(
     conformance: ConformanceTarget,
 ) -> None:
+    a, b = (f"sleep {_unique_seconds()}" for _ in range(2))
     with conformance.sandbox() as sandbox:
-        sandbox.execute("sleep 1241 >/dev/null 2>&1 &")
+        sandbox.execute(f"{a} >/dev/null 2>&1 &")
         snapshot_id = sandbox.create_snapshot(kind=SnapshotKind.memory)
         try:
-            sandbox.execute("sleep 1242 >/dev/null 2>&1 &")
-            with pytest.raises(ProcessesRunningError, match="sleep 1242"):
+            sandbox.execute(f"{b} >/dev/null 2>&1 &")
+            with pytest.raises(ProcessesRunningError, match=b):
                 sandbox.restore_snapshot(snapshot_id, if_processes_running="refuse")
-            assert (_running(sandbox, "sleep 1241"), _running(sandbox, "sleep 1242")) == (1, 1)
+            assert (_running(sandbox, a), _running(sandbox, b)) == (1, 1)
             sandbox.restore_snapshot(snapshot_id)
-            assert (_running(sandbox, "sleep 1241"), _running(sandbox, "sleep 1242")) == (1, 0)
+            assert (_running(sandbox, a), _running(sandbox, b)) == (1, 0)
         finally:
             sandbox.delete_snapshot(snapshot_id)
 
