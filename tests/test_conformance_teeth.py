@@ -124,7 +124,7 @@ LIARS = [
         async def start_process(self, **kwargs):
             return await super().start_process(**{**kwargs, "working_dir": None})
         """,
-        caught_by=_by("test_exec::test_working_dir_must_exist_and_stay_inside"),
+        caught_by=_by("test_exec::test_working_dir_must_exist_and_goes_where_cd_goes"),
     ),
     Liar(
         "no_stderr_stream",
@@ -387,7 +387,7 @@ LIARS = [
                 await super().make_directory(kwargs["working_dir"])
             return await super().execute(**kwargs)
         """,
-        caught_by=_by("test_exec::test_working_dir_must_exist_and_stay_inside"),
+        caught_by=_by("test_exec::test_working_dir_must_exist_and_goes_where_cd_goes"),
     ),
     Liar(
         "config_env_wins",
