@@ -153,9 +153,8 @@ return asyncio.run(main())
     BlindLiar(
         name="working_dir_cd_prefix",
         lie=(
-            "a working_dir outside the sandbox raises PathOutsideSandboxError (and a missing one "
-            "FileNotFoundInSandboxError); this adapter implements working_dir as `cd DIR && command`, "
-            "which goes anywhere on the host"
+            "a working_dir that does not exist raises FileNotFoundInSandboxError; this adapter "
+            "implements working_dir as `cd DIR && command`, which then runs nothing and exits 2"
         ),
         methods=r"""
     async def execute(self, command, timeout=None, working_dir=None, environment=None, on_stdout=None, on_stderr=None, stdin=None):
@@ -173,11 +172,11 @@ return asyncio.run(main())
         imports="import shlex",
         probe=r"""
 from grainchain import SandboxConfig
-from grainchain.errors import PathOutsideSandboxError
+from grainchain.errors import FileNotFoundInSandboxError
 with Sandbox(name, SandboxConfig(provider_config={"isolation": "none"})) as s:
     try:
-        s.execute("pwd", working_dir="../..")
-    except PathOutsideSandboxError:
+        s.execute("pwd", working_dir="no-such-dir")
+    except FileNotFoundInSandboxError:
         return False
     return True
 """,
