@@ -144,6 +144,18 @@ def pack(dir_fd: int, *, progress: Progress | None = None, sandbox: bool = False
             return PermissionDeniedError(shown, reason)
         return InvalidArgumentError(f"local_path: {shown!r} cannot be read ({reason})", argument="local_path")
 
+    def open_entry(fd: int, name: str, flags: int, vanished: tuple[int, ...], shown: str) -> int | None:
+        """The entry's descriptor; None (logged) when it changed type or vanished since it was listed."""
+        try:
+            return os.open(name, flags, dir_fd=fd)
+        except OSError as exc:
+            if exc.errno in vanished:
+                log.warning("%s changed while it was read: skipped", shown)
+                return None
+            if exc.errno in (errno.EACCES, errno.EPERM):
+                raise unreadable(shown, exc) from None
+            raise
+
     def flush() -> Iterator[bytes]:
         if buffer:
             piece = bytes(buffer)
@@ -175,15 +187,9 @@ def pack(dir_fd: int, *, progress: Progress | None = None, sandbox: bool = False
                     continue
                 buffer += _header(shown, tarfile.SYMTYPE, st, link=target)
             elif stat.S_ISDIR(st.st_mode):
-                try:
-                    sub = os.open(name, _DIR_OPEN, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
-                        log.warning("%s changed while it was read: skipped", shown)
-                        continue
-                    if exc.errno in (errno.EACCES, errno.EPERM):
-                        raise unreadable(shown, exc) from None
-                    raise
+                sub = open_entry(fd, name, _DIR_OPEN, (errno.ENOENT, errno.ENOTDIR, errno.ELOOP), shown)
+                if sub is None:
+                    continue
                 try:
                     children = sorted(os.listdir(sub))
                 except BaseException:
@@ -192,15 +198,9 @@ def pack(dir_fd: int, *, progress: Progress | None = None, sandbox: bool = False
                 buffer += _header(shown + "/", tarfile.DIRTYPE, os.fstat(sub))
                 stack.append((sub, shown + "/", iter(children)))
             elif stat.S_ISREG(st.st_mode):
-                try:
-                    src = os.open(name, _FILE_OPEN, dir_fd=fd)
-                except OSError as exc:
-                    if exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENXIO):
-                        log.warning("%s changed while it was read: skipped", shown)
-                        continue
-                    if exc.errno in (errno.EACCES, errno.EPERM):
-                        raise unreadable(shown, exc) from None
-                    raise
+                src = open_entry(fd, name, _FILE_OPEN, (errno.ENOENT, errno.ELOOP, errno.ENXIO), shown)
+                if src is None:
+                    continue
                 try:
                     now = os.fstat(src)
                     if not stat.S_ISREG(now.st_mode):
