@@ -16,21 +16,12 @@ import pytest
 
 from grainchain import _tree
 from grainchain.errors import CapabilityError, InvalidArgumentError, PathOutsideSandboxError, ProviderError
+from grainchain_conformance.test_directories import _archive as conformance_archive
 
 
 def _archive(*members: tuple[str, bytes, str]) -> io.BytesIO:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for name, kind, link in members:
-            info = tarfile.TarInfo(name)
-            info.type = kind
-            info.linkname = link
-            info.mode = 0o644
-            data = b"pwned" if kind == tarfile.REGTYPE else b""
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data) if data else None)
-    buffer.seek(0)
-    return buffer
+    """The conformance suite's hostile archive, as a file to read."""
+    return io.BytesIO(conformance_archive(*members))
 
 
 def _everything(root: Path) -> set[str]:
